@@ -1,0 +1,240 @@
+"""The LightningDataModule: source -> index -> decoded cache -> splits -> subsets -> batches.
+
+``prepare_data`` does the disk work once (generating the embedded dataset, decoding the cache);
+``setup`` assigns splits and builds per-split uint8 tensors. Batches are gathered by index from those
+tensors (one tensor gather per batch, no per-image Python, no worker processes), moved to the device as
+uint8, and turned into floats, augmented (training only) in ``on_after_batch_transfer``. Normalisation
+belongs to the model, so a checkpoint carries its own preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+from maskdet.data import cache, sources
+from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups
+from maskdet.data.images import load_resized
+from maskdet.data.report import build_report
+from maskdet.data.splits import assign_splits, cap_per_class, select_subset
+from maskdet.data.synthetic import ensure_dataset, make_spec
+from maskdet.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+SOURCES = ("synthetic", "folder", "roboflow", "manifest")
+
+
+class CachedSplit(Dataset):
+    """One split's decoded images; ``dataset[list_of_positions]`` returns a whole batch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
+        self.images, self.labels, self.rows = images, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(positions)
+        return {"image": self.images[idx], "label": self.labels[idx], "row": self.rows[idx]}
+
+
+class StreamingSplit(Dataset):
+    """Decode per item with PIL, for datasets whose decoded cache would not fit on disk or in memory."""
+
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor, rows: torch.Tensor, image_size: int):
+        self.paths, self.labels, self.rows, self.image_size = list(paths), labels, rows, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = torch.from_numpy(load_resized(self.paths[i], self.image_size).transpose(2, 0, 1).copy())
+        return {"image": image, "label": self.labels[i], "row": self.rows[i]}
+
+
+class MaskDataModule(L.LightningDataModule):
+    """Face-mask images from any supported layout, split per the contract in DESIGN.md."""
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        root: str | None = None,
+        manifest: str | None = None,
+        synthetic: Mapping | None = None,
+        image_size: int = 32,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        test_size: float = 0.3,
+        num_folds: int = 10,
+        fold: int = 0,
+        seed: int = 0,
+        label_map: str | Mapping[str, str] | None = None,
+        subset: Mapping[str, object] | None = None,
+        cap_per_class: int | None = None,
+        balance_by: Sequence[str] | None = None,
+        age_bins: Sequence[int] = DEFAULT_AGE_BINS,
+        augment: torch.nn.Module | None = None,
+        decoded_cache: bool = True,
+        num_workers: int = 2,
+        cache_dir: str = ".cache/maskdet",
+    ):
+        super().__init__()
+        if source not in SOURCES:
+            raise ConfigError(f"data.source={source!r} is unknown: use one of {', '.join(SOURCES)}.")
+        if image_size < 8:
+            raise ConfigError(f"data.image_size must be at least 8 pixels, got {image_size}.")
+        self.source, self.root, self.manifest = source, root, manifest
+        self.synthetic = dict(synthetic or {})
+        self.image_size, self.batch_size = int(image_size), int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or max(batch_size, 256))
+        self.test_size, self.num_folds, self.fold, self.seed = float(test_size), int(num_folds), int(fold), int(seed)
+        self.label_map, self.subset, self.cap = label_map, dict(subset or {}), cap_per_class
+        self.balance_by = list(balance_by or [])
+        self.age_bins, self.augment = list(age_bins), augment
+        self.decoded_cache, self.num_workers, self.cache_dir = decoded_cache, int(num_workers), Path(cache_dir)
+        self.index: pd.DataFrame | None = None
+        self.skipped: list[dict] = []
+        self.class_names: list[str] = []
+        self._splits: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------------ index
+    def _scan(self) -> sources.Scan:
+        if self.source == "synthetic":
+            root = ensure_dataset(make_spec(**self.synthetic), self.cache_dir)
+            return sources.read_class_folders(root)
+        if self.source == "folder":
+            return sources.read_class_folders(self.root)
+        if self.source == "roboflow":
+            return sources.read_roboflow(self.root)
+        return sources.read_manifest(self.root, self.manifest)
+
+    @property
+    def dataset_root(self) -> str | None:
+        if self.source == "synthetic":
+            return str(self.cache_dir / "synthetic" / make_spec(**self.synthetic).key())
+        return self.root
+
+    def prepare_data(self) -> None:
+        """Disk work, once: generate the embedded dataset and decode the cache if missing."""
+        scan = self._scan()
+        if self.decoded_cache and len(scan.index):
+            cache.load_or_build(scan.index["path"], self.image_size, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.index is not None:
+            return
+        scan = self._scan()
+        index = sources.apply_label_map(sources.fill_unknown(scan.index), self.label_map)
+        skipped = list(scan.skipped)
+        decoded = cache.load_or_build(index["path"], self.image_size, self.cache_dir) if self.decoded_cache \
+            else cache.validate(index["path"])
+        index = index.assign(cache_row=np.arange(len(index)), error=decoded.errors.values, digest=decoded.digests.values)
+        index, refused = _drop_unusable(index)
+        skipped += refused
+        if index.empty:
+            raise DataError(f"No usable images found under {self.dataset_root}; see the skipped files listed above.")
+        self.class_names = sources.class_order(index["label_name"].unique())
+        if len(self.class_names) < 2:
+            raise DataError(f"Only one class ({self.class_names[0]}) has usable images in {self.dataset_root}; "
+                            "a classifier needs at least two.")
+        index["label"] = index["label_name"].map({n: i for i, n in enumerate(self.class_names)}).astype(int)
+        index["age_group"] = age_groups(index["age"], self.age_bins)
+        index = index.reset_index(drop=True)
+        if "split" in index.columns and index["split"].notna().all():
+            log.info("keeping the splits fixed by the %s source", self.source)
+            index["fold"] = -1
+        else:
+            split, fold_of = assign_splits(index["label"].to_numpy(), self.test_size, self.num_folds, self.fold,
+                                           self.seed, self.class_names)
+            index["split"], index["fold"] = split, fold_of
+        selected = select_subset(index, self.subset)
+        if self.cap:
+            selected &= cap_per_class(index[selected], self.cap, self.seed).reindex(index.index, fill_value=False)
+        index["selected"] = selected
+        train = index[index["selected"] & (index["split"] == "train")]
+        if train.empty:
+            raise DataError(f"The training split is empty after data.subset={self.subset} and "
+                            f"data.cap_per_class={self.cap}: loosen the subset; no run trains on zero images.")
+        self.index, self.skipped = index, skipped
+        self._splits = {name: self._make_split(name, decoded) for name in ("train", "val", "test")}
+
+    def _make_split(self, name: str, decoded: cache.DecodedImages) -> Dataset:
+        part = self.index[self.index["selected"] & (self.index["split"] == name)]
+        labels = torch.tensor(part["label"].to_numpy(), dtype=torch.long)
+        rows = torch.tensor(part.index.to_numpy(), dtype=torch.long)
+        if not self.decoded_cache:
+            return StreamingSplit(part["path"], labels, rows, self.image_size)
+        cache_rows = np.sort(part["cache_row"].to_numpy())
+        order = np.argsort(np.argsort(part["cache_row"].to_numpy()))  # sorted reads from the memmap
+        images = torch.from_numpy(np.ascontiguousarray(decoded.images[cache_rows])[order])
+        return CachedSplit(images, labels, rows)
+
+    def report(self) -> dict:
+        """The data report (counts per split x class x group, skipped files) of the set-up data."""
+        self.setup()
+        return build_report(self.index, self.skipped, self.class_names, self.source, self.dataset_root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------ dataloaders
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        dataset = self._splits[name]
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if isinstance(dataset, StreamingSplit):
+            workers = self.num_workers
+            return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+                              pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        if train and self.balance_by:
+            sampler = WeightedRandomSampler(self._balance_weights(dataset), num_samples=len(dataset), replacement=True)
+        else:
+            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                          pin_memory=torch.cuda.is_available())
+
+    def _balance_weights(self, dataset: CachedSplit) -> torch.Tensor:
+        """Weights that make every (label x group) cell equally likely: 1 / size of the sample's cell."""
+        part = self.index.loc[dataset.rows.numpy(), ["label", *self.balance_by]]
+        cell_size = part.groupby(list(part.columns), observed=True)["label"].transform("size")
+        return torch.as_tensor(1.0 / cell_size.to_numpy(), dtype=torch.double)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 -> float in [0, 1] on the device; augment training batches only."""
+        images = batch["image"].float().div_(255)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            images = self.augment(images)
+        return {**batch, "image": images}
+
+
+def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Remove images that did not decode, and files whose identical bytes appear under two classes."""
+    skipped = [{"path": p, "reason": e} for p, e in zip(index["path"], index["error"]) if e]
+    index = index[index["error"] == ""]
+    labels_per_digest = index.groupby("digest")["label_name"].nunique()
+    conflicting = set(labels_per_digest[labels_per_digest > 1].index)
+    if conflicting:
+        clash = index[index["digest"].isin(conflicting)]
+        for digest, group in clash.groupby("digest"):
+            for path, label in zip(group["path"], group["label_name"]):
+                others = ", ".join(f"{p} ({lab})" for p, lab in zip(group["path"], group["label_name"]) if p != path)
+                skipped.append({"path": path, "reason": f"label conflict: class '{label}' but the same file content is {others}"})
+        index = index[~index["digest"].isin(conflicting)]
+    return index.drop(columns=["error"]), skipped
+

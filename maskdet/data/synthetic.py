@@ -1,0 +1,310 @@
+"""The embedded default dataset: procedurally drawn face crops in the seeds' layout.
+
+No face data can be downloaded here, so maskdet draws its own: class folders ``without_mask``,
+``with_surgical_mask``, ``with_cloth_mask``, ``with_ffp2_mask`` holding JPEGs named
+``[age]_[gender]_[race]_[datetime]_[n].jpg`` (UTKFace style). Skin tone comes from overlapping
+race-dependent palettes, hair and face shape vary with gender and age; pose, scale, lighting, background,
+blur and JPEG quality are random. The three mask kinds share colours (white surgical masks, white FFP2
+cups, pale cloth masks) so that they are told apart by shape and texture (pleats, seam, valve, pattern),
+not by one colour statistic. The ``bias`` knob weakens the evidence (contrast, blur, occlusion) for one
+demographic group so that a bias audit has a known answer.
+
+Every image is drawn from its own RNG seeded by (seed, class, n): the same seed gives the same bytes.
+
+    python -m maskdet.data.synthetic --out DIR [--per-class 100] [--seed 0] [--size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
+SEED_COUNTS = (2160, 2103, 2162, 2180)
+GENERATOR_VERSION = 1  # bump when drawing changes, so cached datasets are regenerated
+
+# Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
+_SKIN_MEANS = {0: (228, 190, 165), 1: (120, 82, 60), 2: (222, 186, 150), 3: (170, 122, 90), 4: (196, 150, 115)}
+_SKIN_SPREAD = 22.0
+_HAIR = [(25, 20, 18), (60, 40, 25), (110, 75, 40), (190, 150, 90), (140, 60, 30)]
+_SURGICAL = [(165, 200, 228), (232, 236, 240), (185, 220, 200), (240, 200, 210), (45, 50, 60)]
+_FFP2 = [(238, 238, 232), (245, 244, 236), (225, 228, 230), (236, 232, 205), (170, 200, 225)]
+
+
+@dataclass(frozen=True)
+class BiasKnob:
+    """Weaker mask evidence for one group: ``attribute`` ("gender" or "race") equal to ``group`` (a code)."""
+
+    attribute: str = "race"
+    group: int = 1
+    strength: float = 0.0  # 0 = off, 1 = strongest
+
+    def applies(self, gender: int, race: int) -> bool:
+        if self.strength <= 0:
+            return False
+        return {"gender": gender, "race": race}[self.attribute] == self.group
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    per_class: tuple[int, ...] = SEED_COUNTS
+    seed: int = 0
+    size: int = 128
+    bias: BiasKnob = field(default_factory=BiasKnob)
+
+    def key(self) -> str:
+        text = json.dumps({"v": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_spec(
+    per_class: int | Sequence[int] = SEED_COUNTS,
+    seed: int = 0,
+    size: int = 128,
+    bias: dict | BiasKnob | None = None,
+) -> SyntheticSpec:
+    """Build a spec from config values: ``per_class`` is one int for every class or one per class."""
+    counts = (int(per_class),) * len(CLASSES) if isinstance(per_class, int) else tuple(int(c) for c in per_class)
+    if len(counts) != len(CLASSES) or min(counts) < 1:
+        raise ValueError(
+            f"data.synthetic.per_class must be a positive int or {len(CLASSES)} positive ints "
+            f"(one per class: {', '.join(CLASSES)}), got {per_class!r}."
+        )
+    if size < 32:
+        raise ValueError(f"data.synthetic.size must be at least 32 pixels, got {size}.")
+    knob = bias if isinstance(bias, BiasKnob) else BiasKnob(**(dict(bias) if bias else {}))
+    if knob.attribute not in ("gender", "race"):
+        raise ValueError(f"data.synthetic.bias.attribute must be 'gender' or 'race', got {knob.attribute!r}.")
+    return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob)
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing
+
+
+def _jitter(rng: np.random.Generator, colour: Sequence[int], spread: float) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.normal(0, spread), 0, 255)) for c in colour)
+
+
+def _demographics(rng: np.random.Generator) -> tuple[int, int, int]:
+    race = int(rng.choice(5, p=[0.42, 0.19, 0.15, 0.17, 0.07]))
+    gender = int(rng.random() < 0.48)
+    age = int(np.clip(rng.choice([rng.integers(1, 13), rng.normal(35, 14), rng.integers(60, 90)], p=[0.1, 0.75, 0.15]), 1, 95))
+    return age, gender, race
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    top = np.array(_jitter(rng, rng.integers(30, 225, 3), 0), dtype=np.float32)
+    bottom = np.array(_jitter(rng, rng.integers(30, 225, 3), 0), dtype=np.float32)
+    t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+    img = top * (1 - t) + bottom * t + rng.normal(0, 6, (size, size, 3)).astype(np.float32)
+    img = np.broadcast_to(img, (size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
+    """Draw one face with its mask on a transparent layer (then rotated and pasted by the caller)."""
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    s = size * rng.uniform(0.82, 1.08)
+    cx, cy = size / 2 + rng.normal(0, size * 0.03), size / 2 + rng.normal(0, size * 0.03)
+    child = age < 13
+    fw = s * (0.50 if child else rng.uniform(0.40, 0.48) if gender == 1 else rng.uniform(0.44, 0.52))
+    fh = s * (0.58 if child else rng.uniform(0.62, 0.70))
+    skin = _jitter(rng, _SKIN_MEANS[race], _SKIN_SPREAD)
+    hair = (150, 150, 150) if age > 58 and rng.random() < 0.7 else _HAIR[int(rng.integers(len(_HAIR)))]
+    hair = _jitter(rng, hair, 10)
+
+    long_hair = rng.random() < (0.75 if gender == 1 else 0.1)
+    if long_hair:
+        d.ellipse([cx - fw * 0.68, cy - fh * 0.62, cx + fw * 0.68, cy + fh * 0.55], fill=hair)
+    d.ellipse([cx - fw * 0.56, cy - fh * 0.64, cx + fw * 0.56, cy + fh * 0.05], fill=hair)  # top hair
+    for side in (-1, 1):  # ears
+        d.ellipse([cx + side * fw * 0.5 - fw * 0.08, cy - fh * 0.08, cx + side * fw * 0.5 + fw * 0.08, cy + fh * 0.12], fill=skin)
+    d.ellipse([cx - fw / 2, cy - fh / 2 + fh * 0.08, cx + fw / 2, cy + fh / 2], fill=skin)  # face
+    d.chord([cx - fw * 0.5, cy - fh * 0.5, cx + fw * 0.5, cy - fh * 0.05], 180, 360, fill=hair)  # fringe
+    dark = tuple(int(c * 0.55) for c in skin)
+
+    ey = cy - fh * 0.05
+    for side in (-1, 1):  # eyes and brows
+        ex = cx + side * fw * 0.2
+        d.ellipse([ex - fw * 0.09, ey - fh * 0.035, ex + fw * 0.09, ey + fh * 0.035], fill=(245, 245, 240))
+        d.ellipse([ex - fw * 0.04, ey - fh * 0.03, ex + fw * 0.04, ey + fh * 0.03], fill=_jitter(rng, (60, 45, 30), 20))
+        d.line([ex - fw * 0.1, ey - fh * 0.08, ex + fw * 0.1, ey - fh * 0.085], fill=hair, width=max(1, int(size / 60)))
+    ny, my = cy + fh * 0.12, cy + fh * 0.28
+    d.polygon([(cx, ey + fh * 0.02), (cx - fw * 0.07, ny + fh * 0.04), (cx + fw * 0.07, ny + fh * 0.04)], fill=dark)
+    d.arc([cx - fw * 0.16, my - fh * 0.06, cx + fw * 0.16, my + fh * 0.05], 10, 170, fill=_jitter(rng, (150, 60, 60), 15), width=max(1, int(size / 40)))
+    if gender == 0 and age > 18 and rng.random() < 0.3:  # beard: a dark lower face, like a dark mask
+        d.chord([cx - fw * 0.5, cy, cx + fw * 0.5, cy + fh / 2], 0, 180, fill=_jitter(rng, hair, 8))
+
+    top, bottom = cy + fh * 0.02, cy + fh * 0.47
+    left, right = cx - fw * 0.54, cx + fw * 0.54
+    line_w = max(1, int(size / 64))
+    if mask_class == "with_surgical_mask":
+        colour = _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8)
+        d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour)
+        pleat = tuple(int(c * 0.78) for c in colour)
+        for k in range(3):  # horizontal pleats: the surgical mask's signature
+            y = top + (bottom - top) * (0.3 + 0.2 * k)
+            d.line([left + fw * 0.04, y, right - fw * 0.04, y + rng.normal(0, 1)], fill=pleat, width=line_w)
+        d.line([left + fw * 0.1, top + 1, right - fw * 0.1, top + 1], fill=(200, 200, 205), width=line_w)  # nose wire
+        for side in (-1, 1):  # ear loops
+            x = cx + side * fw * 0.54
+            d.line([x, top + 2, x + side * fw * 0.06, cy - fh * 0.02], fill=colour, width=line_w)
+            d.line([x, bottom - 2, x + side * fw * 0.06, cy + fh * 0.12], fill=colour, width=line_w)
+    elif mask_class == "with_cloth_mask":
+        if rng.random() < 0.25:  # pale plain cloth masks look like surgical / FFP2 colours
+            colour = _jitter(rng, [(230, 230, 228), (170, 200, 225), (60, 60, 70)][int(rng.integers(3))], 10)
+        else:
+            colour = tuple(int(c) for c in rng.integers(20, 235, 3))
+        d.chord([left, top - fh * 0.12, right, bottom + fh * 0.02], 0, 180, fill=colour)
+        d.rectangle([left, top, right, top + (bottom - top) * 0.45], fill=colour)
+        pattern = rng.choice(["plain", "stripes", "dots", "check"], p=[0.35, 0.25, 0.25, 0.15])
+        ink = _jitter(rng, rng.integers(0, 255, 3), 0)
+        if pattern == "stripes":
+            for k in range(1, 6):
+                x = left + (right - left) * k / 6
+                d.line([x, top, x, bottom - fh * 0.05], fill=ink, width=line_w)
+        elif pattern == "dots":
+            for _ in range(10):
+                px, py = rng.uniform(left + 3, right - 3), rng.uniform(top + 2, bottom - fh * 0.1)
+                d.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=ink)
+        elif pattern == "check":
+            for k in range(1, 4):
+                y = top + (bottom - top) * k / 4
+                d.line([left, y, right, y], fill=ink, width=line_w)
+                x = left + (right - left) * k / 4
+                d.line([x, top, x, bottom - fh * 0.05], fill=ink, width=line_w)
+    elif mask_class == "with_ffp2_mask":
+        colour = _jitter(rng, _FFP2[int(rng.choice(5, p=[0.4, 0.25, 0.15, 0.1, 0.1]))], 6)
+        chin = bottom + fh * 0.04
+        cup = [(left + fw * 0.05, top + fh * 0.03), (cx, top - fh * 0.05), (right - fw * 0.05, top + fh * 0.03),
+               (right - fw * 0.02, cy + fh * 0.3), (cx, chin), (left + fw * 0.02, cy + fh * 0.3)]
+        d.polygon(cup, fill=colour)
+        seam = tuple(int(c * 0.8) for c in colour)
+        d.line([cx, top - fh * 0.04, cx, chin], fill=seam, width=line_w)  # the vertical seam
+        for side in (-1, 1):  # head straps go up, not to the ears
+            d.line([cx + side * fw * 0.48, top + fh * 0.05, cx + side * fw * 0.56, cy - fh * 0.3], fill=seam, width=line_w)
+        if rng.random() < 0.3:  # exhalation valve
+            vx = cx + fw * rng.choice([-0.22, 0.22])
+            vy = cy + fh * 0.25
+            d.ellipse([vx - fw * 0.08, vy - fw * 0.08, vx + fw * 0.08, vy + fw * 0.08], fill=_jitter(rng, (120, 125, 130), 25))
+    elif rng.random() < 0.2:  # no mask, but sometimes a scarf under the chin
+        colour = tuple(int(c) for c in rng.integers(20, 235, 3))
+        d.rectangle([cx - fw * 0.6, cy + fh * 0.48, cx + fw * 0.6, cy + fh * 0.62], fill=colour)
+    return layer
+
+
+def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, bytes]:
+    """Draw image ``n`` of class ``class_index``; return its file name and JPEG bytes."""
+    rng = np.random.default_rng([spec.seed, class_index, n, GENERATOR_VERSION])
+    age, gender, race = _demographics(rng)
+    size = spec.size
+    img = _background(rng, size)
+    face = _draw_face(rng, size, age, gender, race, CLASSES[class_index])
+    face = face.rotate(float(rng.normal(0, 9)), resample=Image.BILINEAR, center=(size / 2, size / 2))
+    img.paste(face, (0, 0), face)
+
+    if spec.bias.applies(gender, race):  # the planted bias: weaker evidence for one group
+        k = spec.bias.strength
+        img = ImageEnhance.Contrast(img).enhance(1 - 0.6 * k)
+        img = img.filter(ImageFilter.GaussianBlur(1.2 * k * size / 64))
+        if rng.random() < 0.6 * k:  # a hand or object over the lower face
+            d = ImageDraw.Draw(img)
+            x0, y0 = rng.uniform(0.25, 0.5) * size, rng.uniform(0.5, 0.65) * size
+            d.ellipse([x0, y0, x0 + size * 0.35, y0 + size * 0.3], fill=_jitter(rng, (150, 120, 100), 30))
+
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.65, 1.3))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.7, 1.2))
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0) * size / 128))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(60, 96)))
+    stamp = "2017{:02d}{:02d}{:02d}{:02d}{:02d}{:03d}".format(
+        int(rng.integers(1, 13)), int(rng.integers(1, 29)), int(rng.integers(0, 24)),
+        int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
+    return f"{age}_{gender}_{race}_{stamp}_{n}.jpg", buf.getvalue()
+
+
+def _write_class(args: tuple[SyntheticSpec, int, str]) -> int:
+    spec, class_index, out = args
+    folder = Path(out) / CLASSES[class_index]
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(spec.per_class[class_index]):
+        name, data = draw_image(spec, class_index, n)
+        (folder / name).write_bytes(data)
+    return spec.per_class[class_index]
+
+
+def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -> Path:
+    """Write the dataset into ``out`` (which must not exist yet), one process per class."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already exists and is not empty: choose a new --out folder.")
+    jobs = [(spec, c, str(out)) for c in range(len(CLASSES))]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers == 1:
+        list(map(_write_class, jobs))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_class, jobs))
+    (out / "synthetic.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, indent=2))
+    return out
+
+
+def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
+    """Return the folder of ``spec``'s dataset under ``cache_dir``, generating it on first use.
+
+    The dataset is written into a temporary sibling folder and renamed into place only when complete,
+    so an interrupted generation never leaves a half dataset that a later run would take as whole.
+    """
+    final = Path(cache_dir) / "synthetic" / spec.key()
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        generate(spec, tmp / "data")
+        try:
+            os.rename(tmp / "data", final)
+        except OSError:
+            if not final.exists():  # another process finished first: theirs is identical
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
+    parser.add_argument("--per-class", type=int, nargs="+", default=list(SEED_COUNTS),
+                        help="one count for all classes or four counts (default: the seed's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--bias-attribute", choices=["gender", "race"], default="race")
+    parser.add_argument("--bias-group", type=int, default=1, help="code of the disadvantaged group")
+    parser.add_argument("--bias-strength", type=float, default=0.0, help="0 = off, 1 = strongest")
+    args = parser.parse_args(argv)
+    per_class = args.per_class[0] if len(args.per_class) == 1 else args.per_class
+    spec = make_spec(per_class, args.seed, args.size,
+                     BiasKnob(args.bias_attribute, args.bias_group, args.bias_strength))
+    out = generate(spec, args.out)
+    print(f"wrote {sum(spec.per_class)} images in {len(CLASSES)} class folders to {out}")
+
+
+if __name__ == "__main__":
+    main()

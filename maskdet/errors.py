@@ -1,0 +1,21 @@
+"""Errors that end a run with a message for the user instead of a traceback.
+
+Entry points catch ``MaskdetError`` and print its message: each one names the file or config key at
+fault and what to do about it.
+"""
+
+
+class MaskdetError(Exception):
+    """Base class: the message is complete and written for the user."""
+
+
+class DataError(MaskdetError):
+    """The dataset on disk (or its description in config) cannot be used as it is."""
+
+
+class ConfigError(MaskdetError):
+    """A config value or key is wrong."""
+
+
+class WeightsUnavailableError(MaskdetError):
+    """Pretrained weights were asked for but cannot be downloaded or found."""

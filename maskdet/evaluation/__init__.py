@@ -1,0 +1,1 @@
+"""Evaluation: predictions, classification reports, confusion matrices."""

@@ -1,0 +1,78 @@
+"""The files a finished test leaves in its run folder: predictions, report, confusion matrix, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written to files, never shown
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+
+DEMOGRAPHIC_COLUMNS = ["age", "gender", "race", "age_group"]
+
+
+def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per test image: path, label, prediction, confidence, one probability column per class, demographics."""
+    part = index.loc[rows]
+    predicted = probs.argmax(1)
+    frame = pd.DataFrame({
+        "path": part["path"].to_numpy(),
+        "label": part["label_name"].to_numpy(),
+        "prediction": np.asarray(class_names, dtype=object)[predicted],
+        "confidence": probs.max(1),
+    })
+    for i, name in enumerate(class_names):
+        frame[f"prob_{name}"] = probs[:, i]
+    for column in DEMOGRAPHIC_COLUMNS:
+        frame[column] = part[column].to_numpy()
+    return frame
+
+
+def classification_report_text(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
+    """Per-class precision, recall, F1 and support with 4 digits, as printed in the first seed."""
+    return classification_report(predictions["label"], predictions["prediction"], labels=list(class_names),
+                                 digits=4, zero_division=0)
+
+
+def save_confusion_matrix(predictions: pd.DataFrame, class_names: Sequence[str], folder: Path) -> np.ndarray:
+    """Write ``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``confusion_matrix.png``."""
+    names = list(class_names)
+    matrix = confusion_matrix(predictions["label"], predictions["prediction"], labels=names)
+    pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names).to_csv(folder / "confusion_matrix.csv")
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 1.2 * len(names) + 2.5))
+    ax.imshow(matrix, cmap="Reds")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    ax.set_title("Confusion matrix (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=120)
+    plt.close(fig)
+    return matrix
+
+
+def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], folder: str | Path) -> str:
+    """Write predictions.csv, classification_report.txt and the confusion matrix; return the report text."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(folder / "predictions.csv", index=False)
+    report = classification_report_text(predictions, class_names)
+    (folder / "classification_report.txt").write_text(report)
+    save_confusion_matrix(predictions, class_names, folder)
+    return report
+
+
+def write_metrics(metrics: dict, folder: str | Path) -> Path:
+    path = Path(folder) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, default=float))
+    return path

@@ -1,0 +1,6 @@
+"""Models: the seed's custom CNN, torchvision backbones by name, and the LightningModule wrapping them."""
+
+from maskdet.models.module import MaskClassifier
+from maskdet.models.networks import build_network
+
+__all__ = ["MaskClassifier", "build_network"]

@@ -1,0 +1,115 @@
+"""One LightningModule for every network: cross-entropy, metrics, optimiser from config partials.
+
+Inputs are float images in [0, 1]; the module normalises them itself, so a checkpoint carries its whole
+preprocessing (image size, mean, std, class names) for evaluation, prediction and export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from maskdet.models.networks import build_network
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MaskClassifier(L.LightningModule):
+    def __init__(
+        self,
+        architecture: str = "custom_cnn",
+        num_classes: int = 4,
+        class_names: Sequence[str] | None = None,
+        image_size: int = 32,
+        weights: str | None = None,
+        freeze: str = "none",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., object] | None = None,
+    ):
+        super().__init__()
+        class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.save_hyperparameters({
+            "architecture": architecture, "num_classes": int(num_classes), "class_names": class_names,
+            "image_size": int(image_size), "weights": None if weights is None else str(weights), "freeze": freeze,
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+        })
+        self.net, self.head_name = build_network(architecture, num_classes, image_size, weights, freeze)
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+        def metrics(prefix: str) -> MetricCollection:
+            return MetricCollection({
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }, prefix=prefix)
+
+        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
+        self.val_acc_best = MaxMetric()
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ----------------------------------------------------------------- model
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+    def train(self, mode: bool = True):
+        """Keep a frozen backbone (BatchNorm statistics, dropout) in eval mode; only the head trains."""
+        super().train(mode)
+        if mode and self.hparams.freeze == "backbone":
+            self.net.eval()
+            self.net.get_submodule(self.head_name).train()
+        return self
+
+    # ----------------------------------------------------------------- steps
+    def _step(self, batch: dict, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        metrics.update(logits, batch["label"])
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test",
+                 batch_size=len(logits), sync_dist=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(logits))
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_metrics)[0]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_metrics)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check must not count as a best epoch
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(self.val_metrics["acc"].compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        _, logits = self._step(batch, "test", self.test_metrics)
+        self.test_outputs.append((batch["row"].cpu(), logits.float().softmax(1).cpu()))
+
+    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index rows and class probabilities of every test image seen by the last ``trainer.test``."""
+        rows, probs = zip(*self.test_outputs)
+        return torch.cat(rows), torch.cat(probs)
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
