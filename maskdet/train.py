@@ -56,12 +56,13 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0] if cfg.get("test", True) else {}
 
     metrics = {
-        "val": {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")},
+        "val": val_metrics,
         "test": _scalars(test_metrics),
         "best_checkpoint": best,
         "epochs_trained": trainer.current_epoch,

@@ -17,7 +17,14 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from maskdet.data import cache, sources
 from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups
@@ -231,7 +238,7 @@ def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     conflicting = set(labels_per_digest[labels_per_digest > 1].index)
     if conflicting:
         clash = index[index["digest"].isin(conflicting)]
-        for digest, group in clash.groupby("digest"):
+        for _, group in clash.groupby("digest"):
             for path, label in zip(group["path"], group["label_name"]):
                 others = ", ".join(f"{p} ({lab})" for p, lab in zip(group["path"], group["label_name"]) if p != path)
                 skipped.append({"path": path, "reason": f"label conflict: class '{label}' but the same file content is {others}"})

@@ -41,8 +41,12 @@ def normalise_group(attribute: str, value: object) -> str:
     text = str(value).strip().lower()
     if names is None:
         return text or UNKNOWN
-    if text.isdigit() and int(text) in names:
-        return names[int(text)]
+    try:
+        code = float(text)  # "1", or "1.0" as pandas writes a code column with gaps
+    except ValueError:
+        code = None
+    if code is not None and code.is_integer() and int(code) in names:
+        return names[int(code)]
     if text in names.values() or text == UNKNOWN:
         return text
     raise ValueError(

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 SEED_COUNTS = (2160, 2103, 2162, 2180)
-GENERATOR_VERSION = 1  # bump when drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = 2  # bump when drawing changes, so cached datasets are regenerated
 
 # Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
 _SKIN_MEANS = {0: (228, 190, 165), 1: (120, 82, 60), 2: (222, 186, 150), 3: (170, 122, 90), 4: (196, 150, 115)}
@@ -212,6 +211,9 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
     """Draw image ``n`` of class ``class_index``; return its file name and JPEG bytes."""
     rng = np.random.default_rng([spec.seed, class_index, n, GENERATOR_VERSION])
     age, gender, race = _demographics(rng)
+    stamp = "2017{:02d}{:02d}{:02d}{:02d}{:02d}{:03d}".format(
+        int(rng.integers(1, 13)), int(rng.integers(1, 29)), int(rng.integers(0, 24)),
+        int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
     size = spec.size
     img = _background(rng, size)
     face = _draw_face(rng, size, age, gender, race, CLASSES[class_index])
@@ -233,9 +235,6 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0) * size / 128))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(60, 96)))
-    stamp = "2017{:02d}{:02d}{:02d}{:02d}{:02d}{:03d}".format(
-        int(rng.integers(1, 13)), int(rng.integers(1, 29)), int(rng.integers(0, 24)),
-        int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
     return f"{age}_{gender}_{race}_{stamp}_{n}.jpg", buf.getvalue()
 
 
@@ -261,7 +260,6 @@ def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -
     else:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_class, jobs))
-    (out / "synthetic.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, indent=2))
     return out
 
 
@@ -285,6 +283,8 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # the parameters sit beside the dataset, not in it, so the class-folder reader sees only class folders
+    final.with_suffix(".json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, indent=2))
     return final
 
 

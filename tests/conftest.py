@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny synthetic datasets generated once per session; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from maskdet.config import register_resolvers
+from maskdet.data.synthetic import generate, make_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the whole session, so decoded images are reused across tests as across runs."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """120 face crops (30 per seed class) at 64 px in the seeds' layout."""
+    return generate(make_spec(per_class=30, seed=1, size=64), tmp_path_factory.mktemp("tiny") / "faces")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """400 face crops (100 per class) at 64 px, enough for a few epochs to learn something."""
+    return generate(make_spec(per_class=100, seed=2, size=64), tmp_path_factory.mktemp("small") / "faces")
+
+
+def compose_train(overrides: list[str], output_dir: Path, cache_dir: Path):
+    """Compose conf/train.yaml as the CLI would, with the run folder and cache in the test's tmp dirs."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[
+            f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}",
+            "~callbacks.progress_bar", "trainer.enable_progress_bar=false", *overrides,
+        ])
+
+
+def cli_env(cache_dir: Path, root: Path) -> dict:
+    return {**os.environ, "MASKDET_CACHE_DIR": str(cache_dir), "MASKDET_ROOT": str(root), "PYTHONPATH": str(REPO)}

@@ -1,0 +1,95 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from maskdet.errors import ConfigError, WeightsUnavailableError
+from maskdet.models import MaskClassifier, build_network
+from maskdet.models.networks import head_name
+
+
+def test_custom_cnn_has_the_seed_parameter_count():
+    net, head = build_network("custom_cnn", num_classes=4, image_size=32)
+    assert sum(p.numel() for p in net.parameters()) == 4_733_004
+    assert head == "fc_layer.6"
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("architecture, head", [("resnet18", "fc"), ("mobilenet_v2", "classifier.1"),
+                                                ("efficientnet_b0", "classifier.1"), ("shufflenet_v2_x0_5", "fc")])
+def test_torchvision_heads_follow_the_number_of_classes(architecture, head):
+    net, found = build_network(architecture, num_classes=3)
+    assert found == head
+    assert net.get_submodule(head).out_features == 3
+    assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_unknown_architecture_and_freeze_are_explained():
+    with pytest.raises(ConfigError, match="did you mean resnet18"):
+        build_network("resnet_18", 2)
+    with pytest.raises(ConfigError, match="model.freeze='all' is unknown"):
+        build_network("resnet18", 2, freeze="all")
+    with pytest.raises(ConfigError, match="not a weights name of resnet18"):
+        build_network("resnet18", 2, weights="IMAGENET9K")
+
+
+def test_offline_imagenet_weights_fail_fast_with_instructions(tmp_path, monkeypatch):
+    # Every connection goes to a closed local port: the same failure as an offline machine, with no traffic.
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_network("resnet18", 2, weights="IMAGENET1K_V1")
+    message = str(err.value)
+    assert "Downloading the resnet18 IMAGENET1K_V1 weights" in message and "failed" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "model.weights=<path" in message
+
+
+def test_local_weights_file_is_loaded_before_the_head_is_replaced(tmp_path):
+    torch.manual_seed(123)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    net, _ = build_network("resnet18", 2, weights=str(tmp_path / "resnet18.pth"), freeze="backbone")
+    assert torch.equal(net.conv1.weight, reference.conv1.weight)
+    assert torch.equal(net.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+
+
+def test_local_weights_of_another_model_are_refused(tmp_path):
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ConfigError, match="does not fit this architecture"):
+        build_network("resnet18", 2, weights=str(tmp_path / "r34.pth"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_network("resnet18", 2, weights=str(tmp_path / "none.pth"))
+
+
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = MaskClassifier("resnet18", num_classes=2, freeze="backbone",
+                           optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    optimizer = model.configure_optimizers()
+    model.train()
+    bns = [m for m in model.net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(not m.training for m in bns)
+    assert model.net.get_submodule(model.head_name).training
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(torch.rand(8, 3, 64, 64)), torch.randint(0, 2, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.net.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed == ["fc.bias", "fc.weight"]
+    assert head_name(model.net) == "fc"
+
+
+def test_finetune_trains_everything():
+    model = MaskClassifier("mobilenet_v2", num_classes=2, freeze="none")
+    model.train()
+    assert all(p.requires_grad for p in model.parameters())
+    assert any(m.training for m in model.net.modules() if isinstance(m, nn.BatchNorm2d))

@@ -1,0 +1,176 @@
+"""Readers and the bad-input contract: every refused file is reported with its reason."""
+
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from maskdet.data import MaskDataModule
+from maskdet.data.images import BadImageError, load_rgb
+from maskdet.data.sources import read_class_folders, read_manifest, read_roboflow
+from maskdet.errors import DataError
+
+
+def face(path: Path, mode="RGB", size=(40, 40), colour=(200, 120, 90), fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+def make_folder_dataset(root: Path, classes=("cat_a", "cat_b", "cat_c"), per_class=20) -> Path:
+    for k, name in enumerate(classes):
+        for n in range(per_class):
+            face(root / name / f"{20 + n}_{n % 2}_{n % 5}_20170101000000{n:03d}.jpg", colour=(60 * k + 40, 100, 150))
+    return root
+
+
+def png_bomb(path: Path, side=20_000):
+    """A tiny PNG whose header claims side x side pixels (decompression bomb)."""
+    raw = zlib.compress(b"\x00" * (side + 1) * 8)
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+def test_folder_reader_finds_any_class_names(tmp_path):
+    root = make_folder_dataset(tmp_path / "d")
+    scan = read_class_folders(root)
+    assert sorted(scan.index["label_name"].unique()) == ["cat_a", "cat_b", "cat_c"]
+    assert len(scan.index) == 60 and scan.skipped == []
+    assert set(scan.index["gender"]) == {"male", "female"}
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])
+def test_unusual_modes_convert_to_rgb(tmp_path, mode):
+    path = tmp_path / f"x_{mode.replace(';', '')}.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    if mode == "I;16":
+        Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(path)
+    else:
+        face(path, mode=mode)
+    img = load_rgb(path)
+    assert img.mode == "RGB" and img.size == (40, 40)
+    if mode == "I;16":
+        assert np.asarray(img).max() > 200  # scaled from 16 bit, not clipped to black/white
+
+
+def test_bad_files_are_skipped_and_reported_with_reasons(tmp_path, cache_dir):
+    root = make_folder_dataset(tmp_path / "d", classes=("with_mask", "without_mask"), per_class=20)
+    bad = root / "with_mask"
+    (bad / "zero.jpg").write_bytes(b"")
+    (bad / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 3)
+    good = (root / "without_mask").glob("*.jpg").__next__().read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (bad / "notes.txt").write_text("labels are in the folder names")
+    face(bad / "tiny.png", size=(1, 1))
+    png_bomb(bad / "bomb.png")
+    face(bad / "gray.png", mode="L")
+    face(bad / "cmyk.jpg", mode="CMYK")
+    face(bad / "rgba.png", mode="RGBA")
+    face(bad / "palette.png", mode="P")
+
+    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3)
+    dm.prepare_data()
+    dm.setup()
+    reasons = {Path(s["path"]).name: s["reason"] for s in dm.report()["skipped"]}
+    assert "empty file" in reasons["zero.jpg"]
+    assert "not a readable image" in reasons["corrupt.jpg"] or "corrupt" in reasons["corrupt.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image file" in reasons[".DS_Store"] and "not an image file" in reasons["notes.txt"]
+    assert "too small" in reasons["tiny.png"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    used = set(dm.index["path"].map(lambda p: Path(p).name))
+    assert {"gray.png", "cmyk.jpg", "rgba.png", "palette.png"} <= used
+    assert not set(reasons) & used
+    assert len(dm.index) == 40 + 4
+
+
+def test_same_content_under_two_classes_is_a_reported_conflict(tmp_path, cache_dir):
+    root = make_folder_dataset(tmp_path / "d", classes=("a", "b"), per_class=20)
+    original = sorted((root / "a").glob("*.jpg"))[0]
+    shutil.copy(original, root / "b" / "copy_of_a.jpg")
+    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3)
+    dm.setup()
+    conflicts = [s for s in dm.skipped if "label conflict" in s["reason"]]
+    assert {Path(s["path"]).name for s in conflicts} == {original.name, "copy_of_a.jpg"}
+    assert len(dm.index) == 41 - 2
+
+
+def test_missing_root_empty_class_and_single_class_are_explained(tmp_path):
+    with pytest.raises(DataError, match=r"data.root=.*does not exist"):
+        read_class_folders(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="data.root is not set"):
+        read_class_folders(None)
+    root = make_folder_dataset(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "c_empty").mkdir()
+    with pytest.raises(DataError, match=r"Class folder .*c_empty holds no image files"):
+        read_class_folders(root)
+    shutil.rmtree(root / "c_empty")
+    shutil.rmtree(root / "b")
+    with pytest.raises(DataError, match=r"1 class folder\(s\) \(a\); a classifier needs at least two"):
+        read_class_folders(root)
+
+
+def test_roboflow_export_keeps_splits_and_reports_ambiguous_rows(tmp_path, cache_dir):
+    root = tmp_path / "rf"
+    for split, n in (("train", 20), ("valid", 6), ("test", 6)):
+        rows = []
+        for i in range(n):
+            name = f"img{i}_jpg.rf.{split}{i}.jpg"
+            face(root / split / name, colour=(200, 60, 60) if i % 2 else (60, 60, 200))
+            rows.append({"filename": name, " mask": i % 2, " no-mask": 1 - i % 2})
+        if split == "train":
+            face(root / split / "both.jpg")
+            face(root / split / "none.jpg")
+            rows += [{"filename": "both.jpg", " mask": 1, " no-mask": 1}, {"filename": "none.jpg", " mask": 0, " no-mask": 0}]
+        pd.DataFrame(rows).to_csv(root / split / "_classes.csv", index=False)
+    scan = read_roboflow(root)
+    assert scan.index.groupby("split").size().to_dict() == {"test": 6, "train": 20, "val": 6}
+    reasons = {Path(s["path"]).name: s["reason"] for s in scan.skipped}
+    assert "several class columns are 1 (mask, no-mask)" in reasons["both.jpg"]
+    assert "no class column is 1" in reasons["none.jpg"]
+    dm = MaskDataModule(source="roboflow", root=str(root), cache_dir=str(cache_dir))
+    dm.setup()
+    assert dm.class_names == ["mask", "no-mask"]
+    assert (dm.index.groupby("split").size() == pd.Series({"test": 6, "train": 20, "val": 6})).all()
+
+
+def test_manifest_reads_demographics_and_refuses_paths_outside_root(tmp_path, cache_dir):
+    root = tmp_path / "m"
+    rows = []
+    for i in range(24):
+        face(root / "imgs" / f"p{i}.png", colour=(200, 60, 60) if i % 2 else (60, 60, 200))
+        rows.append({"path": f"imgs/p{i}.png", "label": "mask" if i % 2 else "none", "gender": i % 2, "race": "black", "age": 30})
+    rows.append({"path": "imgs/missing.png", "label": "mask", "gender": 0, "race": 0, "age": ""})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    scan = read_manifest(root)
+    assert len(scan.index) == 24 and set(scan.index["race"]) == {"black"}
+    assert set(scan.index["gender"]) == {"male", "female"}
+    assert "line 26: file not found" in scan.skipped[0]["reason"]
+
+    (tmp_path / "secret.png").write_bytes(b"x")
+    pd.DataFrame(rows[:3] + [{"path": "../secret.png", "label": "mask"}]).to_csv(root / "evil.csv", index=False)
+    with pytest.raises(DataError, match=r"evil.csv line 5: path '../secret.png' resolves outside data.root"):
+        read_manifest(root, "evil.csv")
+
+
+def test_binary_label_map_merges_the_mask_kinds(tiny_dataset, cache_dir):
+    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), label_map="binary", num_folds=3)
+    dm.setup()
+    assert dm.class_names == ["without_mask", "with_mask"]
+    assert dm.index.groupby("label_name").size().to_dict() == {"with_mask": 90, "without_mask": 30}
+
+
+def test_bad_image_error_names_the_reason(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(BadImageError, match="empty file"):
+        load_rgb(tmp_path / "a.jpg")

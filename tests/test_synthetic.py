@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from maskdet.data import synthetic
+from maskdet.data.demographics import parse_utkface_name
+from maskdet.data.synthetic import CLASSES, ensure_dataset, generate, make_spec
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder) for p in folder.rglob("*.jpg"))
+
+
+def test_layout_names_and_counts(tmp_path):
+    out = generate(make_spec(per_class=[3, 4, 5, 6], seed=0, size=48), tmp_path / "d")
+    for name, count in zip(CLASSES, [3, 4, 5, 6]):
+        files = sorted((out / name).glob("*.jpg"))
+        assert len(files) == count
+        for f in files:
+            parsed = parse_utkface_name(f.name)
+            assert parsed["gender"] != "unknown" and parsed["race"] != "unknown", f.name
+            assert Image.open(f).size == (48, 48)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    a = generate(make_spec(per_class=4, seed=7, size=48), tmp_path / "a")
+    b = generate(make_spec(per_class=4, seed=7, size=48), tmp_path / "b", workers=1)
+    c = generate(make_spec(per_class=4, seed=8, size=48), tmp_path / "c")
+    assert _files(a) == _files(b)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in _files(a))
+    assert _files(a) != _files(c)
+
+
+def test_interrupted_generation_leaves_no_dataset_that_looks_whole(tmp_path, monkeypatch):
+    spec = make_spec(per_class=3, seed=0, size=48)
+
+    def crash(spec, out, workers=None):
+        (out / CLASSES[0]).mkdir(parents=True)
+        (out / CLASSES[0] / "1_0_0_2017_0.jpg").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "generate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_dataset(spec, tmp_path)
+    assert not (tmp_path / "synthetic" / spec.key()).exists()
+    assert list((tmp_path / "synthetic").iterdir()) == []  # the temp folder is cleaned up too
+    monkeypatch.undo()
+    folder = ensure_dataset(spec, tmp_path)
+    assert sum(1 for _ in folder.rglob("*.jpg")) == 12
+
+
+def test_classes_are_not_separable_by_colour_statistics(tiny_dataset):
+    """Mean and spread of each colour channel must not tell the mask kinds apart (chance is 25 %)."""
+    features, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for f in sorted((tiny_dataset / name).glob("*.jpg")):
+            pixels = np.asarray(Image.open(f), dtype=np.float32).reshape(-1, 3) / 255
+            features.append(np.concatenate([pixels.mean(0), pixels.std(0)]))
+            labels.append(label)
+    accuracy = cross_val_score(LogisticRegression(max_iter=2000), np.array(features), np.array(labels), cv=5).mean()
+    assert accuracy < 0.6, f"colour statistics alone reach {accuracy:.2f}"
+
+
+def test_bias_knob_changes_only_the_chosen_group(tmp_path):
+    plain = generate(make_spec(per_class=12, seed=3, size=48), tmp_path / "plain")
+    biased = generate(make_spec(per_class=12, seed=3, size=48, bias={"attribute": "gender", "group": 1, "strength": 1.0}),
+                      tmp_path / "biased")
+    changed = {f.name: (plain / f).read_bytes() != (biased / f).read_bytes() for f in _files(plain)}
+    for name, differs in changed.items():
+        assert differs == (parse_utkface_name(name)["gender"] == "female"), name
+
+
+def test_cli_writes_dataset(tmp_path, capsys):
+    synthetic.main(["--out", str(tmp_path / "cli"), "--per-class", "2", "--size", "40"])
+    assert len(_files(tmp_path / "cli")) == 8
+    assert "wrote 8 images" in capsys.readouterr().out
+
+
+def test_bad_spec_is_explained():
+    with pytest.raises(ValueError, match="per_class must be a positive int or 4"):
+        make_spec(per_class=[1, 2])
