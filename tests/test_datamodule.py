@@ -1,0 +1,129 @@
+"""The DataModule: subsets without leakage, caps, balancing, the decoded cache and batch augmentation."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskdet.data import MaskDataModule
+from maskdet.data.augment import BatchAugment
+from maskdet.data.cache import load_or_build
+from tests.conftest import REPO, cli_env
+
+
+def _dm(root, cache_dir, **kw):
+    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3, **kw)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_subset_evaluation_never_sees_a_training_image(small_dataset, cache_dir):
+    full = _dm(small_dataset, cache_dir)
+    train_paths = set(full.index.loc[full.index["split"] == "train", "path"])
+    for subset in ({"gender": "female"}, {"race": ["white", "black"]}, {"gender": "male", "race": "asian"}):
+        sub = _dm(small_dataset, cache_dir, subset=subset, cap_per_class=5)
+        test_rows = sub._splits["test"].rows.numpy()
+        test_paths = set(sub.index.loc[test_rows, "path"])
+        assert test_paths and not test_paths & train_paths
+        assert (sub.index["split"] == full.index["split"]).all()  # subsets never re-split
+        part = sub.index.loc[test_rows]
+        for attribute, wanted in subset.items():
+            assert set(part[attribute]) <= set(wanted if isinstance(wanted, list) else [wanted])
+        assert part.groupby("label").size().max() <= 5
+
+
+def test_training_never_runs_on_zero_images(small_dataset, cache_dir):
+    from maskdet.errors import DataError
+
+    with pytest.raises(DataError, match="training split is empty"):
+        _dm(small_dataset, cache_dir, subset={"age_group": "150-199"})
+
+
+def test_balanced_sampler_evens_out_label_by_group(small_dataset, cache_dir):
+    dm = _dm(small_dataset, cache_dir, balance_by=["race"], batch_size=64)
+    torch.manual_seed(0)
+    rows = torch.cat([b["row"] for _ in range(20) for b in dm.train_dataloader()]).numpy()
+    drawn = dm.index.loc[rows].groupby(["label", "race"]).size()
+    assert drawn.max() / drawn.min() < 1.6  # the raw cells differ by a factor of more than 5
+    raw = dm.index[dm.index["split"] == "train"].groupby(["label", "race"]).size()
+    assert raw.max() / raw.min() > 5
+
+
+def test_cache_equals_the_pil_path_and_is_reused(tiny_dataset, tmp_path):
+    paths = sorted(str(p) for p in tiny_dataset.rglob("*.jpg"))[:10]
+    import pandas as pd
+
+    decoded = load_or_build(pd.Series(paths), 32, tmp_path)
+    for i, path in enumerate(paths):
+        reference = np.asarray(Image.open(path).convert("RGB").resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+        assert np.array_equal(decoded.images[i], reference)
+    built = os.stat(decoded.folder / "images.npy").st_mtime_ns
+    again = load_or_build(pd.Series(paths), 32, tmp_path)
+    assert again.folder == decoded.folder and os.stat(again.folder / "images.npy").st_mtime_ns == built
+    # a changed file gives a new cache (the index is rebuilt when files change)
+    time.sleep(0.01)
+    Image.open(paths[0]).transpose(Image.FLIP_LEFT_RIGHT).save(paths[0])
+    changed = load_or_build(pd.Series(paths), 32, tmp_path)
+    assert changed.folder != decoded.folder
+    assert not np.array_equal(changed.images[0], decoded.images[0])
+
+
+def test_cache_and_streaming_paths_give_identical_batches(tiny_dataset, cache_dir):
+    cached = _dm(tiny_dataset, cache_dir)
+    streamed = _dm(tiny_dataset, cache_dir, decoded_cache=False, num_workers=0)
+    a, b = next(iter(cached.test_dataloader())), next(iter(streamed.test_dataloader()))
+    order_a, order_b = a["row"].argsort(), b["row"].argsort()
+    assert torch.equal(a["row"][order_a], b["row"][order_b])
+    assert torch.equal(a["image"][order_a], b["image"][order_b]) and a["image"].dtype == torch.uint8
+
+
+def test_augmentation_draws_parameters_per_sample():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 32, 32).expand(16, 3, 32, 32).contiguous()
+    out = BatchAugment(flip=0.5, rotation=15, brightness=0.2, contrast=0.2)(image)
+    distinct = {tuple(x.flatten()[:50].round(decimals=4).tolist()) for x in out}
+    assert len(distinct) == 16  # every copy of the same image came out different
+    flips = BatchAugment(flip=0.5, rotation=0, brightness=0, contrast=0)(image)
+    flipped = [torch.equal(f, image[0].flip(-1)) for f in flips]
+    assert 0 < sum(flipped) < 16 and all(f or torch.equal(x, image[0]) for f, x in zip(flipped, flips))
+
+
+def test_augmentation_applies_to_training_batches_only(tiny_dataset, cache_dir):
+    dm = _dm(tiny_dataset, cache_dir, augment=BatchAugment())
+
+    class Trainer:
+        training = False
+
+    dm.trainer = Trainer()
+    batch = next(iter(dm.val_dataloader()))
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(out["image"], batch["image"].float() / 255)
+    Trainer.training = True
+    assert not torch.equal(dm.on_after_batch_transfer(batch, 0)["image"], out["image"])
+
+
+@pytest.mark.slow
+def test_data_report_cli(tiny_dataset, cache_dir, tmp_path):
+    (tiny_dataset.parent / "faces" / "with_cloth_mask" / "notes.txt").write_text("x")
+    try:
+        result = subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={tiny_dataset}",
+                                 "data.num_folds=3"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        (tiny_dataset / "with_cloth_mask" / "notes.txt").unlink()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "120 images in 4 classes" in result.stdout and "notes.txt: not an image file" in result.stdout
+    (report_path,) = (tmp_path / "outputs" / "data_report" / "runs").glob("*/data_report.json")
+    report = json.loads(report_path.read_text())
+    assert report["num_images"] == 120 and report["classes"][0] == "without_mask"
+    assert report["counts"]["split_class"]["test"] == {c: 9 for c in report["classes"]}
+    assert sum(report["groups"]["gender"].values()) == 120
+    assert report["skipped"] == [{"path": str(tiny_dataset / "with_cloth_mask" / "notes.txt"),
+                                  "reason": "not an image file (extension '.txt')"}]
