@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,12 @@ def train(cfg: DictConfig) -> dict:
 
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
                         image_size=datamodule.image_size)
+    if datamodule.feature_cache and datamodule.decoded_cache and model.hparams.freeze == "backbone" \
+            and datamodule.augment is None:
+        log.info("frozen backbone without augmentation: training the head on cached backbone features")
+        on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
+        datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())
+        model.cpu()
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -67,24 +67,24 @@ def test_local_weights_of_another_model_are_refused(tmp_path):
         build_network("resnet18", 2, weights=str(tmp_path / "none.pth"))
 
 
-def test_frozen_backbone_keeps_weights_and_batchnorm_statistics():
-    torch.manual_seed(0)
-    model = MaskClassifier("resnet18", num_classes=2, freeze="backbone",
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(tiny_dataset, cache_dir):
+    """Through Lightning's own loop (which sets and restores module modes), not a hand-written one."""
+    import lightning as L
+
+    from maskdet.data import MaskDataModule
+
+    L.seed_everything(0)
+    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), num_folds=3,
+                        image_size=48, batch_size=16)
+    model = MaskClassifier("resnet18", num_classes=4, freeze="backbone",
                            optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
-    optimizer = model.configure_optimizers()
-    model.train()
-    bns = [m for m in model.net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(not m.training for m in bns)
-    assert model.net.get_submodule(model.head_name).training
-    for _ in range(3):
-        loss = nn.functional.cross_entropy(model(torch.rand(8, 3, 64, 64)), torch.randint(0, 2, (8,)))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
     after = model.net.state_dict()
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    assert changed == ["fc.bias", "fc.weight"]
+    assert changed == ["fc.bias", "fc.weight"]  # running_mean / running_var / num_batches_tracked unchanged
     assert head_name(model.net) == "fc"
 
 

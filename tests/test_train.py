@@ -143,3 +143,19 @@ def test_empty_class_folder_and_single_class_stop_the_run(tmp_path, cache_dir):
         f.write_bytes(b"")  # every image of class b is unreadable: one class is left
     with pytest.raises(DataError, match=r"Only one class \(a\) has usable images"):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_head_on_cached_features_matches_training_through_the_frozen_backbone(tiny_dataset, cache_dir, tmp_path):
+    common = ["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "model=resnet18", "model.weights=null",
+              "model.freeze=backbone", "data.image_size=64", "trainer.max_epochs=3", "data.batch_size=16",
+              "~logger", "trainer.deterministic=true"]
+    cached = train(compose_train([*common, "data.feature_cache=true"], tmp_path / "cached", cache_dir))
+    through = train(compose_train([*common, "data.feature_cache=false"], tmp_path / "through", cache_dir))
+    assert cached["test"]["test/acc"] == pytest.approx(through["test"]["test/acc"], abs=1e-6)
+    assert cached["test"]["test/loss"] == pytest.approx(through["test"]["test/loss"], rel=1e-4)
+    import torch
+
+    heads = [torch.load(m["best_checkpoint"], weights_only=True)["state_dict"]["net.fc.weight"] for m in (cached, through)]
+    assert torch.allclose(heads[0], heads[1], atol=1e-5)
+    assert list((cache_dir / "decoded").glob("64px-*/features-*.npy"))

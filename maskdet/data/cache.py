@@ -101,3 +101,29 @@ def load_or_build(paths: pd.Series, image_size: int, cache_dir: str | Path, work
     meta = pd.read_parquet(folder / "meta.parquet")
     images = np.load(folder / "images.npy", mmap_mode="r")
     return DecodedImages(images, meta["error"].fillna(""), meta["digest"].fillna(""), folder)
+
+
+def load_or_build_features(decoded: DecodedImages, key: str, extract, batch_size: int = 256) -> np.ndarray:
+    """Backbone features of every decoded image, computed once per (decoded cache, backbone key).
+
+    ``extract`` maps a float batch in [0, 1] (B x 3 x H x W) to features (B x D). A frozen backbone gives
+    the same features every epoch, fold and run, so only the head needs to train on them.
+    """
+    import torch
+
+    path = decoded.folder / f"features-{key}.npy"
+    if not path.exists():
+        valid = np.flatnonzero(decoded.errors.to_numpy() == "")
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(valid), batch_size):
+                rows = valid[start:start + batch_size]
+                images = torch.from_numpy(np.ascontiguousarray(decoded.images[rows])).float().div_(255)
+                chunks.append(extract(images).float().cpu().numpy())
+        features = np.zeros((len(decoded.errors), chunks[0].shape[1]), dtype=np.float32)
+        features[valid] = np.concatenate(chunks)
+        fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npy", dir=decoded.folder)
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, features)
+        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
+    return np.load(path, mmap_mode="r")

@@ -39,17 +39,17 @@ SOURCES = ("synthetic", "folder", "roboflow", "manifest")
 
 
 class CachedSplit(Dataset):
-    """One split's decoded images; ``dataset[list_of_positions]`` returns a whole batch."""
+    """One split's decoded images (or backbone features); ``dataset[list_of_positions]`` is a whole batch."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):
-        self.images, self.labels, self.rows = images, labels, rows
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, key: str = "image"):
+        self.images, self.labels, self.rows, self.key = images, labels, rows, key
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(positions)
-        return {"image": self.images[idx], "label": self.labels[idx], "row": self.rows[idx]}
+        return {self.key: self.images[idx], "label": self.labels[idx], "row": self.rows[idx]}
 
 
 class StreamingSplit(Dataset):
@@ -89,6 +89,7 @@ class MaskDataModule(L.LightningDataModule):
         age_bins: Sequence[int] = DEFAULT_AGE_BINS,
         augment: torch.nn.Module | None = None,
         decoded_cache: bool = True,
+        feature_cache: bool = True,
         num_workers: int = 2,
         cache_dir: str = ".cache/maskdet",
     ):
@@ -105,6 +106,7 @@ class MaskDataModule(L.LightningDataModule):
         self.label_map, self.subset, self.cap = label_map, dict(subset or {}), cap_per_class
         self.balance_by = list(balance_by or [])
         self.age_bins, self.augment = list(age_bins), augment
+        self.feature_cache = feature_cache
         self.decoded_cache, self.num_workers, self.cache_dir = decoded_cache, int(num_workers), Path(cache_dir)
         self.index: pd.DataFrame | None = None
         self.skipped: list[dict] = []
@@ -170,18 +172,27 @@ class MaskDataModule(L.LightningDataModule):
             raise DataError(f"The training split is empty after data.subset={self.subset} and "
                             f"data.cap_per_class={self.cap}: loosen the subset; no run trains on zero images.")
         self.index, self.skipped = index, skipped
-        self._splits = {name: self._make_split(name, decoded) for name in ("train", "val", "test")}
+        self._decoded = decoded
+        self._splits = {name: self._make_split(name, decoded.images) for name in ("train", "val", "test")}
 
-    def _make_split(self, name: str, decoded: cache.DecodedImages) -> Dataset:
+    def _make_split(self, name: str, arrays: np.ndarray | None, key: str = "image") -> Dataset:
         part = self.index[self.index["selected"] & (self.index["split"] == name)]
         labels = torch.tensor(part["label"].to_numpy(), dtype=torch.long)
         rows = torch.tensor(part.index.to_numpy(), dtype=torch.long)
-        if not self.decoded_cache:
+        if arrays is None:
             return StreamingSplit(part["path"], labels, rows, self.image_size)
         cache_rows = np.sort(part["cache_row"].to_numpy())
         order = np.argsort(np.argsort(part["cache_row"].to_numpy()))  # sorted reads from the memmap
-        images = torch.from_numpy(np.ascontiguousarray(decoded.images[cache_rows])[order])
-        return CachedSplit(images, labels, rows)
+        return CachedSplit(torch.from_numpy(np.ascontiguousarray(arrays[cache_rows])[order]), labels, rows, key)
+
+    def use_backbone_features(self, extract, key: str) -> None:
+        """Serve cached backbone features (batch key ``"features"``) instead of images, for training a head
+        on a frozen backbone without augmentation: one backbone pass over the dataset instead of one per epoch."""
+        self.setup()
+        if not self.decoded_cache or self.augment is not None:
+            raise ConfigError("Backbone features can be cached only with data.decoded_cache=true and data.augment=null.")
+        features = cache.load_or_build_features(self._decoded, key, extract, self.eval_batch_size)
+        self._splits = {name: self._make_split(name, features, "features") for name in ("train", "val", "test")}
 
     def report(self) -> dict:
         """The data report (counts per split x class x group, skipped files) of the set-up data."""
@@ -224,6 +235,8 @@ class MaskDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """uint8 -> float in [0, 1] on the device; augment training batches only."""
+        if "image" not in batch:  # cached backbone features
+            return batch
         images = batch["image"].float().div_(255)
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)

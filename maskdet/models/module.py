@@ -6,6 +6,7 @@ preprocessing (image size, mean, std, class names) for evaluation, prediction an
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -56,10 +57,38 @@ class MaskClassifier(L.LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
         self.val_acc_best = MaxMetric()
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.train()  # apply the frozen-backbone modes from the start: Lightning restores captured modes
 
     # ----------------------------------------------------------------- model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images - self.mean) / self.std)
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.net.get_submodule(self.head_name)
+
+    @torch.no_grad()
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's input for float images in [0, 1], with the backbone in eval mode."""
+        captured = []
+        handle = self.head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        was_training = self.training
+        try:
+            self.eval()
+            self(images.to(self.device))
+        finally:
+            handle.remove()
+            self.train(was_training)
+        return captured[0]
+
+    def backbone_key(self) -> str:
+        """Identifies the frozen backbone's function: architecture, weights (by content), normalisation."""
+        digest = hashlib.sha256(repr((self.hparams.architecture, self.hparams.mean, self.hparams.std)).encode())
+        for name, tensor in self.net.state_dict().items():
+            if not name.startswith(self.head_name + "."):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def train(self, mode: bool = True):
         """Keep a frozen backbone (BatchNorm statistics, dropout) in eval mode; only the head trains."""
@@ -71,7 +100,8 @@ class MaskClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- steps
     def _step(self, batch: dict, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
+        # batches carry images, or the frozen backbone's cached features (see MaskDataModule.use_backbone_features)
+        logits = self(batch["image"]) if "image" in batch else self.head(batch["features"])
         loss = F.cross_entropy(logits, batch["label"])
         metrics.update(logits, batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test",
@@ -84,6 +114,9 @@ class MaskClassifier(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val", self.val_metrics)
+
+    def on_train_epoch_start(self) -> None:
+        self.train()  # re-apply the frozen-backbone eval mode however the loop set modes
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check must not count as a best epoch
