@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 SEED_COUNTS = (2160, 2103, 2162, 2180)
-GENERATOR_VERSION = 2  # bump when drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = 3  # bump when drawing changes, so cached datasets are regenerated
 
 # Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
 _SKIN_MEANS = {0: (228, 190, 165), 1: (120, 82, 60), 2: (222, 186, 150), 3: (170, 122, 90), 4: (196, 150, 115)}
@@ -114,6 +114,13 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+def _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w) -> None:
+    for side in (-1, 1):
+        x = cx + side * fw * 0.54
+        d.line([x, top + 2, x + side * fw * 0.06, cy - fh * 0.02], fill=colour, width=line_w)
+        d.line([x, bottom - 2, x + side * fw * 0.06, cy + fh * 0.12], fill=colour, width=line_w)
+
+
 def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     """Draw one face with its mask on a transparent layer (then rotated and pasted by the caller)."""
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
@@ -155,23 +162,27 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     if mask_class == "with_surgical_mask":
         colour = _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8)
         d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour)
-        pleat = tuple(int(c * 0.78) for c in colour)
-        for k in range(3):  # horizontal pleats: the surgical mask's signature
-            y = top + (bottom - top) * (0.3 + 0.2 * k)
-            d.line([left + fw * 0.04, y, right - fw * 0.04, y + rng.normal(0, 1)], fill=pleat, width=line_w)
+        if rng.random() < 0.75:  # horizontal pleats, the surgical mask's signature, often faint
+            pleat = tuple(int(c * rng.uniform(0.8, 0.93)) for c in colour)
+            for k in range(3):
+                y = top + (bottom - top) * (0.3 + 0.2 * k)
+                d.line([left + fw * 0.04, y, right - fw * 0.04, y + rng.normal(0, 1)], fill=pleat, width=line_w)
         d.line([left + fw * 0.1, top + 1, right - fw * 0.1, top + 1], fill=(200, 200, 205), width=line_w)  # nose wire
-        for side in (-1, 1):  # ear loops
-            x = cx + side * fw * 0.54
-            d.line([x, top + 2, x + side * fw * 0.06, cy - fh * 0.02], fill=colour, width=line_w)
-            d.line([x, bottom - 2, x + side * fw * 0.06, cy + fh * 0.12], fill=colour, width=line_w)
+        _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w)
     elif mask_class == "with_cloth_mask":
-        if rng.random() < 0.25:  # pale plain cloth masks look like surgical / FFP2 colours
+        pale = rng.random() < 0.4  # pale plain cloth masks share the surgical / FFP2 colours
+        if pale:
             colour = _jitter(rng, [(230, 230, 228), (170, 200, 225), (60, 60, 70)][int(rng.integers(3))], 10)
         else:
             colour = tuple(int(c) for c in rng.integers(20, 235, 3))
-        d.chord([left, top - fh * 0.12, right, bottom + fh * 0.02], 0, 180, fill=colour)
-        d.rectangle([left, top, right, top + (bottom - top) * 0.45], fill=colour)
-        pattern = rng.choice(["plain", "stripes", "dots", "check"], p=[0.35, 0.25, 0.25, 0.15])
+        if rng.random() < 0.5:
+            d.chord([left, top - fh * 0.12, right, bottom + fh * 0.02], 0, 180, fill=colour)
+            d.rectangle([left, top, right, top + (bottom - top) * 0.45], fill=colour)
+        else:
+            d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.15, fill=colour)
+        if rng.random() < 0.5:
+            _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w)
+        pattern = "plain" if pale else rng.choice(["plain", "stripes", "dots", "check"], p=[0.35, 0.25, 0.25, 0.15])
         ink = _jitter(rng, rng.integers(0, 255, 3), 0)
         if pattern == "stripes":
             for k in range(1, 6):
@@ -189,15 +200,23 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
                 d.line([x, top, x, bottom - fh * 0.05], fill=ink, width=line_w)
     elif mask_class == "with_ffp2_mask":
         colour = _jitter(rng, _FFP2[int(rng.choice(5, p=[0.4, 0.25, 0.15, 0.1, 0.1]))], 6)
-        chin = bottom + fh * 0.04
-        cup = [(left + fw * 0.05, top + fh * 0.03), (cx, top - fh * 0.05), (right - fw * 0.05, top + fh * 0.03),
-               (right - fw * 0.02, cy + fh * 0.3), (cx, chin), (left + fw * 0.02, cy + fh * 0.3)]
-        d.polygon(cup, fill=colour)
-        seam = tuple(int(c * 0.8) for c in colour)
-        d.line([cx, top - fh * 0.04, cx, chin], fill=seam, width=line_w)  # the vertical seam
-        for side in (-1, 1):  # head straps go up, not to the ears
-            d.line([cx + side * fw * 0.48, top + fh * 0.05, cx + side * fw * 0.56, cy - fh * 0.3], fill=seam, width=line_w)
-        if rng.random() < 0.3:  # exhalation valve
+        seam = tuple(int(c * rng.uniform(0.78, 0.92)) for c in colour)
+        if rng.random() < 0.35:  # flat-fold FFP2: a rectangle with one horizontal fold, like a surgical mask
+            d.rounded_rectangle([left, top - fh * 0.03, right, bottom + fh * 0.02], radius=fw * 0.1, fill=colour)
+            y = top + (bottom - top) * 0.5
+            d.line([left + fw * 0.03, y, right - fw * 0.03, y], fill=seam, width=line_w)
+        else:  # cup: pointed at nose and chin, with a vertical seam
+            chin = bottom + fh * 0.04
+            cup = [(left + fw * 0.05, top + fh * 0.03), (cx, top - fh * 0.05), (right - fw * 0.05, top + fh * 0.03),
+                   (right - fw * 0.02, cy + fh * 0.3), (cx, chin), (left + fw * 0.02, cy + fh * 0.3)]
+            d.polygon(cup, fill=colour)
+            d.line([cx, top - fh * 0.04, cx, chin], fill=seam, width=line_w)
+        if rng.random() < 0.6:  # head straps go up...
+            for side in (-1, 1):
+                d.line([cx + side * fw * 0.48, top + fh * 0.05, cx + side * fw * 0.56, cy - fh * 0.3], fill=seam, width=line_w)
+        else:  # ...or ear loops, as on a surgical mask
+            _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w)
+        if rng.random() < 0.25:  # exhalation valve
             vx = cx + fw * rng.choice([-0.22, 0.22])
             vy = cy + fh * 0.25
             d.ellipse([vx - fw * 0.08, vy - fw * 0.08, vx + fw * 0.08, vy + fw * 0.08], fill=_jitter(rng, (120, 125, 130), 25))
