@@ -48,8 +48,12 @@ class CachedSplit(Dataset):
         return len(self.labels)
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(positions)
+        idx = torch.as_tensor(positions, device=self.images.device)
         return {self.key: self.images[idx], "label": self.labels[idx], "row": self.rows[idx]}
+
+    def move_to(self, device: torch.device) -> CachedSplit:
+        self.images, self.labels, self.rows = (t.to(device) for t in (self.images, self.labels, self.rows))
+        return self
 
 
 class StreamingSplit(Dataset):
@@ -211,12 +215,15 @@ class MaskDataModule(L.LightningDataModule):
             workers = self.num_workers
             return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
                               pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cuda" and _fits_on_gpu(dataset, device):
+            dataset.move_to(device)  # once; batches are then gathered on the GPU
         if train and self.balance_by:
             sampler = WeightedRandomSampler(self._balance_weights(dataset), num_samples=len(dataset), replacement=True)
         else:
             sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
         return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available() and dataset.images.device.type == "cpu")
 
     def _balance_weights(self, dataset: CachedSplit) -> torch.Tensor:
         """Weights that make every (label x group) cell equally likely: 1 / size of the sample's cell."""
@@ -241,6 +248,12 @@ class MaskDataModule(L.LightningDataModule):
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)
         return {**batch, "image": images}
+
+
+def _fits_on_gpu(dataset: CachedSplit, device: torch.device, share: float = 0.3) -> bool:
+    """A split goes to the GPU when its tensors take at most ``share`` of the free memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return dataset.images.device == device or dataset.images.nbytes <= share * free
 
 
 def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:

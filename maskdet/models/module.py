@@ -61,7 +61,14 @@ class MaskClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
+        images = (images - self.mean) / self.std
+        if images.is_cuda:  # convolutions are faster in channels-last layout on tensor cores
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
 
     @property
     def head(self) -> torch.nn.Module:
