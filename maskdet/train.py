@@ -11,17 +11,22 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import format_report, write_report
-from maskdet.errors import MaskdetError
+from maskdet.errors import ConfigError, MaskdetError
+from maskdet.evaluation.cv import write_summary
 from maskdet.evaluation.reports import predictions_frame, write_metrics, write_test_reports
 
 log = logging.getLogger("maskdet.train")
@@ -32,11 +37,25 @@ def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def resume_into_original_run(cfg: DictConfig) -> None:
+    """With ``ckpt_path=<run>/checkpoints/last.ckpt``, continue writing into that run's folder."""
+    if not cfg.get("ckpt_path"):
+        return
+    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass the path of a .ckpt file to resume from.")
+    run_dir = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run_dir / "data_report.json").is_file():
+        log.info("resuming %s: outputs go to the original run folder %s", ckpt, run_dir)
+        OmegaConf.update(cfg, "paths.output_dir", str(run_dir))
+
+
 def train(cfg: DictConfig) -> dict:
     """Run one training job described by ``cfg``; return the figures written to ``metrics.json``."""
     started = time.time()
     for group in ("data", "model", "trainer"):
         check_keys(cfg[group], group)
+    resume_into_original_run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -44,9 +63,10 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    report = datamodule.report()
-    write_report(report, output_dir)
-    log.info("data report (%s):\n%s", output_dir / "data_report.json", format_report(report))
+    if rank_zero_only.rank == 0:
+        report = datamodule.report()
+        write_report(report, output_dir)
+        log.info("data report (%s):\n%s", output_dir / "data_report.json", format_report(report))
 
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
                         image_size=datamodule.image_size)
@@ -77,8 +97,9 @@ def train(cfg: DictConfig) -> dict:
         "class_names": datamodule.class_names,
         "wall_time_s": round(time.time() - started, 1),
     }
+    if test_metrics:
+        rows, probs = model.test_predictions()  # a collective under DDP: every rank takes part
     if test_metrics and trainer.is_global_zero:
-        rows, probs = model.test_predictions()
         predictions = predictions_frame(datamodule.index, rows.numpy(), probs.numpy(), datamodule.class_names)
         text = write_test_reports(predictions, datamodule.class_names, output_dir)
         log.info("classification report (test split, %d images):\n%s", len(predictions), text)
@@ -90,14 +111,37 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def train_cv(cfg: DictConfig) -> dict:
+    """All folds inside one job (caches reused), for a search whose objective is cross-validated.
+    Each fold runs in ``fold_<k>/``; the mean validation metrics are returned and summarised."""
+    output_dir = Path(cfg.paths.output_dir)
+    for fold in range(cfg.data.num_folds):
+        fold_cfg = cfg.copy()
+        OmegaConf.update(fold_cfg, "data.fold", fold)
+        OmegaConf.update(fold_cfg, "paths.output_dir", str(output_dir / f"fold_{fold}"))
+        train(fold_cfg)
+    runs, summary = write_summary(output_dir)
+    row = summary.iloc[0]
+    return {"val": {m: float(row[f"{m} mean"]) for m in ("val/acc_best", "val/acc", "val/f1", "val/loss")},
+            "folds": int(row["folds"])}
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg)
-    except MaskdetError as err:
-        log.error("%s", err)
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+        metrics = train_cv(cfg) if cfg.get("cv_in_job") else train(cfg)
+    except Exception as err:  # noqa: BLE001 - reported, never swallowed silently
+        if multirun:  # the sweep goes on; its summary lists this job with the error
+            failed = Path(cfg.paths.output_dir) / "failed.json"
+            failed.write_text(json.dumps({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}))
+            log.exception("job failed; recorded in %s", failed)
+            return None
+        if isinstance(err, MaskdetError):
+            log.error("%s", err)
+            print(f"\nmaskdet: {err}", file=sys.stderr)
+            sys.exit(1)
+        raise
     return metrics["val"].get(cfg.get("optimized_metric", "val/acc_best"))
 
 

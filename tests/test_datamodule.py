@@ -96,16 +96,15 @@ def test_augmentation_draws_parameters_per_sample():
 
 
 def test_augmentation_applies_to_training_batches_only(tiny_dataset, cache_dir):
+    import lightning as L
+
     dm = _dm(tiny_dataset, cache_dir, augment=BatchAugment())
-
-    class Trainer:
-        training = False
-
-    dm.trainer = Trainer()
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+    dm.trainer.validating = True
     batch = next(iter(dm.val_dataloader()))
     out = dm.on_after_batch_transfer(batch, 0)
     assert torch.equal(out["image"], batch["image"].float() / 255)
-    Trainer.training = True
+    dm.trainer.training = True
     assert not torch.equal(dm.on_after_batch_transfer(batch, 0)["image"], out["image"])
 
 
@@ -127,3 +126,30 @@ def test_data_report_cli(tiny_dataset, cache_dir, tmp_path):
     assert sum(report["groups"]["gender"].values()) == 120
     assert report["skipped"] == [{"path": str(tiny_dataset / "with_cloth_mask" / "notes.txt"),
                                   "reason": "not an image file (extension '.txt')"}]
+
+
+def _build_in_process(cache_dir: str, queue) -> None:
+    from maskdet.data.cache import load_or_build
+    from maskdet.data.sources import read_class_folders
+    from maskdet.data.synthetic import ensure_dataset, make_spec
+
+    root = ensure_dataset(make_spec(per_class=15, seed=5, size=48), cache_dir)
+    decoded = load_or_build(read_class_folders(root).index["path"], 24, cache_dir)
+    queue.put((str(decoded.folder), int(np.asarray(decoded.images).sum())))
+
+
+def test_parallel_jobs_share_one_dataset_and_one_cache(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    jobs = [ctx.Process(target=_build_in_process, args=(str(tmp_path), queue)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(120)
+    assert [job.exitcode for job in jobs] == [0, 0, 0]
+    results = {queue.get(timeout=5) for _ in jobs}
+    assert len(results) == 1  # the same folder and the same pixels for every job
+    assert len(list((tmp_path / "decoded").glob("24px-*[!k]"))) == 1
+    assert len([p for p in (tmp_path / "synthetic").iterdir() if p.is_dir()]) == 1

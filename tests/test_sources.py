@@ -82,6 +82,7 @@ def test_bad_files_are_skipped_and_reported_with_reasons(tmp_path, cache_dir):
     dm.prepare_data()
     dm.setup()
     reasons = {Path(s["path"]).name: s["reason"] for s in dm.report()["skipped"]}
+    print(reasons)  # shown when an assertion below fails
     assert "empty file" in reasons["zero.jpg"]
     assert "not a readable image" in reasons["corrupt.jpg"] or "corrupt" in reasons["corrupt.jpg"]
     assert "truncated" in reasons["truncated.jpg"]

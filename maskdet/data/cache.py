@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from maskdet.data.images import BadImageError, load_resized, load_rgb
 
@@ -97,7 +98,10 @@ def load_or_build(paths: pd.Series, image_size: int, cache_dir: str | Path, work
     """The decoded images of ``paths`` at ``image_size``, building the cache on first use."""
     folder = Path(cache_dir) / "decoded" / f"{image_size}px-{fingerprint(paths, image_size)}"
     if not (folder / "meta.parquet").exists():
-        build(paths, image_size, folder, workers)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{folder}.lock"):  # parallel sweep jobs: one builds, the others wait and reuse it
+            if not (folder / "meta.parquet").exists():
+                build(paths, image_size, folder, workers)
     meta = pd.read_parquet(folder / "meta.parquet")
     images = np.load(folder / "images.npy", mmap_mode="r")
     return DecodedImages(images, meta["error"].fillna(""), meta["digest"].fillna(""), folder)
@@ -109,21 +113,26 @@ def load_or_build_features(decoded: DecodedImages, key: str, extract, batch_size
     ``extract`` maps a float batch in [0, 1] (B x 3 x H x W) to features (B x D). A frozen backbone gives
     the same features every epoch, fold and run, so only the head needs to train on them.
     """
+    path = decoded.folder / f"features-{key}.npy"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            _build_features(decoded, path, extract, batch_size)
+    return np.load(path, mmap_mode="r")
+
+
+def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int) -> None:
     import torch
 
-    path = decoded.folder / f"features-{key}.npy"
-    if not path.exists():
-        valid = np.flatnonzero(decoded.errors.to_numpy() == "")
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(valid), batch_size):
-                rows = valid[start:start + batch_size]
-                images = torch.from_numpy(np.ascontiguousarray(decoded.images[rows])).float().div_(255)
-                chunks.append(extract(images).float().cpu().numpy())
-        features = np.zeros((len(decoded.errors), chunks[0].shape[1]), dtype=np.float32)
-        features[valid] = np.concatenate(chunks)
-        fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npy", dir=decoded.folder)
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, features)
-        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
-    return np.load(path, mmap_mode="r")
+    valid = np.flatnonzero(decoded.errors.to_numpy() == "")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(valid), batch_size):
+            rows = valid[start:start + batch_size]
+            images = torch.from_numpy(np.ascontiguousarray(decoded.images[rows])).float().div_(255)
+            chunks.append(extract(images).float().cpu().numpy())
+    features = np.zeros((len(decoded.errors), chunks[0].shape[1]), dtype=np.float32)
+    features[valid] = np.concatenate(chunks)
+    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npy", dir=decoded.folder)
+    with os.fdopen(fd, "wb") as handle:
+        np.save(handle, features)
+    os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file

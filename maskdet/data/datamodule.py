@@ -21,6 +21,7 @@ from torch.utils.data import (
     BatchSampler,
     DataLoader,
     Dataset,
+    DistributedSampler,
     RandomSampler,
     SequentialSampler,
     WeightedRandomSampler,
@@ -54,6 +55,14 @@ class CachedSplit(Dataset):
     def move_to(self, device: torch.device) -> CachedSplit:
         self.images, self.labels, self.rows = (t.to(device) for t in (self.images, self.labels, self.rows))
         return self
+
+
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes Lightning's ``set_epoch`` on to a distributed sampler inside it."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 class StreamingSplit(Dataset):
@@ -218,11 +227,18 @@ class MaskDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type == "cuda" and _fits_on_gpu(dataset, device):
             dataset.move_to(device)  # once; batches are then gathered on the GPU
-        if train and self.balance_by:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            rank = self.trainer.global_rank
+            # Training shards pad to equal length (DDP needs the same number of steps everywhere);
+            # evaluation shards do not, so synchronised metrics equal a single-process evaluation.
+            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed) if train \
+                else list(range(rank, len(dataset), world))
+        elif train and self.balance_by:
             sampler = WeightedRandomSampler(self._balance_weights(dataset), num_samples=len(dataset), replacement=True)
         else:
             sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
-        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+        return DataLoader(dataset, sampler=EpochBatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
                           pin_memory=torch.cuda.is_available() and dataset.images.device.type == "cpu")
 
     def _balance_weights(self, dataset: CachedSplit) -> torch.Tensor:

@@ -6,7 +6,6 @@ file is accepted or refused for the same reason everywhere.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +43,16 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise BadImageError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise BadImageError(f"{width}x{height} pixels is above the {MAX_PIXELS:,} pixel limit (decompression bomb?)")
-                if min(width, height) < MIN_SIDE:
-                    raise BadImageError(f"{width}x{height} pixels is too small (minimum side {MIN_SIDE})")
-                img.load()
-                return _to_rgb(img)
+        # The size is checked before decoding (MAX_PIXELS is below PIL's own warning threshold), so no
+        # global warnings filter is needed: those are not thread-safe and the cache decodes in threads.
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadImageError(f"{width}x{height} pixels is above the {MAX_PIXELS:,} pixel limit (decompression bomb?)")
+            if min(width, height) < MIN_SIDE:
+                raise BadImageError(f"{width}x{height} pixels is too small (minimum side {MIN_SIDE})")
+            img.load()
+            return _to_rgb(img)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

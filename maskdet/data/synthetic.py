@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
@@ -292,6 +293,13 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{final}.lock"):  # parallel sweep jobs: one generates, the others wait
+        if not final.exists():
+            _generate_atomically(spec, final)
+    return final
+
+
+def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         generate(spec, tmp / "data")
@@ -304,7 +312,6 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     # the parameters sit beside the dataset, not in it, so the class-folder reader sees only class folders
     final.with_suffix(".json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, indent=2))
-    return final
 
 
 def main(argv: Sequence[str] | None = None) -> None:

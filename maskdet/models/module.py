@@ -141,9 +141,16 @@ class MaskClassifier(L.LightningModule):
         self.test_outputs.append((batch["row"].cpu(), logits.float().softmax(1).cpu()))
 
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Index rows and class probabilities of every test image seen by the last ``trainer.test``."""
-        rows, probs = zip(*self.test_outputs)
-        return torch.cat(rows), torch.cat(probs)
+        """Index rows and class probabilities of every test image seen by the last ``trainer.test``,
+        gathered from every process under DDP (call it on all ranks)."""
+        rows, probs = (torch.cat(t) for t in zip(*self.test_outputs))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, (rows, probs))
+            rows, probs = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            order = rows.argsort()
+            rows, probs = rows[order], probs[order]
+        return rows, probs
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self):

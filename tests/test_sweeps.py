@@ -1,0 +1,163 @@
+"""Multiruns: k-fold experiments, mixed sweeps grouped by configuration, failures in the summary."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from maskdet.evaluation.cv import collect_runs, summarise, write_summary
+from tests.conftest import REPO, cli_env
+
+
+def _job(sweep, num, overrides, metrics=None, error=None):
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps({
+            "val": {"val/acc_best": metrics, "val/acc": metrics, "val/f1": metrics, "val/loss": 1 - metrics},
+            "test": {"test/acc": metrics - 0.01, "test/f1": metrics - 0.02, "test/loss": 1.1 - metrics},
+            "best_checkpoint": f"/x/checkpoints/epoch_{num:03d}.ckpt"}))
+    if error is not None:
+        (job / "failed.json").write_text(json.dumps({"error": error}))
+
+
+def test_summary_groups_by_non_fold_overrides_best_first(tmp_path):
+    accs = {("1e-3", 0): 0.8, ("1e-3", 1): 0.9, ("1e-4", 0): 0.6, ("1e-4", 1): 0.7}
+    for num, ((lr, fold), acc) in enumerate(accs.items()):
+        _job(tmp_path, num, [f"model.optimizer.lr={lr}", f"data.fold={fold}"], acc)
+    _job(tmp_path, 4, ["model.optimizer.lr=1e-2", "data.fold=0"], error="RuntimeError: loss is nan")
+    runs, summary = write_summary(tmp_path)
+    assert list(summary["config"]) == ["model.optimizer.lr=1e-3", "model.optimizer.lr=1e-4", "model.optimizer.lr=1e-2"]
+    assert summary.loc[0, "val/acc_best mean"] == pytest.approx(0.85)
+    assert summary.loc[0, "val/acc_best std"] == pytest.approx(pd.Series([0.8, 0.9]).std())
+    assert summary.loc[2, "failed"] == 1 and summary.loc[2, "folds"] == 0
+    assert runs.loc[runs["job"] == "1", "best_epoch"].item() == 1
+    markdown = (tmp_path / "cv_summary.md").read_text()
+    assert "| model.optimizer.lr=1e-3 | 2 | 0 | 0.8500 ± 0.0707" in markdown
+    assert "job 4 (model.optimizer.lr=1e-2, fold 0): RuntimeError: loss is nan" in markdown
+    table = pd.read_csv(tmp_path / "cv_summary.csv")
+    assert set(table["fold"].astype(str)) >= {"0", "1", "mean", "std"}
+
+
+def test_killed_job_without_metrics_is_reported_not_skipped(tmp_path):
+    _job(tmp_path, 0, ["data.fold=0"], 0.9)
+    _job(tmp_path, 1, ["data.fold=1"])
+    runs = collect_runs(tmp_path)
+    assert list(runs["status"]) == ["ok", "failed"] and "killed" in runs.loc[1, "error"]
+    assert summarise(runs).loc[0, "failed"] == 1
+
+
+def _multirun(tmp_path, cache_dir, *overrides):
+    result = subprocess.run([sys.executable, "-m", "maskdet.train", "-m", *overrides], cwd=REPO,
+                            env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)
+    sweeps = list((tmp_path / "outputs").glob("*/multiruns/*"))
+    return result, sweeps
+
+
+@pytest.mark.slow
+def test_kfold_experiment_runs_every_fold_and_summarises(tiny_dataset, cache_dir, tmp_path):
+    result, (sweep,) = _multirun(tmp_path, cache_dir, "+experiment=custom_cnn_kfold", "data.num_folds=3",
+                                 "data=folder", f"data.root={tiny_dataset}", "trainer.max_epochs=1", "~logger")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = pd.read_csv(sweep / "cv_summary.csv")
+    folds = runs[runs["fold"].isin(["0", "1", "2"])]
+    assert sorted(folds["fold"]) == ["0", "1", "2"] and (folds["status"] == "ok").all()
+    mean = runs.loc[runs["fold"] == "mean", "test/acc"].item()
+    assert mean == pytest.approx(folds["test/acc"].astype(float).mean())
+    # every fold tested on the same test split, validated on its own fold
+    reports = [json.loads((sweep / str(j) / "data_report.json").read_text()) for j in range(3)]
+    assert len({r["counts"]["split"]["test"] for r in reports}) == 1
+    assert "± " in (sweep / "cv_summary.md").read_text()
+    assert list((sweep / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_mixed_sweep_with_a_failing_job_summarises_the_rest(tiny_dataset, cache_dir, tmp_path):
+    result, (sweep,) = _multirun(tmp_path, cache_dir, "data=folder", f"data.root={tiny_dataset}",
+                                 "data.num_folds=3", "trainer.max_epochs=1", "~logger",
+                                 "model.optimizer.lr=1e-3,-1.0", "data.fold=0,1")
+    assert result.returncode == 1  # a job failed: said at the end, after the summary was written
+    assert "2 of 4 sweep jobs failed" in result.stderr
+    summary = (sweep / "cv_summary.md").read_text()
+    assert "| data.fold" not in summary  # folds are grouped, not configurations
+    runs = pd.read_csv(sweep / "cv_summary.csv")
+    good = runs[(runs["config"] == "model.optimizer.lr=0.001") & runs["fold"].isin(["0", "1"])]
+    bad = runs[(runs["config"] == "model.optimizer.lr=-1.0") & runs["fold"].isin(["0", "1"])]
+    assert (good["status"] == "ok").all() and len(good) == 2
+    assert (bad["status"] == "failed").all() and bad["error"].str.contains("Invalid learning rate").all()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_finishes(tiny_dataset, cache_dir, tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
+            "trainer.max_epochs=25", "task_name=resume"]
+    env = cli_env(cache_dir, tmp_path)
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    runs = tmp_path / "outputs" / "resume" / "runs"
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (run,) = runs.iterdir()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    import torch
+
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    assert killed_at < 24
+    result = subprocess.run([*args, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())  # finished in the original run folder
+    assert metrics["epochs_trained"] == 25
+    for name in ("predictions.csv", "classification_report.txt", "confusion_matrix.png"):
+        assert (run / name).is_file()
+
+
+def test_two_seeded_deterministic_runs_give_identical_metrics(tiny_dataset, cache_dir, tmp_path):
+    from maskdet.data.augment import BatchAugment  # noqa: F401  (augmentation is part of what must repeat)
+    from maskdet.train import train
+    from tests.conftest import compose_train
+
+    overrides = ["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=2",
+                 "trainer.deterministic=true", "seed=3", "~logger",
+                 "+data.augment={_target_: maskdet.data.augment.BatchAugment}"]
+    first = train(compose_train(overrides, tmp_path / "a", cache_dir))
+    second = train(compose_train(overrides, tmp_path / "b", cache_dir))
+    assert first["val"] == second["val"] and first["test"] == second["test"]
+    third = train(compose_train([*overrides[:-2], "seed=4", overrides[-1]], tmp_path / "c", cache_dir))
+    assert third["test"] != first["test"] or third["val"] != first["val"]
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_matches_single_process_evaluation(tiny_dataset, cache_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "maskdet.train", "trainer=ddp_sim", "data=folder",
+                             f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=2", "task_name=ddp",
+                             "data.eval_batch_size=8"],
+                            cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "ddp" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == 36 and predictions["path"].is_unique  # both ranks' halves, once each
+
+    import lightning as L
+
+    from maskdet.data import MaskDataModule
+    from maskdet.models import MaskClassifier
+
+    model = MaskClassifier.load_from_checkpoint(metrics["best_checkpoint"], weights=None)
+    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), num_folds=3)
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).test(model, dm, verbose=False)[0]
+    assert single["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
+    assert single["test/f1"] == pytest.approx(metrics["test"]["test/f1"], abs=1e-6)
+    accuracy = (predictions["label"] == predictions["prediction"]).mean()
+    assert accuracy == pytest.approx(single["test/acc"], abs=1e-6)
