@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import format_report, write_report
 from maskdet.errors import ConfigError, MaskdetError
-from maskdet.evaluation.cv import write_summary
+from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import predictions_frame, write_metrics, write_test_reports
 
 log = logging.getLogger("maskdet.train")
@@ -122,8 +122,10 @@ def train_cv(cfg: DictConfig) -> dict:
         train(fold_cfg)
     runs, summary = write_summary(output_dir)
     row = summary.iloc[0]
-    return {"val": {m: float(row[f"{m} mean"]) for m in ("val/acc_best", "val/acc", "val/f1", "val/loss")},
-            "folds": int(row["folds"])}
+    metrics = {stage: {m: float(row[f"{m} mean"]) for m in METRICS if m.startswith(stage)} for stage in ("val", "test")}
+    metrics.update(folds=int(row["folds"]), failed=int(row["failed"]), cv_in_job=True)
+    write_metrics(metrics, output_dir)  # the job's own figures: means over its folds
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

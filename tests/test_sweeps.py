@@ -161,3 +161,52 @@ def test_ddp_with_two_cpu_processes_matches_single_process_evaluation(tiny_datas
     assert single["test/f1"] == pytest.approx(metrics["test"]["test/f1"], abs=1e-6)
     accuracy = (predictions["label"] == predictions["prediction"]).mean()
     assert accuracy == pytest.approx(single["test/acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_optuna_search_optimises_a_cross_validated_score(tiny_dataset, cache_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result, (sweep,) = _multirun(tmp_path, cache_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                                 "hydra.sweeper.sampler.n_startup_trials=2", "data=folder", f"data.root={tiny_dataset}",
+                                 "data.num_folds=2", "trainer.max_epochs=1", "~logger")
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.optimizer.lr", "data.batch_size", "model.freeze"}
+    for trial in ("0", "1"):
+        folds = pd.read_csv(sweep / trial / "cv_summary.csv")
+        per_fold = folds[folds["fold"].isin(["0", "1"])]
+        assert len(per_fold) == 2 and (per_fold["status"] == "ok").all()
+        job = json.loads((sweep / trial / "metrics.json").read_text())
+        assert job["val"]["val/acc_best"] == pytest.approx(per_fold["val/acc_best"].astype(float).mean())
+    trials = [json.loads((sweep / t / "metrics.json").read_text())["val"]["val/acc_best"] for t in ("0", "1")]
+    assert best["best_value"] == pytest.approx(max(trials))
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_folds_in_parallel_on_one_shared_cache(cache_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    fresh_cache = tmp_path / "cache"  # nothing built yet: the parallel jobs race to build it
+    result, (sweep,) = _multirun(tmp_path, fresh_cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                 "data.synthetic.per_class=20", "data.synthetic.size=48", "data.num_folds=2",
+                                 "data.fold=0,1", "trainer.max_epochs=1", "~logger")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = pd.read_csv(sweep / "cv_summary.csv")
+    assert (runs.loc[runs["fold"].isin(["0", "1"]), "status"] == "ok").all()
+    assert len([p for p in (fresh_cache / "synthetic").iterdir() if p.is_dir()]) == 1
+    assert len([p for p in (fresh_cache / "decoded").iterdir() if p.is_dir()]) == 1
+
+
+def test_slurm_launcher_and_ddp_compose():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
+            "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.tasks_per_node=4", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+            "+experiment=resnet18_frozen_kfold"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 4
+    assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
+    assert cfg.trainer.use_distributed_sampler is False and cfg.trainer.precision == "bf16-mixed"
