@@ -27,7 +27,8 @@ from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import format_report, write_report
 from maskdet.errors import ConfigError, MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
-from maskdet.evaluation.reports import predictions_frame, write_metrics, write_test_reports
+from maskdet.evaluation.reports import write_metrics
+from maskdet.evaluation.testing import test_and_report
 
 log = logging.getLogger("maskdet.train")
 register_resolvers()
@@ -86,23 +87,19 @@ def train(cfg: DictConfig) -> dict:
     val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0] if cfg.get("test", True) else {}
+    test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
+        if cfg.get("test", True) else ({}, {})
 
     metrics = {
         "val": val_metrics,
         "test": _scalars(test_metrics),
+        "bias": bias,
         "best_checkpoint": best,
         "epochs_trained": trainer.current_epoch,
         "num_classes": datamodule.num_classes,
         "class_names": datamodule.class_names,
         "wall_time_s": round(time.time() - started, 1),
     }
-    if test_metrics:
-        rows, probs = model.test_predictions()  # a collective under DDP: every rank takes part
-    if test_metrics and trainer.is_global_zero:
-        predictions = predictions_frame(datamodule.index, rows.numpy(), probs.numpy(), datamodule.class_names)
-        text = write_test_reports(predictions, datamodule.class_names, output_dir)
-        log.info("classification report (test split, %d images):\n%s", len(predictions), text)
     for logger in trainer.loggers:
         logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
     if trainer.is_global_zero:

@@ -40,7 +40,8 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
             flat = {**metrics.get("val", {}), **metrics.get("test", {})}
             best = re.search(r"epoch_(\d+)", str(metrics.get("best_checkpoint") or ""))
             row.update(status="ok", error="", best_epoch=int(best.group(1)) if best else None,
-                       **{m: flat.get(m) for m in METRICS})
+                       **{m: flat.get(m) for m in METRICS},
+                       **{f"bias/{k}": v for k, v in (metrics.get("bias") or {}).items()})
         else:
             failure = json.loads((job / "failed.json").read_text()) if (job / "failed.json").is_file() else {}
             row.update(status="failed", error=failure.get("error", "no metrics.json and no failed.json: killed?"),
@@ -52,7 +53,12 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     for row in rows:
         overrides = row.pop("overrides")
         row["config"] = " ".join(f"{k}={overrides.get(k)}" for k in varying) or "(one configuration)"
-    return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, "run_dir"])
+    bias = sorted({k for row in rows for k in row if k.startswith("bias/")})
+    return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias, "run_dir"])
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    return METRICS + [c for c in runs.columns if c.startswith("bias/")]
 
 
 def common_overrides(sweep_dir: str | Path) -> list[str]:
@@ -66,8 +72,9 @@ def common_overrides(sweep_dir: str | Path) -> list[str]:
 
 def summarise(runs: pd.DataFrame, rank_by: str = "val/acc_best") -> pd.DataFrame:
     """Mean and std of every metric per configuration over its finished folds, best ``rank_by`` first."""
-    finished = runs[runs["status"] == "ok"]
-    grouped = finished.groupby("config")[METRICS].agg(["mean", "std"])
+    columns = metric_columns(runs)
+    finished = runs[runs["status"] == "ok"].astype({c: float for c in columns})
+    grouped = finished.groupby("config")[columns].agg(["mean", "std"])
     grouped.columns = [f"{metric} {stat}" for metric, stat in grouped.columns]
     counts = runs.groupby("config").agg(folds=("status", lambda s: int((s == "ok").sum())),
                                         failed=("status", lambda s: int((s == "failed").sum())))
@@ -90,6 +97,13 @@ def format_markdown(runs: pd.DataFrame, summary: pd.DataFrame, common: list[str]
     for _, row in summary.iterrows():
         cells = [_pm(row[f"{m} mean"], row[f"{m} std"]) for m in shown]
         lines.append(f"| {row['config']} | {row['folds']} | {row['failed']} | " + " | ".join(cells) + " |")
+    bias = [c for c in summary.columns if c.startswith("bias/") and c.endswith(" mean") and "p_value" not in c]
+    if bias:
+        lines += ["", "## Group accuracy and largest gap (test split, mean ± std over folds)", "",
+                  "| attribute/group | " + " | ".join(summary["config"]) + " |", "|---" * (1 + len(summary)) + "|"]
+        for column in bias:
+            cells = [_pm(row[column], row[column.replace(" mean", " std")]) for _, row in summary.iterrows()]
+            lines.append(f"| {column.removeprefix('bias/').removesuffix(' mean')} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "| configuration | fold | status | best epoch | val acc | val F1 | val loss | "
               "test acc | test F1 | test loss | run folder |", "|---" * 11 + "|"]
     for _, r in runs.iterrows():
@@ -113,7 +127,7 @@ def write_summary(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for _, row in summary.iterrows():
         for stat in ("mean", "std"):
             stats.append({"config": row["config"], "fold": stat, "status": f"{row['folds']} ok, {row['failed']} failed",
-                          **{m: row[f"{m} {stat}"] for m in METRICS}})
+                          **{m: row[f"{m} {stat}"] for m in metric_columns(runs)}})
     pd.concat([runs, pd.DataFrame(stats)], ignore_index=True).to_csv(sweep_dir / "cv_summary.csv", index=False)
     (sweep_dir / "cv_summary.md").write_text(format_markdown(runs, summary, common_overrides(sweep_dir)))
     return runs, summary

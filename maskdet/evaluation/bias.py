@@ -1,0 +1,225 @@
+"""The bias audit: per-group metrics with confidence intervals, and tests of the largest gap.
+
+Per attribute (gender, race, age group, gender x race) and group: n, accuracy (Wilson 95 % interval),
+macro-F1 and expected calibration error (bootstrap 95 % intervals), recall per class. Per attribute: the
+largest accuracy gap between groups large enough to rank, its Newcombe interval and two-proportion z-test
+p-value, and the worst-group accuracy. Group metrics come from fairlearn's ``MetricFrame``; the
+intervals and tests are the standard formulas (scipy), which fairlearn does not provide.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference  # noqa: E402
+from scipy.stats import binomtest, norm  # noqa: E402
+from sklearn.metrics import accuracy_score, f1_score, recall_score  # noqa: E402
+
+DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
+UNKNOWN = "unknown"
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
+    """Two-sided pooled z-test of p1 == p2; returns (z, p-value)."""
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 0.0, 1.0
+    z = (k1 / n1 - k2 / n2) / se
+    return z, float(2 * norm.sf(abs(z)))
+
+
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
+    """95 % interval of p1 - p2 from the two Wilson intervals (Newcombe's hybrid score method)."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1)
+    l2, u2 = wilson_interval(k2, n2)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarray:
+    """ECE over equal-width confidence bins; vectorised over leading axes (rows = bootstrap samples)."""
+    confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    n = confidence.shape[1]
+    ece = np.zeros(confidence.shape[0])
+    for b in range(bins):
+        in_bin = which == b
+        count = in_bin.sum(1)
+        gap = np.abs((confidence * in_bin).sum(1) - (correct * in_bin).sum(1))
+        ece += np.where(count > 0, gap / n, 0.0)
+    return ece
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro-F1 over the classes present in each row (sklearn's definition), vectorised over rows."""
+    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
+    scores, present = [], []
+    for c in range(num_classes):
+        tp = ((y_true == c) & (y_pred == c)).sum(1)
+        fp = ((y_true != c) & (y_pred == c)).sum(1)
+        fn = ((y_true == c) & (y_pred != c)).sum(1)
+        denom = 2 * tp + fp + fn
+        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        present.append((tp + fn + fp) > 0)
+    scores, present = np.array(scores), np.array(present)
+    return (scores * present).sum(0) / np.maximum(present.sum(0), 1)
+
+
+def _bootstrap(y_true, y_pred, confidence, num_classes, n_boot, rng) -> dict[str, tuple[float, float]]:
+    n = len(y_true)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    f1 = _macro_f1(y_true[idx], y_pred[idx], num_classes)
+    ece = expected_calibration_error(confidence[idx], (y_true == y_pred)[idx])
+    return {"f1": tuple(np.percentile(f1, [2.5, 97.5])), "ece": tuple(np.percentile(ece, [2.5, 97.5]))}
+
+
+def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
+    frame = predictions.copy()
+    for column in ("gender", "race", "age_group"):
+        frame[column] = frame[column].fillna(UNKNOWN).astype(str) if column in frame else UNKNOWN
+    frame["gender_x_race"] = np.where((frame["gender"] == UNKNOWN) | (frame["race"] == UNKNOWN), UNKNOWN,
+                                      frame["gender"] + "/" + frame["race"])
+    return frame
+
+
+def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
+          min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """The bias audit of ``predictions`` (``predictions.csv``): a dict with ``groups`` (one row per
+    attribute x group), ``gaps`` (one per attribute) and notes for attributes with no information."""
+    names = list(class_names)
+    frame = with_group_columns(predictions)
+    y_true = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    y_pred = frame["prediction"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    confidence = frame["confidence"].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    rows, gaps, notes = [], [], []
+    for attribute in attributes:
+        groups = frame[attribute]
+        if (groups == UNKNOWN).all():
+            notes.append(f"{attribute}: no demographic information (file names are not UTKFace-style and no "
+                         f"{attribute} column was given), so no per-group figures.")
+            continue
+        metrics = MetricFrame(
+            metrics={"accuracy": accuracy_score,
+                     "macro_f1": lambda t, p: f1_score(t, p, labels=sorted(set(t) | set(p)), average="macro", zero_division=0),
+                     **{f"recall_{n}": (lambda t, p, c=i: recall_score(t, p, labels=[c], average="macro", zero_division=0))
+                        for i, n in enumerate(names)}},
+            y_true=y_true, y_pred=y_pred, sensitive_features=groups.to_numpy())
+        table = metrics.by_group
+        for group, values in table.iterrows():
+            mask = (groups == group).to_numpy()
+            n, correct = int(mask.sum()), int((y_true[mask] == y_pred[mask]).sum())
+            low, high = wilson_interval(correct, n)
+            boot = _bootstrap(y_true[mask], y_pred[mask], confidence[mask], len(names), n_bootstrap, rng)
+            ece = float(expected_calibration_error(confidence[mask], y_true[mask] == y_pred[mask])[0])
+            present = [i for i in range(len(names)) if (y_true[mask] == i).any()]
+            rows.append({
+                "attribute": attribute, "group": str(group), "n": n, "correct": correct,
+                "accuracy": float(values["accuracy"]), "accuracy_low": low, "accuracy_high": high,
+                "macro_f1": float(values["macro_f1"]), "macro_f1_low": boot["f1"][0], "macro_f1_high": boot["f1"][1],
+                "ece": ece, "ece_low": boot["ece"][0], "ece_high": boot["ece"][1],
+                **{f"recall_{names[i]}": float(values[f"recall_{names[i]}"]) if i in present else math.nan
+                   for i in range(len(names))},
+                "ranked": n >= min_group_size and group != UNKNOWN,
+            })
+        ranked = [r for r in rows if r["attribute"] == attribute and r["ranked"]]
+        gap = {"attribute": attribute, "groups_ranked": len(ranked),
+               "groups_flagged": sum(1 for r in rows if r["attribute"] == attribute and not r["ranked"])}
+        if len(ranked) >= 2:
+            best = max(ranked, key=lambda r: r["accuracy"])
+            worst = min(ranked, key=lambda r: r["accuracy"])
+            z, p = two_proportion_test(best["correct"], best["n"], worst["correct"], worst["n"])
+            low, high = newcombe_interval(best["correct"], best["n"], worst["correct"], worst["n"])
+            gap.update(best_group=best["group"], best_accuracy=best["accuracy"], worst_group=worst["group"],
+                       worst_accuracy=worst["accuracy"], gap=best["accuracy"] - worst["accuracy"],
+                       gap_low=low, gap_high=high, z=z, p_value=p, significant=bool(low > 0 or high < 0))
+        known = groups != UNKNOWN
+        if len(names) == 2 and known.sum() and groups[known].nunique() >= 2:
+            gap["demographic_parity_difference"] = float(demographic_parity_difference(
+                y_true[known.to_numpy()], y_pred[known.to_numpy()], sensitive_features=groups[known].to_numpy()))
+            gap["equalized_odds_difference"] = float(equalized_odds_difference(
+                y_true[known.to_numpy()], y_pred[known.to_numpy()], sensitive_features=groups[known].to_numpy()))
+        gaps.append(gap)
+    return {"groups": rows, "gaps": gaps, "notes": notes, "min_group_size": min_group_size,
+            "n_bootstrap": n_bootstrap, "class_names": names}
+
+
+def format_markdown(report: dict) -> str:
+    lines = ["# Bias report", "",
+             f"Accuracy with Wilson 95 % intervals; macro-F1 and ECE with bootstrap 95 % intervals "
+             f"({report['n_bootstrap']} resamples). Groups under {report['min_group_size']} images, and "
+             f"'unknown', are shown but not ranked (marked *).", ""]
+    lines += [f"- {note}" for note in report["notes"]]
+    for gap in report["gaps"]:
+        attribute = gap["attribute"]
+        lines += ["", f"## {attribute}", "", "| group | n | accuracy | macro-F1 | ECE |", "|---|---|---|---|---|"]
+        for r in (r for r in report["groups"] if r["attribute"] == attribute):
+            mark = "" if r["ranked"] else " *"
+            lines.append(f"| {r['group']}{mark} | {r['n']} | {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, "
+                         f"{r['accuracy_high']:.4f}] | {r['macro_f1']:.4f} [{r['macro_f1_low']:.4f}, "
+                         f"{r['macro_f1_high']:.4f}] | {r['ece']:.4f} [{r['ece_low']:.4f}, {r['ece_high']:.4f}] |")
+        if "gap" in gap:
+            verdict = "significant" if gap["significant"] else "not significant"
+            lines += ["", f"Largest gap: {gap['best_group']} {gap['best_accuracy']:.4f} vs {gap['worst_group']} "
+                          f"{gap['worst_accuracy']:.4f}: {gap['gap']:+.4f} [{gap['gap_low']:+.4f}, {gap['gap_high']:+.4f}], "
+                          f"z = {gap['z']:.2f}, p = {gap['p_value']:.3g} ({verdict} at 5 %). "
+                          f"Worst-group accuracy: {gap['worst_accuracy']:.4f}."]
+        else:
+            lines += ["", "Fewer than two groups large enough to rank: no gap test."]
+        for key in ("demographic_parity_difference", "equalized_odds_difference"):
+            if key in gap:
+                lines.append(f"{key.replace('_', ' ')}: {gap[key]:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    attributes = [g["attribute"] for g in report["gaps"]]
+    if not attributes:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "no demographic information", ha="center", va="center")
+        ax.axis("off")
+    else:
+        fig, axes = plt.subplots(len(attributes), 1, figsize=(8, 1.2 + 0.45 * len(report["groups"])), squeeze=False)
+        for ax, attribute in zip(axes[:, 0], attributes):
+            rows = [r for r in report["groups"] if r["attribute"] == attribute]
+            for y, r in enumerate(rows):
+                colour = "tab:blue" if r["ranked"] else "tab:gray"
+                ax.errorbar(r["accuracy"], y, xerr=[[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]],
+                            fmt="o", color=colour, capsize=3)
+            acc = np.array([r["accuracy"] for r in rows])
+            ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['n']})" for r in rows])
+            ax.set_title(f"accuracy by {attribute} (95 % Wilson intervals; grey: not ranked)", fontsize=9)
+            ax.set_xlim(max(0.0, acc.min() - 0.25), 1.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_bias_report(predictions: pd.DataFrame, class_names: Sequence[str], folder: str | Path, **options) -> dict:
+    """Audit ``predictions`` and write bias_report.md / .csv / .json and bias.png into ``folder``."""
+    folder = Path(folder)
+    report = audit(predictions, class_names, **options)
+    (folder / "bias_report.json").write_text(json.dumps(report, indent=2, default=float))
+    pd.DataFrame(report["groups"]).to_csv(folder / "bias_report.csv", index=False)
+    (folder / "bias_report.md").write_text(format_markdown(report))
+    plot(report, folder / "bias.png")
+    return report
