@@ -28,6 +28,7 @@ from maskdet.data.report import format_report, write_report
 from maskdet.errors import ConfigError, MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
+from maskdet.evaluation.subsets import compare_subsets
 from maskdet.evaluation.testing import test_and_report
 
 log = logging.getLogger("maskdet.train")
@@ -89,6 +90,13 @@ def train(cfg: DictConfig) -> dict:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
         if cfg.get("test", True) else ({}, {})
+
+    study = cfg.get("bias_study")
+    if study and test_metrics and trainer.world_size == 1:
+        text = compare_subsets(trainer, model, lambda **kw: instantiate(cfg.data, **kw), study.subsets,
+                               study.compare, study.cap_per_class, output_dir)
+        log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
+        print(text)
 
     metrics = {
         "val": val_metrics,

@@ -26,7 +26,7 @@ def test_experiment_composes(experiment):
         cfg = compose(config_name="train", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
     assert cfg.task_name == experiment
     assert cfg.data._target_ == "maskdet.data.MaskDataModule" and cfg.model._target_ == "maskdet.models.MaskClassifier"
-    if experiment.startswith("custom_cnn"):
+    if cfg.model.architecture == "custom_cnn":
         assert cfg.data.image_size == 32 and cfg.model.architecture == "custom_cnn" and cfg.data.augment is None
     else:
         assert cfg.data.image_size == 224 and cfg.model.mean == [0.485, 0.456, 0.406]

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 SEED_COUNTS = (2160, 2103, 2162, 2180)
-GENERATOR_VERSION = 3  # bump when drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = 6  # bump when drawing changes, so cached datasets are regenerated
 
 # Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
 _SKIN_MEANS = {0: (228, 190, 165), 1: (120, 82, 60), 2: (222, 186, 150), 3: (170, 122, 90), 4: (196, 150, 115)}
@@ -115,6 +115,27 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+def _apart(skin: Sequence[int], colour: Sequence[int], min_distance: float = 90.0) -> tuple[int, int, int]:
+    """Move a mask colour away from the skin colour until they differ by ``min_distance`` (RGB), the same
+    rule for every skin tone, so no group's masks blend into the face more often than another's."""
+    diff = np.asarray(colour, dtype=float) - np.asarray(skin, dtype=float)
+    distance = float(np.linalg.norm(diff))
+    if distance >= min_distance:
+        return tuple(int(c) for c in colour)
+    direction = diff / distance if distance > 0 else np.ones(3) / np.sqrt(3)
+    moved = np.asarray(skin, dtype=float) + direction * min_distance
+    if moved.min() < 0 or moved.max() > 255:  # no room on this side: go the other way
+        moved = np.asarray(skin, dtype=float) - direction * min_distance
+    return tuple(int(c) for c in np.clip(moved, 0, 255))
+
+
+def _edge(colour: Sequence[int]) -> tuple[int, int, int]:
+    """A mask's outline: darker for light masks, lighter for dark ones, whatever the skin behind it, so
+    that a mask's outline is equally visible on every skin tone (no bias unless the knob plants one)."""
+    light = sum(colour) > 300
+    return tuple(int(c * 0.6) if light else int(c + (255 - c) * 0.45) for c in colour)
+
+
 def _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w) -> None:
     for side in (-1, 1):
         x = cx + side * fw * 0.54
@@ -129,8 +150,9 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     s = size * rng.uniform(0.82, 1.08)
     cx, cy = size / 2 + rng.normal(0, size * 0.03), size / 2 + rng.normal(0, size * 0.03)
     child = age < 13
-    fw = s * (0.50 if child else rng.uniform(0.40, 0.48) if gender == 1 else rng.uniform(0.44, 0.52))
-    fh = s * (0.58 if child else rng.uniform(0.62, 0.70))
+    # shape varies with age and gender, size does not: a smaller face would carry less mask evidence
+    fw = s * (rng.uniform(0.48, 0.52) if child else rng.uniform(0.40, 0.48) if gender == 1 else rng.uniform(0.44, 0.52))
+    fh = s * rng.uniform(0.62, 0.70)
     skin = _jitter(rng, _SKIN_MEANS[race], _SKIN_SPREAD)
     hair = (150, 150, 150) if age > 58 and rng.random() < 0.7 else _HAIR[int(rng.integers(len(_HAIR)))]
     hair = _jitter(rng, hair, 10)
@@ -161,8 +183,8 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     left, right = cx - fw * 0.54, cx + fw * 0.54
     line_w = max(1, int(size / 64))
     if mask_class == "with_surgical_mask":
-        colour = _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8)
-        d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour)
+        colour = _apart(skin, _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8))
+        d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour, outline=_edge(colour))
         if rng.random() < 0.75:  # horizontal pleats, the surgical mask's signature, often faint
             pleat = tuple(int(c * rng.uniform(0.8, 0.93)) for c in colour)
             for k in range(3):
@@ -173,14 +195,14 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     elif mask_class == "with_cloth_mask":
         pale = rng.random() < 0.4  # pale plain cloth masks share the surgical / FFP2 colours
         if pale:
-            colour = _jitter(rng, [(230, 230, 228), (170, 200, 225), (60, 60, 70)][int(rng.integers(3))], 10)
+            colour = _apart(skin, _jitter(rng, [(230, 230, 228), (170, 200, 225), (60, 60, 70)][int(rng.integers(3))], 10))
         else:
-            colour = tuple(int(c) for c in rng.integers(20, 235, 3))
+            colour = _apart(skin, tuple(int(c) for c in rng.integers(20, 235, 3)))
         if rng.random() < 0.5:
-            d.chord([left, top - fh * 0.12, right, bottom + fh * 0.02], 0, 180, fill=colour)
+            d.chord([left, top - fh * 0.12, right, bottom + fh * 0.02], 0, 180, fill=colour, outline=_edge(colour))
             d.rectangle([left, top, right, top + (bottom - top) * 0.45], fill=colour)
         else:
-            d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.15, fill=colour)
+            d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.15, fill=colour, outline=_edge(colour))
         if rng.random() < 0.5:
             _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w)
         pattern = "plain" if pale else rng.choice(["plain", "stripes", "dots", "check"], p=[0.35, 0.25, 0.25, 0.15])
@@ -200,17 +222,18 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
                 x = left + (right - left) * k / 4
                 d.line([x, top, x, bottom - fh * 0.05], fill=ink, width=line_w)
     elif mask_class == "with_ffp2_mask":
-        colour = _jitter(rng, _FFP2[int(rng.choice(5, p=[0.4, 0.25, 0.15, 0.1, 0.1]))], 6)
+        colour = _apart(skin, _jitter(rng, _FFP2[int(rng.choice(5, p=[0.4, 0.25, 0.15, 0.1, 0.1]))], 6))
         seam = tuple(int(c * rng.uniform(0.78, 0.92)) for c in colour)
         if rng.random() < 0.35:  # flat-fold FFP2: a rectangle with one horizontal fold, like a surgical mask
-            d.rounded_rectangle([left, top - fh * 0.03, right, bottom + fh * 0.02], radius=fw * 0.1, fill=colour)
+            d.rounded_rectangle([left, top - fh * 0.03, right, bottom + fh * 0.02], radius=fw * 0.1, fill=colour,
+                                outline=_edge(colour))
             y = top + (bottom - top) * 0.5
             d.line([left + fw * 0.03, y, right - fw * 0.03, y], fill=seam, width=line_w)
         else:  # cup: pointed at nose and chin, with a vertical seam
             chin = bottom + fh * 0.04
             cup = [(left + fw * 0.05, top + fh * 0.03), (cx, top - fh * 0.05), (right - fw * 0.05, top + fh * 0.03),
                    (right - fw * 0.02, cy + fh * 0.3), (cx, chin), (left + fw * 0.02, cy + fh * 0.3)]
-            d.polygon(cup, fill=colour)
+            d.polygon(cup, fill=colour, outline=_edge(colour))
             d.line([cx, top - fh * 0.04, cx, chin], fill=seam, width=line_w)
         if rng.random() < 0.6:  # head straps go up...
             for side in (-1, 1):
@@ -222,7 +245,7 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
             vy = cy + fh * 0.25
             d.ellipse([vx - fw * 0.08, vy - fw * 0.08, vx + fw * 0.08, vy + fw * 0.08], fill=_jitter(rng, (120, 125, 130), 25))
     elif rng.random() < 0.2:  # no mask, but sometimes a scarf under the chin
-        colour = tuple(int(c) for c in rng.integers(20, 235, 3))
+        colour = _apart(skin, tuple(int(c) for c in rng.integers(20, 235, 3)))
         d.rectangle([cx - fw * 0.6, cy + fh * 0.48, cx + fw * 0.6, cy + fh * 0.62], fill=colour)
     return layer
 
@@ -242,9 +265,9 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
 
     if spec.bias.applies(gender, race):  # the planted bias: weaker evidence for one group
         k = spec.bias.strength
-        img = ImageEnhance.Contrast(img).enhance(1 - 0.6 * k)
-        img = img.filter(ImageFilter.GaussianBlur(1.2 * k * size / 64))
-        if rng.random() < 0.6 * k:  # a hand or object over the lower face
+        img = ImageEnhance.Contrast(img).enhance(1 - 0.7 * k)
+        img = img.filter(ImageFilter.GaussianBlur(1.5 * k * size / 64))
+        if rng.random() < 0.7 * k:  # a hand or object over the lower face
             d = ImageDraw.Draw(img)
             x0, y0 = rng.uniform(0.25, 0.5) * size, rng.uniform(0.5, 0.65) * size
             d.ellipse([x0, y0, x0 + size * 0.35, y0 + size * 0.3], fill=_jitter(rng, (150, 120, 100), 30))

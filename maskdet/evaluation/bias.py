@@ -3,7 +3,8 @@
 Per attribute (gender, race, age group, gender x race) and group: n, accuracy (Wilson 95 % interval),
 macro-F1 and expected calibration error (bootstrap 95 % intervals), recall per class. Per attribute: the
 largest accuracy gap between groups large enough to rank, its Newcombe interval and two-proportion z-test
-p-value, and the worst-group accuracy. Group metrics come from fairlearn's ``MetricFrame``; the
+p-value (Bonferroni-corrected for the number of group pairs it was picked from), and the worst-group
+accuracy. Group metrics come from fairlearn's ``MetricFrame``; the
 intervals and tests are the standard formulas (scipy), which fairlearn does not provide.
 """
 
@@ -45,11 +46,11 @@ def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, floa
     return z, float(2 * norm.sf(abs(z)))
 
 
-def newcombe_interval(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
-    """95 % interval of p1 - p2 from the two Wilson intervals (Newcombe's hybrid score method)."""
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of p1 - p2 from the two Wilson intervals (Newcombe's hybrid score method)."""
     p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1)
-    l2, u2 = wilson_interval(k2, n2)
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
     d = p1 - p2
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
@@ -147,11 +148,16 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
         if len(ranked) >= 2:
             best = max(ranked, key=lambda r: r["accuracy"])
             worst = min(ranked, key=lambda r: r["accuracy"])
+            # The largest of k(k-1)/2 possible gaps is tested, so the test and the interval are
+            # Bonferroni-corrected for that many comparisons (no correction with two groups).
+            comparisons = len(ranked) * (len(ranked) - 1) // 2
             z, p = two_proportion_test(best["correct"], best["n"], worst["correct"], worst["n"])
-            low, high = newcombe_interval(best["correct"], best["n"], worst["correct"], worst["n"])
+            low, high = newcombe_interval(best["correct"], best["n"], worst["correct"], worst["n"],
+                                          confidence=1 - 0.05 / comparisons)
             gap.update(best_group=best["group"], best_accuracy=best["accuracy"], worst_group=worst["group"],
                        worst_accuracy=worst["accuracy"], gap=best["accuracy"] - worst["accuracy"],
-                       gap_low=low, gap_high=high, z=z, p_value=p, significant=bool(low > 0 or high < 0))
+                       gap_low=low, gap_high=high, z=z, p_value_raw=p, comparisons=comparisons,
+                       p_value=min(1.0, p * comparisons), significant=bool(low > 0 or high < 0))
         known = groups != UNKNOWN
         if len(names) == 2 and known.sum() and groups[known].nunique() >= 2:
             gap["demographic_parity_difference"] = float(demographic_parity_difference(
@@ -179,9 +185,10 @@ def format_markdown(report: dict) -> str:
                          f"{r['macro_f1_high']:.4f}] | {r['ece']:.4f} [{r['ece_low']:.4f}, {r['ece_high']:.4f}] |")
         if "gap" in gap:
             verdict = "significant" if gap["significant"] else "not significant"
+            corrected = f", Bonferroni-corrected for {gap['comparisons']} pairs" if gap["comparisons"] > 1 else ""
             lines += ["", f"Largest gap: {gap['best_group']} {gap['best_accuracy']:.4f} vs {gap['worst_group']} "
                           f"{gap['worst_accuracy']:.4f}: {gap['gap']:+.4f} [{gap['gap_low']:+.4f}, {gap['gap_high']:+.4f}], "
-                          f"z = {gap['z']:.2f}, p = {gap['p_value']:.3g} ({verdict} at 5 %). "
+                          f"z = {gap['z']:.2f}, p = {gap['p_value']:.3g}{corrected} ({verdict} at 5 %). "
                           f"Worst-group accuracy: {gap['worst_accuracy']:.4f}."]
         else:
             lines += ["", "Fewer than two groups large enough to rank: no gap test."]

@@ -1,0 +1,180 @@
+"""The bias audit: interval and test formulas, per-group reports, planted bias found, evaluate, the seed's study."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskdet.evaluation.bias import (
+    audit,
+    newcombe_interval,
+    two_proportion_test,
+    wilson_interval,
+    write_bias_report,
+)
+from maskdet.train import train
+from tests.conftest import REPO, cli_env, compose_train
+
+CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
+
+
+def test_the_seed_gaps_get_their_p_values():
+    # 800 images per group (200 per class x 4): male 82 % vs female 73 %, white 77 % vs black 74 %
+    _, p_gender = two_proportion_test(656, 800, 584, 800)
+    _, p_race = two_proportion_test(616, 800, 592, 800)
+    assert 1e-5 < p_gender < 5e-5
+    assert 0.1 < p_race < 0.2
+    low, high = newcombe_interval(656, 800, 584, 800)
+    assert 0 < low < 0.09 < high
+    low, high = newcombe_interval(616, 800, 592, 800)
+    assert low < 0 < high
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+
+
+def _predictions(n_per_group: dict, accuracy: dict, seed=0, classes=CLASSES) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (gender, race), n in n_per_group.items():
+        for i in range(n):
+            label = classes[i % len(classes)]
+            right = rng.random() < accuracy[gender]
+            prediction = label if right else classes[(classes.index(label) + 1) % len(classes)]
+            rows.append({"path": f"{gender}_{race}_{i}.jpg", "label": label, "prediction": prediction,
+                         "confidence": rng.uniform(0.5, 1.0), "gender": gender, "race": race, "age": 30, "age_group": "20-39"})
+    return pd.DataFrame(rows)
+
+
+def test_audit_finds_a_planted_gap_and_flags_small_groups(tmp_path):
+    predictions = _predictions({("male", "white"): 400, ("female", "white"): 400, ("female", "others"): 10},
+                               {"male": 0.9, "female": 0.6})
+    report = write_bias_report(predictions, CLASSES, tmp_path, min_group_size=30, n_bootstrap=200)
+    gender = next(g for g in report["gaps"] if g["attribute"] == "gender")
+    assert gender["best_group"] == "male" and gender["worst_group"] == "female"
+    assert gender["significant"] and gender["gap_low"] > 0 and gender["p_value"] < 1e-6
+    assert gender["worst_accuracy"] == pytest.approx(0.6, abs=0.06)
+    rows = {(r["attribute"], r["group"]): r for r in report["groups"]}
+    assert rows[("race", "others")]["n"] == 10 and not rows[("race", "others")]["ranked"]
+    assert rows[("gender_x_race", "female/white")]["n"] == 400
+    female = rows[("gender", "female")]
+    assert female["accuracy_low"] < female["accuracy"] < female["accuracy_high"]
+    assert female["macro_f1_low"] <= female["macro_f1"] <= female["macro_f1_high"]
+    assert 0 <= female["ece_low"] <= female["ece_high"] <= 1
+    assert {f"recall_{c}" for c in CLASSES} <= set(female)
+    for name in ("bias_report.md", "bias_report.csv", "bias_report.json", "bias.png"):
+        assert (tmp_path / name).is_file()
+    markdown = (tmp_path / "bias_report.md").read_text()
+    assert "| others * | 10 |" in markdown and "significant at 5 %" in markdown
+
+
+def test_no_gap_when_groups_are_alike():
+    predictions = _predictions({("male", "white"): 300, ("female", "black"): 300}, {"male": 0.8, "female": 0.8}, seed=1)
+    report = audit(predictions, CLASSES, n_bootstrap=100)
+    assert not any(g.get("significant") for g in report["gaps"])
+
+
+def test_predictions_without_demographics_give_a_report_that_says_so(tmp_path):
+    predictions = _predictions({("unknown", "unknown"): 50}, {"unknown": 0.7}).assign(age_group="unknown")
+    report = write_bias_report(predictions, CLASSES, tmp_path, n_bootstrap=50)
+    assert report["groups"] == [] and len(report["notes"]) == 4
+    assert "no demographic information" in (tmp_path / "bias_report.md").read_text()
+
+
+def test_binary_tasks_get_parity_and_equalized_odds():
+    classes = ["without_mask", "with_mask"]
+    predictions = _predictions({("male", "white"): 200, ("female", "white"): 200}, {"male": 0.95, "female": 0.7}, classes=classes)
+    gender = next(g for g in audit(predictions, classes, n_bootstrap=50)["gaps"] if g["attribute"] == "gender")
+    assert gender["equalized_odds_difference"] > 0.1
+    assert 0 <= gender["demographic_parity_difference"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strength, expect_gap", [(1.0, True), (0.0, False)])
+def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(strength, expect_gap, cache_dir, tmp_path):
+    cfg = compose_train(["data.synthetic.per_class=400", "data.synthetic.size=40", "data.synthetic.seed=4",
+                         f"data.synthetic.bias={{attribute: gender, group: 1, strength: {strength}}}",
+                         "data.num_folds=5", "trainer.max_epochs=10", "~logger", "bias.n_bootstrap=200"],
+                        tmp_path, cache_dir)
+    train(cfg)
+    report = json.loads((tmp_path / "bias_report.json").read_text())
+    gaps = {g["attribute"]: g for g in report["gaps"]}
+    if expect_gap:
+        assert gaps["gender"]["worst_group"] == "female" and gaps["gender"]["significant"], gaps["gender"]
+        assert gaps["gender"]["gap_low"] > 0
+    else:
+        assert not any(g.get("significant") for g in gaps.values()), gaps
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_dataset, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("evalcache")
+    root = tmp_path_factory.mktemp("evalrun")
+    result = subprocess.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={small_dataset}",
+                             "data.num_folds=3", "trainer.max_epochs=2", "task_name=toeval", "~logger"],
+                            cwd=REPO, env=cli_env(cache, root), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = (root / "outputs" / "toeval" / "runs").iterdir()
+    return run, cache, root
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_run_and_evaluates_subsets(trained_run, small_dataset):
+    run, cache, root = trained_run
+    ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    env = cli_env(cache, root)
+    result = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=ev"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (ev,) = (root / "outputs" / "ev" / "runs").iterdir()
+    for name in ("metrics.json", "predictions.csv", "classification_report.txt", "confusion_matrix.png",
+                 "bias_report.md", "bias.png", "data_report.json"):
+        assert (ev / name).is_file(), name
+    assert json.loads((ev / "metrics.json").read_text())["test"]["test/acc"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["test"]["test/acc"], abs=1e-6)
+    original = pd.read_csv(run / "predictions.csv")
+
+    result = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=evsub",
+                             "+data.subset.gender=female", "data.cap_per_class=5"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sub,) = (root / "outputs" / "evsub" / "runs").iterdir()
+    subset = pd.read_csv(sub / "predictions.csv")
+    assert len(subset) == 20 and (subset["gender"] == "female").all()
+    assert set(subset["path"]) <= set(original["path"])  # test images only, never a training image
+
+
+def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):
+    import torch
+
+    from maskdet.errors import ConfigError
+    from maskdet.evaluate import load_classifier
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_classifier(tmp_path / "nope.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError, match="not a maskdet checkpoint"):
+        load_classifier(tmp_path / "other.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    with pytest.raises(ConfigError, match="not a readable PyTorch checkpoint"):
+        load_classifier(tmp_path / "text.ckpt")
+
+
+@pytest.mark.slow
+def test_the_seed_bias_study_in_one_command(small_dataset, cache_dir, tmp_path):
+    cfg = compose_train(["+experiment=bias_study", "data=folder", f"data.root={small_dataset}", "data.num_folds=3",
+                         "trainer.max_epochs=2", "bias_study.cap_per_class=4", "~logger", "bias.n_bootstrap=50"],
+                        tmp_path, cache_dir)
+    train(cfg)
+    study = pd.read_csv(tmp_path / "bias_study.csv")
+    assert list(study["subset"]) == ["male", "female", "white", "black"]
+    assert (study["n"] <= 16).all() and (study["n"] > 0).all()
+    pairs = pd.read_csv(tmp_path / "bias_study_pairs.csv")
+    assert list(pairs["comparison"]) == ["male - female", "white - black"]
+    assert pairs["p_value"].between(0, 1).all()
+    assert "p-value" in (tmp_path / "bias_study.md").read_text()
