@@ -187,6 +187,7 @@ class MaskDataModule(L.LightningDataModule):
         self.index, self.skipped = index, skipped
         self._decoded = decoded
         self._splits = {name: self._make_split(name, decoded.images) for name in ("train", "val", "test")}
+        self._image_splits = dict(self._splits)  # kept when features replace images (explanations need pixels)
 
     def _make_split(self, name: str, arrays: np.ndarray | None, key: str = "image") -> Dataset:
         part = self.index[self.index["selected"] & (self.index["split"] == name)]
@@ -255,6 +256,14 @@ class MaskDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+    def image_dataloader(self, split: str = "test") -> DataLoader:
+        """Batches of images (never cached features) of one split, in order, for explanations."""
+        dataset = self._image_splits[split]
+        if isinstance(dataset, StreamingSplit):
+            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return DataLoader(dataset, sampler=EpochBatchSampler(SequentialSampler(dataset), self.eval_batch_size, False),
+                          batch_size=None)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """uint8 -> float in [0, 1] on the device; augment training batches only."""

@@ -1,0 +1,306 @@
+"""Looking inside a trained model: Grad-CAM, feature maps, filters, weight histograms, galleries,
+reliability diagram. Images are shown as the model saw them before normalisation (their own colours).
+
+Grad-CAM is a few lines of hook code here rather than a dependency: the maintained packages
+(grad-cam, torchcam) bring their own image stacks (OpenCV) for what is one forward hook, one gradient
+and a weighted sum, and maskdet needs only the plain method on the block chosen by ``find_target_layer``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from maskdet.errors import ConfigError  # noqa: E402
+
+
+def find_target_layer(model: nn.Module, image_size: int, name: str | None = None) -> str:
+    """The last module producing a spatial (B x C x H x W, H > 1) output: the last convolutional block
+    (``layer4`` in a ResNet, ``features`` in MobileNetV2, ``conv_layer`` in the custom CNN)."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.6)
+            raise ConfigError(f"explain.target_layer={name!r} is not a layer of this model"
+                              + (f"; similar names: {', '.join(close)}" if close else "") + ".")
+        return name
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: order.append(n)
+                                     if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] > 1 else None)
+             for n, m in modules.items() if n]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    convs = [n for n in order if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())]
+    if not convs:
+        raise ConfigError("This model has no convolutional layer with a spatial output, so Grad-CAM and feature maps "
+                          "do not apply; the galleries, reliability diagram and weight histograms are still written.")
+    return convs[-1]
+
+
+class GradCAM:
+    """Class activation maps: ReLU(sum_k mean(dy_c/dA_k) * A_k) at ``layer``, upsampled to the image."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        self.model, self.layer = model, dict(model.named_modules())[layer]
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heat maps in [0, 1] (B x H x W) for ``target`` classes (default: the predicted ones), and the logits."""
+        captured = {}
+
+        def keep(module, args, output):
+            output.retain_grad()
+            captured["a"] = output
+
+        handle = self.layer.register_forward_hook(keep)
+        try:
+            self.model.zero_grad(set_to_none=True)
+            # callable from inside Lightning's test loop, which runs under inference mode
+            with torch.inference_mode(False), torch.enable_grad():
+                images = images.detach().clone().requires_grad_(True)
+                logits = self.model(images)
+                target = logits.argmax(1) if target is None else target
+                logits.gather(1, target.view(-1, 1)).sum().backward()
+        finally:
+            handle.remove()
+        activations, gradients = captured["a"], captured["a"].grad
+        cam = F.relu((gradients.mean((2, 3), keepdim=True) * activations).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        return (cam / peak).detach(), logits.detach()
+
+
+def _show(ax, image: torch.Tensor, title: str, heat: torch.Tensor | None = None) -> None:
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    if heat is not None:
+        ax.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                 per_class: int, path: Path) -> plt.Figure:
+    """Per class, up to ``per_class`` correct and ``per_class`` misclassified images with their Grad-CAM."""
+    cam = GradCAM(model, layer)
+    heat, logits = cam(images.clone(), None)
+    predicted, confidence = logits.argmax(1), logits.softmax(1).amax(1)
+    rows = []
+    for c, name in enumerate(class_names):
+        right = torch.nonzero((labels == c) & (predicted == c)).flatten()[:per_class].tolist()
+        wrong = torch.nonzero((labels == c) & (predicted != c)).flatten()[:per_class].tolist()
+        rows.append((name, right, wrong))
+    cols = 2 * per_class
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.7 * len(rows)), squeeze=False)
+    for r, (name, right, wrong) in enumerate(rows):
+        for k in range(cols):
+            ax = axes[r, k]
+            pool, j = (right, k) if k < per_class else (wrong, k - per_class)
+            if j < len(pool):
+                i = pool[j]
+                verdict = "ok" if k < per_class else f"as {class_names[predicted[i]]}"
+                _show(ax, images[i], f"{name}\n{verdict} {confidence[i]:.2f}", heat[i])
+            else:
+                ax.axis("off")
+    fig.suptitle(f"Grad-CAM at {layer}: correct (left) and misclassified (right) per class", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: Path, columns: int = 6) -> plt.Figure:
+    """Images captioned with true class, predicted class and confidence."""
+    n = max(len(predictions), 1)
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, (_, row) in zip(axes.flat, images, predictions.iterrows()):
+        _show(ax, image, f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}")
+    if len(predictions) == 0:
+        axes[0, 0].text(0, 0.5, "none", fontsize=10)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = 10) -> plt.Figure:
+    confidence = predictions["confidence"].to_numpy()
+    correct = (predictions["label"] == predictions["prediction"]).to_numpy()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+    counts = [(which == b).sum() for b in range(bins)]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    for b, n in enumerate(counts):
+        if n:
+            ax.text(edges[b] + 0.5 / bins, 0.02, str(n), ha="center", fontsize=6, rotation=90)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram (test split; counts at the bottom)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+    if conv is None:
+        return None
+    weights = conv.weight.detach().cpu()
+    weights = (weights - weights.amin((1, 2, 3), keepdim=True)) / (weights.amax((1, 2, 3), keepdim=True)
+                                                                   - weights.amin((1, 2, 3), keepdim=True)).clamp_min(1e-12)
+    columns = 8
+    rows = (len(weights) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, w in zip(axes.flat, weights):
+        ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
+    fig.suptitle(f"first-layer filters ({tuple(conv.weight.shape)})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str], path: Path, channels: int = 16) -> plt.Figure:
+    """The first ``channels`` activation maps of each layer in ``layers`` for one image."""
+    modules = dict(model.named_modules())
+    missing = [n for n in layers if n not in modules]
+    if missing:
+        raise ConfigError(f"explain.feature_layers: {missing} are not layers of this model.")
+    captured = {}
+    hooks = [modules[n].register_forward_hook(lambda m, a, out, n=n: captured.__setitem__(n, out.detach())) for n in layers]
+    try:
+        with torch.no_grad():
+            model(image[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    fig, axes = plt.subplots(len(layers), channels + 1, figsize=(0.9 * (channels + 1), 1.0 * len(layers)), squeeze=False)
+    for r, name in enumerate(layers):
+        for ax in axes[r]:
+            ax.axis("off")
+        _show(axes[r, 0], image, "input")
+        maps = captured[name][0]
+        if maps.dim() != 3:
+            axes[r, 1].set_title(f"{name}: not a spatial output", fontsize=7)
+            continue
+        for k in range(min(channels, maps.shape[0])):
+            axes[r, k + 1].imshow(maps[k].cpu().numpy(), cmap="viridis")
+        axes[r, 1].set_title(name, fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
+    layers = [(n, m.weight.detach().cpu().flatten().numpy()) for n, m in model.named_modules()
+              if isinstance(m, nn.Conv2d | nn.Linear)]
+    columns = 4
+    rows = (len(layers) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, weights) in zip(axes.flat, layers):
+        ax.axis("on")
+        ax.hist(weights, bins=50, color="tab:blue")
+        ax.set_title(f"{name} ({weights.size:,})", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return fig
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, datamodule, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (float, [0, 1]), labels, index rows and probabilities of one split, on the model's device."""
+    loader = datamodule.image_dataloader(split)
+    device = next(model.parameters()).device
+    images, labels, rows, probs = [], [], [], []
+    for batch in loader:
+        x = batch["image"].to(device).float().div(255)
+        images.append(x.cpu())
+        labels.append(batch["label"])
+        rows.append(batch["row"])
+        probs.append(model(x).float().softmax(1).cpu())
+    return torch.cat(images), torch.cat(labels), torch.cat(rows), torch.cat(probs)
+
+
+def write_explanations(model, datamodule, output_dir: str | Path, per_class: int = 3, low_confidence: float = 0.6,
+                       gallery_size: int = 24, target_layer: str | None = None,
+                       feature_layers: Sequence[str] | None = None, tensorboard=None, step: int = 0) -> dict:
+    """Every picture of the explain step into ``output_dir`` (and TensorBoard's image/histogram tabs)."""
+    from maskdet.evaluation.reports import predictions_frame
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    images, labels, rows, probs = predict_split(model, datamodule)
+    names = list(datamodule.class_names)
+    predictions = predictions_frame(datamodule.index, rows.numpy(), probs.numpy(), names)
+    figures, notes = {}, []
+    wrong = np.flatnonzero((predictions["label"] != predictions["prediction"]).to_numpy())
+    unsure = np.flatnonzero((predictions["confidence"] < low_confidence).to_numpy())
+    for name, picked, title in (
+        ("misclassified", wrong, f"misclassified test images ({len(wrong)} of {len(predictions)})"),
+        ("low_confidence", unsure, f"test images predicted with confidence < {low_confidence} ({len(unsure)})"),
+    ):
+        if len(picked) > gallery_size:
+            notes.append(f"{name}: showing {gallery_size} of {len(picked)} images (explain.gallery_size)")
+        picked = picked[:gallery_size]
+        figures[name] = gallery(images[picked], predictions.iloc[picked], title, output_dir / f"{name}.png")
+    figures["reliability"] = reliability_diagram(predictions, output_dir / "reliability.png")
+    figures["weight_histograms"] = weight_histograms(model, output_dir / "weight_histograms.png")
+    filters = first_layer_filters(model, output_dir / "first_layer_filters.png")
+    if filters is not None:
+        figures["first_layer_filters"] = filters
+    try:
+        layer = find_target_layer(model, images.shape[-1], target_layer)
+    except ConfigError as err:
+        if target_layer is not None:
+            raise
+        notes.append(str(err))
+        layer = None
+    if layer is not None:
+        available = [int((labels == c).sum()) for c in range(len(names))]
+        if any(per_class > n for n in available):
+            notes.append(f"explain.per_class={per_class}: some classes have fewer test images ({dict(zip(names, available))}); showing what there is")
+        predicted = probs.argmax(1)
+        chosen = []
+        for c in range(len(names)):
+            chosen += torch.nonzero((labels == c) & (predicted == c)).flatten()[:per_class].tolist()
+            chosen += torch.nonzero((labels == c) & (predicted != c)).flatten()[:per_class].tolist()
+        device = next(model.parameters()).device
+        figures["gradcam"] = gradcam_grid(model, layer, images[chosen].to(device), labels[chosen].to(device), names,
+                                          per_class, output_dir / "gradcam.png")
+        first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        layers = list(feature_layers) if feature_layers else [first_conv, layer]
+        figures["feature_maps"] = feature_maps(model, images[0].to(device), layers, output_dir / "feature_maps.png")
+    if tensorboard is not None:
+        for name, fig in figures.items():
+            tensorboard.add_figure(f"explain/{name}", fig, global_step=step)
+        for name, param in model.named_parameters():
+            tensorboard.add_histogram(f"weights/{name}", param.detach().cpu(), global_step=step)
+        tensorboard.flush()
+    for fig in figures.values():
+        plt.close(fig)
+    (output_dir / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
+    return {"target_layer": layer, "pictures": sorted(f"{n}.png" for n in figures), "notes": notes}
