@@ -53,7 +53,8 @@ def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
 
 def data_config(cfg: DictConfig, ckpt_path: Path) -> DictConfig:
     """The training run's data config with this command's ``data.*`` overrides applied on top."""
-    overrides = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
+    task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
+    overrides = [o for o in task if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
     run_config = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
     if any(o.startswith("data=") for o in overrides) or not run_config.is_file():
         if not run_config.is_file():

@@ -60,6 +60,10 @@ def train(cfg: DictConfig) -> dict:
     resume_into_original_run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    saved = output_dir / ".hydra" / "config.yaml"
+    if not saved.exists():  # called from Python, not the CLI: keep the config evaluate/export/explain read
+        saved.parent.mkdir(exist_ok=True)
+        OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, saved, resolve=True)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)

@@ -1,0 +1,71 @@
+"""A model card from a training run folder: what the model is, what it saw, how well, for whom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from maskdet.evaluation.bias import wilson_interval
+
+
+def _read(path: Path):
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()) if path.suffix == ".json" else path.read_text()
+
+
+def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
+    run = ckpt_path.resolve().parent.parent
+    data = _read(run / "data_report.json") or {}
+    metrics = _read(run / "metrics.json") or {}
+    bias = _read(run / "bias_report.md")
+    hp = model.hparams
+    lines = [f"# Model card: {hp.architecture} face-mask classifier", "",
+             "## Model", "",
+             f"- Architecture: `{hp.architecture}` ({sum(p.numel() for p in model.parameters()):,} parameters), "
+             f"weights initialised from `{hp.weights}`, backbone freeze: `{hp.freeze}`.",
+             f"- Input: RGB face crop resized to {hp.image_size}x{hp.image_size} (PIL bilinear), values in [0, 1]; "
+             f"normalisation (mean {list(hp.mean)}, std {list(hp.std)}) is part of the model.",
+             f"- Output: probabilities over {len(hp.class_names)} classes: {', '.join(hp.class_names)}.",
+             f"- Checkpoint: `{ckpt_path}`; ONNX parity on {sidecar['parity']['images']} test images: "
+             f"max probability difference {sidecar['parity']['max_abs_diff']:.1e}, same predicted class for all.", ""]
+    lines += ["## Training data", ""]
+    if data:
+        lines.append(f"- Source: `{data.get('source')}` at `{data.get('root')}`; {data.get('num_images')} images used.")
+        split_class = data.get("counts", {}).get("split_class", {})
+        splits = [s for s in ("train", "val", "test") if s in split_class]
+        lines += ["", "| class | " + " | ".join(splits) + " |", "|---" * (1 + len(splits)) + "|"]
+        for name in data.get("classes", []):
+            lines.append(f"| {name} | " + " | ".join(str(split_class[s].get(name, 0)) for s in splits) + " |")
+        for group, counts in data.get("groups", {}).items():
+            lines.append(f"\n- {group}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if data.get("skipped"):
+            lines.append(f"- {len(data['skipped'])} files were skipped (see data_report.json).")
+    else:
+        lines.append("- The training run's data_report.json was not found next to the checkpoint.")
+    lines += ["", "## Performance (test split)", ""]
+    predictions = run / "predictions.csv"
+    if metrics.get("test") and predictions.is_file():
+        frame = pd.read_csv(predictions)
+        correct = int((frame["label"] == frame["prediction"]).sum())
+        low, high = wilson_interval(correct, len(frame))
+        lines.append(f"- Accuracy {correct / len(frame):.4f} [95 % Wilson {low:.4f}, {high:.4f}] on {len(frame)} images; "
+                     f"macro-F1 {metrics['test'].get('test/f1', float('nan')):.4f}.")
+    else:
+        lines.append("- No test metrics were found in the training run folder.")
+    lines += ["", "## Bias audit", "", bias.replace("# Bias report", "").strip() if bias else "No bias report found.", ""]
+    synthetic = data.get("source") == "synthetic"
+    lines += ["## Intended use and limitations", "",
+              "- Classifies a single, already cropped face: it does not detect faces. Crops that are not faces "
+              "get a confident but meaningless answer.",
+              "- Research on mask classification and its demographic bias; not for decisions about people.",
+              "- Demographic groups come from file-name annotations (UTKFace style): estimated, coarse "
+              "(binary gender, five race groups) and missing for some images.",
+              "- Accuracy and the bias figures hold for data like the test split; other cameras, "
+              "populations and mask types may differ."]
+    if synthetic:
+        lines.append("- **Trained on maskdet's procedurally drawn synthetic faces**: a demonstration model. "
+                     "It has not seen a real face and must not be used on real photographs.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""Export a checkpoint to ONNX, prove the exported model gives the same answers, write a model card.
+
+    python -m maskdet.export ckpt_path=<run>/checkpoints/last.ckpt
+
+Writes model.onnx (input ``images``: float32 N x 3 x H x W RGB in [0, 1], dynamic N; output
+``probabilities``; normalisation is inside the graph), model.json (image size, mean, std, class names)
+and model_card.md. Parity is checked with onnxruntime on real images of the run's test split: the export
+fails unless every probability is within ``max_abs_diff`` and every predicted class is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from maskdet.config import register_resolvers
+from maskdet.errors import MaskdetError
+from maskdet.evaluate import data_config, load_classifier
+from maskdet.evaluation.explain import predict_split
+from maskdet.evaluation.model_card import model_card
+
+log = logging.getLogger("maskdet.export")
+register_resolvers()
+
+
+class ExportError(MaskdetError):
+    """The exported model does not reproduce the checkpoint's answers, or cannot be written."""
+
+
+class Probabilities(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).softmax(1)
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise ExportError("Exporting needs onnx and onnxruntime (the `export` extra): pip install -e '.[export]'") from None
+    return onnxruntime
+
+
+def export_onnx(model, path: Path, image_size: int) -> None:
+    example = torch.rand(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(Probabilities(model).eval(), (example,), str(path), input_names=["images"],
+                      output_names=["probabilities"], dynamic_shapes={"images": {0: batch}},
+                      external_data=False, dynamo=True)
+
+
+def check_parity(model, path: Path, images: torch.Tensor, max_abs_diff: float) -> dict:
+    """Run the same images through PyTorch and onnxruntime; raise ExportError on any disagreement."""
+    onnxruntime = _require_onnx()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = Probabilities(model).eval()(images).numpy()
+    got = session.run(["probabilities"], {"images": images.numpy().astype(np.float32)})[0]
+    diff = float(np.abs(expected - got).max())
+    same = int((expected.argmax(1) == got.argmax(1)).sum())
+    result = {"images": len(images), "max_abs_diff": diff, "same_prediction": same, "tolerance": max_abs_diff}
+    if diff > max_abs_diff or same != len(images):
+        raise ExportError(f"ONNX parity failed on {len(images)} test images: max |p_torch - p_onnx| = {diff:.2e} "
+                          f"(tolerance {max_abs_diff:.0e}), {len(images) - same} different predictions. "
+                          f"{path} was not kept.")
+    return result
+
+
+def export(cfg: DictConfig) -> dict:
+    _require_onnx()
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_classifier(ckpt_path).cpu().eval()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "model.onnx"
+    export_onnx(model, onnx_path, model.hparams.image_size)
+
+    datamodule = instantiate(data_config(cfg, ckpt_path), image_size=model.hparams.image_size, augment=None)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images = predict_split(model, datamodule)[0][: cfg.parity_images]
+    try:
+        parity = check_parity(model, onnx_path, images, cfg.max_abs_diff)
+    except ExportError:
+        onnx_path.unlink(missing_ok=True)
+        raise
+    sidecar = {"onnx": onnx_path.name, "input": "images: float32 N x 3 x H x W, RGB in [0, 1] (normalised inside)",
+               "output": "probabilities: float32 N x C", "image_size": model.hparams.image_size,
+               "resize": "PIL bilinear (antialiased) to image_size x image_size",
+               "mean": list(model.hparams.mean), "std": list(model.hparams.std),
+               "class_names": list(model.hparams.class_names), "architecture": model.hparams.architecture,
+               "checkpoint": str(ckpt_path), "parity": parity}
+    (out / "model.json").write_text(json.dumps(sidecar, indent=2))
+    (out / "model_card.md").write_text(model_card(model, ckpt_path, sidecar))
+    log.info("exported %s (parity on %d test images: max diff %.1e)", onnx_path, parity["images"], parity["max_abs_diff"])
+    return sidecar
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export(cfg)
+    except MaskdetError as err:
+        print(f"\nmaskdet: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
