@@ -19,3 +19,15 @@ class ConfigError(MaskdetError):
 
 class WeightsUnavailableError(MaskdetError):
     """Pretrained weights were asked for but cannot be downloaded or found."""
+
+
+def exit_on_error(function, *args):
+    """Run an entry point's work; a ``MaskdetError`` ends the process with its message and status 1,
+    not a traceback (anything else is a bug and keeps its traceback)."""
+    import sys
+
+    try:
+        return function(*args)
+    except MaskdetError as err:
+        print(f"\nmaskdet: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import write_report
-from maskdet.errors import ConfigError, MaskdetError
+from maskdet.errors import ConfigError, exit_on_error
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.testing import test_and_report
 from maskdet.models import MaskClassifier
@@ -98,11 +97,7 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed)
-    try:
-        evaluate(cfg)
-    except MaskdetError as err:
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ misclassified and low-confidence galleries, reliability diagram.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from maskdet.config import check_keys, register_resolvers
-from maskdet.errors import MaskdetError
+from maskdet.errors import exit_on_error
 from maskdet.evaluate import data_config, load_classifier
 from maskdet.evaluation.explain import write_explanations
 
@@ -41,11 +40,7 @@ def explain(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
 def main(cfg: DictConfig) -> None:
-    try:
-        explain(cfg)
-    except MaskdetError as err:
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(explain, cfg)
 
 
 if __name__ == "__main__":

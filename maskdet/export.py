@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -22,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from maskdet.config import register_resolvers
-from maskdet.errors import MaskdetError
+from maskdet.errors import MaskdetError, exit_on_error
 from maskdet.evaluate import data_config, load_classifier
 from maskdet.evaluation.explain import predict_split
 from maskdet.evaluation.model_card import model_card
@@ -110,11 +109,7 @@ def export(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except MaskdetError as err:
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(export, cfg)
 
 
 if __name__ == "__main__":

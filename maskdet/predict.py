@@ -10,7 +10,6 @@ skipped.csv (unreadable files with their reason) into its run folder; annotate=t
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 from rich.progress import track
 
 from maskdet.config import register_resolvers
-from maskdet.errors import MaskdetError
+from maskdet.errors import exit_on_error
 from maskdet.evaluate import load_classifier
 from maskdet.inference import annotate, list_inputs, predict_files
 
@@ -50,11 +49,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except MaskdetError as err:
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_error(predict, cfg)
 
 
 if __name__ == "__main__":

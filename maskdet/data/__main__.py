@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,22 +14,22 @@ from omegaconf import DictConfig
 
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import format_report, write_report
-from maskdet.errors import MaskdetError
+from maskdet.errors import exit_on_error
 
 log = logging.getLogger("maskdet.data")
 register_resolvers()
 
 
+def _report(cfg: DictConfig) -> dict:
+    check_keys(cfg.data, "data")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule.report()
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="data_report")
 def main(cfg: DictConfig) -> None:
-    try:
-        check_keys(cfg.data, "data")
-        datamodule = instantiate(cfg.data)
-        datamodule.prepare_data()
-        report = datamodule.report()
-    except MaskdetError as err:
-        print(f"\nmaskdet: {err}", file=sys.stderr)
-        sys.exit(1)
+    report = exit_on_error(_report, cfg)
     path = write_report(report, Path(cfg.paths.output_dir))
     print(format_report(report))
     print(f"\nwritten: {path}")
