@@ -71,16 +71,24 @@ def data_config(cfg: DictConfig, ckpt_path: Path) -> DictConfig:
     return data
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def checkpoint_and_data(cfg: DictConfig) -> tuple[MaskClassifier, object, DictConfig]:
+    """The checkpoint's model and a set-up datamodule for its data (see ``data_config``), at the
+    checkpoint's image size and without augmentation; shared by evaluate, explain and export."""
     ckpt_path = Path(cfg.ckpt_path)
     model = load_classifier(ckpt_path)
     data_cfg = data_config(cfg, ckpt_path)
     check_keys(data_cfg, "data")
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = instantiate(data_cfg, image_size=model.hparams.image_size, augment=None)
     datamodule.prepare_data()
     datamodule.setup("test")
+    return model, datamodule, data_cfg
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    ckpt_path = Path(cfg.ckpt_path)
+    model, datamodule, data_cfg = checkpoint_and_data(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     if datamodule.class_names != list(model.hparams.class_names):
         raise ConfigError(f"The data's classes {datamodule.class_names} differ from the checkpoint's "
                           f"{list(model.hparams.class_names)}: evaluate on data with the same classes (or data.label_map).")

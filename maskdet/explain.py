@@ -11,12 +11,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from maskdet.config import check_keys, register_resolvers
+from maskdet.config import register_resolvers
 from maskdet.errors import exit_on_error
-from maskdet.evaluate import data_config, load_classifier
+from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import write_explanations
 
 log = logging.getLogger("maskdet.explain")
@@ -24,13 +23,7 @@ register_resolvers()
 
 
 def explain(cfg: DictConfig) -> dict:
-    ckpt_path = Path(cfg.ckpt_path)
-    model = load_classifier(ckpt_path)
-    data_cfg = data_config(cfg, ckpt_path)
-    check_keys(data_cfg, "data")
-    datamodule = instantiate(data_cfg, image_size=model.hparams.image_size, augment=None)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    model, datamodule, _ = checkpoint_and_data(cfg)
     result = write_explanations(model, datamodule, Path(cfg.paths.output_dir), **cfg.explain)
     log.info("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)
     for note in result["notes"]:

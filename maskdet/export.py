@@ -17,12 +17,11 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from maskdet.config import register_resolvers
 from maskdet.errors import MaskdetError, exit_on_error
-from maskdet.evaluate import data_config, load_classifier
+from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import predict_split
 from maskdet.evaluation.model_card import model_card
 
@@ -80,15 +79,13 @@ def check_parity(model, path: Path, images: torch.Tensor, max_abs_diff: float) -
 def export(cfg: DictConfig) -> dict:
     _require_onnx()
     ckpt_path = Path(cfg.ckpt_path)
-    model = load_classifier(ckpt_path).cpu().eval()
+    model, datamodule, _ = checkpoint_and_data(cfg)
+    model = model.cpu().eval()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, model.hparams.image_size)
 
-    datamodule = instantiate(data_config(cfg, ckpt_path), image_size=model.hparams.image_size, augment=None)
-    datamodule.prepare_data()
-    datamodule.setup("test")
     images = predict_split(model, datamodule)[0][: cfg.parity_images]
     try:
         parity = check_parity(model, onnx_path, images, cfg.max_abs_diff)

@@ -123,7 +123,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_finishes(tiny_dataset
 
 
 def test_two_seeded_deterministic_runs_give_identical_metrics(tiny_dataset, cache_dir, tmp_path):
-    from maskdet.data.augment import BatchAugment  # noqa: F401  (augmentation is part of what must repeat)
     from maskdet.train import train
     from tests.conftest import compose_train
 

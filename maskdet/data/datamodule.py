@@ -221,14 +221,16 @@ class MaskDataModule(L.LightningDataModule):
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self._splits[name]
         batch_size = self.batch_size if train else self.eval_batch_size
+        world = self.trainer.world_size if self.trainer is not None else 1
         if isinstance(dataset, StreamingSplit):
             workers = self.num_workers
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                              pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+            shard = DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=train, seed=self.seed) \
+                if world > 1 else None  # maskdet shards itself (trainer.use_distributed_sampler=false)
+            return DataLoader(dataset, batch_size=batch_size, shuffle=train and shard is None, sampler=shard,
+                              num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type == "cuda" and _fits_on_gpu(dataset, device):
             dataset.move_to(device)  # once; batches are then gathered on the GPU
-        world = self.trainer.world_size if self.trainer is not None else 1
         if world > 1:
             rank = self.trainer.global_rank
             # Training shards pad to equal length (DDP needs the same number of steps everywhere);
