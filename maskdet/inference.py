@@ -2,7 +2,9 @@
 
 Files are decoded and resized exactly as the decoded cache does (``load_resized``: PIL, antialiased
 bilinear), in a thread pool, so a prediction equals what ``evaluate`` gives for the same image.
-Unreadable files are returned with their reason; they never stop the run.
+Files that cannot be used are returned with their reason, decided by the same check as the dataset
+readers (``images.path_problem``); they never stop the run. A folder given as input is treated like
+``data.root``: links leading out of it are refused. A file or glob named explicitly is read as named.
 """
 
 from __future__ import annotations
@@ -15,30 +17,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
-from maskdet.data.images import BadImageError, is_image_name, load_resized
+from maskdet.data.images import BadImageError, list_image_files, load_resized, load_rgb, path_problem, skip
 from maskdet.errors import ConfigError
 
 
 def list_inputs(spec: str) -> tuple[list[Path], list[dict]]:
-    """Files named by ``spec`` (a file, a folder searched recursively, or a glob); non-images are skipped."""
+    """Files named by ``spec`` (a file, a folder searched recursively, or a glob) and the skipped ones."""
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.is_dir():
+        return list_image_files(path, path.resolve())
+    if path.exists() or path.is_symlink():
         candidates = [path]
-    elif path.is_dir():
-        candidates = sorted(p for p in path.rglob("*") if p.is_file())
     else:
-        candidates = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        candidates = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         if not candidates:
             raise ConfigError(f"input={spec} matches no file: pass an image file, a folder or a glob such as 'faces/*.jpg'.")
-    files = [p for p in candidates if is_image_name(p)]
-    skipped = [{"path": str(p), "reason": f"not an image file (extension '{p.suffix}')"}
-               for p in candidates if not is_image_name(p)]
+    files, skipped = [], []
+    for candidate in candidates:
+        problem = path_problem(candidate)
+        if problem == "a folder, not a file":
+            problem = "a folder matched by the glob (a glob does not search inside folders; pass the folder itself)"
+        if problem:
+            skipped.append(skip(candidate, problem))
+        else:
+            files.append(candidate)
     return files, skipped
 
 
 def _load(path: Path, size: int) -> np.ndarray | str:
+    problem = path_problem(path)  # also for files passed in directly, not from list_inputs
+    if problem:
+        return problem
     try:
         return load_resized(path, size).transpose(2, 0, 1)
     except BadImageError as err:
@@ -58,7 +69,7 @@ def predict_files(model, files: Sequence[Path], batch_size: int = 64, workers: i
         for batch in (progress(batches) if progress else batches):
             loaded = list(pool.map(lambda p: _load(p, size), batch))
             good = [(p, a) for p, a in zip(batch, loaded) if not isinstance(a, str)]
-            skipped += [{"path": str(p), "reason": a} for p, a in zip(batch, loaded) if isinstance(a, str)]
+            skipped += [skip(p, a) for p, a in zip(batch, loaded) if isinstance(a, str)]
             if not good:
                 continue
             images = torch.from_numpy(np.stack([a for _, a in good])).to(device).float().div_(255)
@@ -74,8 +85,7 @@ def annotate(predictions: pd.DataFrame, folder: Path) -> None:
     """Copies of the images with the predicted class and confidence written on them."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(predictions.itertuples(index=False)):
-        with Image.open(row.path) as img:
-            img = img.convert("RGB")
+        img = load_rgb(row.path)  # upright, as it was classified
         draw = ImageDraw.Draw(img)
         text = f"{row.prediction} {row.confidence:.2f}"
         box = draw.textbbox((2, 2), text)

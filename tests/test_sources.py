@@ -160,8 +160,9 @@ def test_manifest_reads_demographics_and_refuses_paths_outside_root(tmp_path, ca
 
     (tmp_path / "secret.png").write_bytes(b"x")
     pd.DataFrame(rows[:3] + [{"path": "../secret.png", "label": "mask"}]).to_csv(root / "evil.csv", index=False)
-    with pytest.raises(DataError, match=r"evil.csv line 5: path '../secret.png' resolves outside data.root"):
-        read_manifest(root, "evil.csv")
+    evil = read_manifest(root, "evil.csv")  # refused like a link out of root in the other readers: skipped
+    assert len(evil.index) == 3 and evil.skipped[0]["path"] == str(tmp_path / "secret.png")
+    assert "evil.csv line 5: resolves to" in evil.skipped[0]["reason"] and "outside" in evil.skipped[0]["reason"]
 
 
 def test_binary_label_map_merges_the_mask_kinds(tiny_dataset, cache_dir):

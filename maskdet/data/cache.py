@@ -4,11 +4,13 @@ Decoding JPEGs every epoch of every fold of every sweep job is the waste that do
 training. The cache holds uint8 ``N x 3 x H x W`` in ``images.npy`` (memory-mapped on load) and, in
 ``meta.parquet``, each file's content digest and the reason it could not be decoded, if any. It is built
 in a temporary folder and renamed into place, so two processes building it at once both end with a
-complete cache and a half-built one is never read.
+complete cache and a half-built one is never read. The space a cache file needs is checked and
+reserved before it is written, and the temporary folders of interrupted builds are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from maskdet.data.images import BadImageError, load_resized, load_rgb
+from maskdet.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images are turned upright by their EXIF orientation; truncated PNGs refused
 
 
 @dataclass
@@ -38,8 +41,12 @@ def fingerprint(paths: pd.Series, image_size: int) -> str:
     """Key of a cache: the files (path, size, modification time) and the image size."""
     h = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}".encode())
     for path in paths:
-        st = os.stat(path)
-        h.update(f"|{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:  # gone since the scan: decoding reports it as unreadable
+            stamp = "missing"
+        h.update(f"|{path}|{stamp}".encode())
     return h.hexdigest()[:20]
 
 
@@ -72,6 +79,48 @@ def validate(paths: pd.Series, workers: int | None = None) -> DecodedImages:
     return DecodedImages(None, pd.Series([r[0] for r in results]), pd.Series([r[1] for r in results]), None)
 
 
+def _reserve(path: Path, size: int, what: str, remedy: str) -> None:
+    """Check that ``size`` bytes fit where ``path`` will be written, then reserve them (``what`` names the
+    file and its cache folder for the message).
+
+    Without this a full disk shows up as ENOSPC halfway through, or, for a memory-mapped file whose pages
+    the disk cannot back, as SIGBUS: the process dies with no message. ``path`` may already exist (a
+    sparse memory map); reserving allocates its blocks.
+    """
+    free = shutil.disk_usage(path.parent).free
+    have = path.stat().st_blocks * 512 if path.exists() else 0
+    if free + have < size:
+        raise DataError(f"Not enough disk space for {what}: it needs {size / 1e6:,.1f} MB and "
+                        f"{free / 1e6:,.1f} MB are free. Free some space, or {remedy}.")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DataError(f"Disk full while reserving {size / 1e6:,.1f} MB for {what}: "
+                            f"free some space, or {remedy}.") from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: checked above
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_orphans(folder: Path) -> None:
+    """Remove the temporary files and folders (``.<final name>-<random>``) that interrupted builds left
+    in ``folder``. One is an orphan when nobody holds the lock of its final name: a live build holds it
+    from before its temporary is made until after it is renamed or removed."""
+    for tmp in folder.glob(".*-*"):
+        final = folder / tmp.name[1:].rsplit("-", 1)[0]
+        try:
+            with FileLock(f"{final}.lock", timeout=0):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+        except Timeout:  # being built now
+            continue
+
+
 def build(paths: pd.Series, image_size: int, folder: Path, workers: int | None = None) -> None:
     """Decode ``paths`` into ``folder``, created atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +129,8 @@ def build(paths: pd.Series, image_size: int, folder: Path, workers: int | None =
         n = len(paths)
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(n, 3, image_size, image_size))
+        _reserve(tmp / "images.npy", os.path.getsize(tmp / "images.npy"), f"the decoded cache of {n} images at "
+                 f"{image_size} px in {folder.parent}", "set data.cache_dir=<a folder on a larger disk> or data.decoded_cache=false")
         results = _decode_all(images, paths, image_size, workers)
         images.flush()
         del images
@@ -90,6 +141,11 @@ def build(paths: pd.Series, image_size: int, folder: Path, workers: int | None =
         except OSError:
             if not (folder / "meta.parquet").exists():  # not "another process won the race"
                 raise
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise DataError(f"Disk full while writing the decoded cache in {folder.parent}: free some space, or set "
+                        "data.cache_dir=<a folder on a larger disk> or data.decoded_cache=false.") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -98,7 +154,12 @@ def load_or_build(paths: pd.Series, image_size: int, cache_dir: str | Path, work
     """The decoded images of ``paths`` at ``image_size``, building the cache on first use."""
     folder = Path(cache_dir) / "decoded" / f"{image_size}px-{fingerprint(paths, image_size)}"
     if not (folder / "meta.parquet").exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            remove_orphans(folder.parent)
+        except PermissionError as err:
+            raise DataError(f"Cannot write the decoded cache in {folder.parent} ({err.strerror}): set "
+                            "data.cache_dir=<a writable folder>, or data.decoded_cache=false.") from None
         with FileLock(f"{folder}.lock"):  # parallel sweep jobs: one builds, the others wait and reuse it
             if not (folder / "meta.parquet").exists():
                 build(paths, image_size, folder, workers)
@@ -114,6 +175,7 @@ def load_or_build_features(decoded: DecodedImages, key: str, extract, batch_size
     the same features every epoch, fold and run, so only the head needs to train on them.
     """
     path = decoded.folder / f"features-{key}.npy"
+    remove_orphans(decoded.folder)
     with FileLock(f"{path}.lock"):
         if not path.exists():
             _build_features(decoded, path, extract, batch_size)
@@ -132,7 +194,13 @@ def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int
             chunks.append(extract(images).float().cpu().numpy())
     features = np.zeros((len(decoded.errors), chunks[0].shape[1]), dtype=np.float32)
     features[valid] = np.concatenate(chunks)
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".npy", dir=decoded.folder)
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, features)
-    os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=decoded.folder)  # the name remove_orphans expects
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _reserve(Path(tmp), features.nbytes + 4096, f"the backbone features {path}",  # 4096: the .npy header
+                     "set data.cache_dir=<a folder on a larger disk> or data.feature_cache=false")
+            np.save(handle, features)
+            handle.truncate()  # drop the unused part of the reservation
+        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
+    finally:
+        Path(tmp).unlink(missing_ok=True)

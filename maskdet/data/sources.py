@@ -3,7 +3,9 @@
 Columns: ``path`` (absolute), ``label_name``, ``age``, ``gender``, ``race`` and, where the source fixes it,
 ``split`` (train / val / test). Readers only list and parse names, they never decode, so scanning
 10,000 files takes well under a second; decoding happens once, in the decoded cache. Files that cannot be
-used are returned in ``skipped`` with a reason, never dropped silently.
+used (``images.path_problem``: broken links, links or listed paths leading outside ``data.root``, hidden
+files, names that are not UTF-8, non-images) are returned in ``skipped`` with a reason, never dropped
+silently; so are hidden folders and linked folders, which are not searched.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskdet.data.demographics import UNKNOWN, normalise_group, parse_utkface_name
-from maskdet.data.images import is_image_name
+from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
 from maskdet.data.synthetic import CLASSES as SEED_CLASSES
 from maskdet.errors import DataError
 
@@ -64,17 +66,39 @@ def _require_root(root: str | Path | None, layout: str) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"data.root={root} does not exist or is not a folder: pass data.root=<folder> pointing at a {layout}.")
+    if not is_utf8(path.resolve()):
+        raise DataError(f"data.root={display_path(path.resolve())} has a name that is not valid UTF-8: rename the folder "
+                        "(for example with convmv) or link to it from a UTF-8 name.")
     return path.resolve()
+
+
+def _read_table(path: Path, **options) -> pd.DataFrame:
+    """``pd.read_csv`` with a one-paragraph DataError for files that are empty, not UTF-8 or not CSV."""
+    what = "data.manifest" if path.name != "_classes.csv" else "a Roboflow export's _classes.csv"
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig", **options)  # -sig: accept the BOM that Excel writes
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: {what} must be a CSV file with a header line.") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                        f"{err.start}): save {what} as UTF-8 CSV.") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path} is not a readable CSV file: {err}") from None
 
 
 def read_class_folders(root: str | Path) -> Scan:
     """One sub-folder per class (``root/<class>/**/<image>``); UTKFace names give demographics."""
     root = _require_root(root, "class-folder dataset (one sub-folder of images per class)")
-    rows, skipped = [], []
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows, skipped, class_dirs = [], [], []
     for entry in sorted(root.iterdir()):
-        if entry.is_file():
-            skipped.append({"path": str(entry), "reason": "file at the top level, not inside a class folder"})
+        if entry.is_dir():
+            problem = folder_problem(entry)
+            if problem:
+                skipped.append(skip(entry, problem))
+            else:
+                class_dirs.append(entry)
+        else:
+            skipped.append(skip(entry, path_problem(entry, root) or "file at the top level, not inside a class folder"))
     if len(class_dirs) < 2:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise DataError(
@@ -82,20 +106,14 @@ def read_class_folders(root: str | Path) -> Scan:
             f"Put the images of each class in their own sub-folder, e.g. {root}/without_mask/ and {root}/with_mask/."
         )
     for class_dir in class_dirs:
-        found_images = 0
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if is_image_name(name):
-                    rows.append(_row(path, class_dir.name))
-                    found_images += 1
-                else:
-                    skipped.append({"path": str(path), "reason": f"not an image file (extension '{path.suffix}')"})
-        if found_images == 0:
+        files, refused = list_image_files(class_dir, root)
+        skipped += refused
+        rows += [_row(path, class_dir.name) for path in files]
+        if not files:
+            example = f" ({len(refused)} entries skipped, e.g. {refused[0]['path']}: {refused[0]['reason']})" if refused else ""
             raise DataError(
-                f"Class folder {class_dir} holds no image files. Add images to it or remove the folder "
-                f"(image extensions: .jpg .jpeg .png .bmp .gif .webp .tif .tiff)."
+                f"Class folder {class_dir} holds no image files that can be used{example}. Add images to it or "
+                f"remove the folder (image extensions: .jpg .jpeg .png .bmp .gif .webp .tif .tiff)."
             )
     return Scan(_frame(rows), skipped)
 
@@ -109,7 +127,7 @@ def read_roboflow(root: str | Path) -> Scan:
         raise DataError(f"{root}/train/_classes.csv not found: data=roboflow expects a Roboflow 'Multiclass Classification' CSV export.")
     for split_dir in found:
         folder = root / split_dir
-        table = pd.read_csv(folder / "_classes.csv", skipinitialspace=True)
+        table = _read_table(folder / "_classes.csv", skipinitialspace=True)
         table.columns = [str(c).strip() for c in table.columns]
         if "filename" not in table.columns:
             raise DataError(f"{folder / '_classes.csv'} has no 'filename' column (columns: {list(table.columns)}).")
@@ -117,32 +135,41 @@ def read_roboflow(root: str | Path) -> Scan:
         listed = set()
         for number, record in enumerate(table.itertuples(index=False), start=2):  # line 1 is the header
             values = dict(zip(table.columns, record))
-            path = folder / str(values["filename"])
-            listed.add(path.name)
+            path = Path(os.path.normpath(folder / str(values["filename"])))
+            listed.add(path)
             hot = [c for c in class_columns if pd.to_numeric(values[c], errors="coerce") == 1]
             where = f"{folder / '_classes.csv'} line {number}"
+            problem = path_problem(path, root)
             if len(hot) != 1:
                 why = "no class column is 1" if not hot else f"several class columns are 1 ({', '.join(hot)})"
-                skipped.append({"path": str(path), "reason": f"{where}: {why}; multi-label rows are not guessed"})
-            elif not path.is_file():
-                skipped.append({"path": str(path), "reason": f"{where}: listed but the file is missing"})
+                skipped.append(skip(path, f"{where}: {why}; multi-label rows are not guessed"))
+            elif problem:
+                skipped.append(skip(path, f"{where}: {problem}"))
             else:
                 rows.append({**_row(path, hot[0]), "split": SPLIT_NAMES[split_dir]})
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name != "_classes.csv" and path.name not in listed:
-                skipped.append({"path": str(path), "reason": f"not listed in {folder / '_classes.csv'}"})
+            if path.name != "_classes.csv" and path not in listed:
+                problem = path_problem(path, root)
+                skipped.append(skip(path, problem if problem and not problem.startswith("not an image")
+                                    else f"not listed in {folder / '_classes.csv'}"))
     return Scan(_frame(rows, ["split"]), skipped)
 
 
 def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
-    """A CSV with ``path`` (relative to root), ``label`` and optional ``age, gender, race, split``."""
+    """A CSV with ``path`` (relative to root), ``label`` and optional ``age, gender, race, split``.
+
+    Rows that cannot be used (missing file, path leading outside root, empty label) are skipped with their
+    line number. An age that is not a whole number from 0 to 130 keeps the image with age unknown, and is
+    listed among the skipped entries too (its reason says the image is kept), so it is not lost silently.
+    """
     root = _require_root(root, "dataset folder with a manifest CSV")
     manifest_path = Path(manifest) if manifest else root / "manifest.csv"
     if not manifest_path.is_absolute() and not manifest_path.exists():
         manifest_path = root / manifest_path
     if not manifest_path.is_file():
         raise DataError(f"Manifest {manifest_path} not found: set data.manifest=<csv> (columns path,label[,age,gender,race,split]).")
-    table = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    table = _read_table(manifest_path, dtype=str, keep_default_na=False)
+    table.columns = [str(c).strip() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise DataError(f"{manifest_path} lacks column(s) {sorted(missing)}; it needs path,label and optionally age,gender,race,split.")
@@ -150,22 +177,31 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
     rows, skipped = [], []
     for number, record in enumerate(table.to_dict("records"), start=2):
         where = f"{manifest_path} line {number}"
-        path = (root / record["path"]).resolve()
-        if not path.is_relative_to(root):
-            raise DataError(f"{where}: path {record['path']!r} resolves outside data.root ({root}); refusing to read it.")
-        if not path.is_file():
-            skipped.append({"path": str(path), "reason": f"{where}: file not found"})
+        path = Path(os.path.normpath(root / record["path"]))
+        problem = path_problem(path, root)
+        if problem:
+            skipped.append(skip(path, f"{where}: {problem}"))
             continue
-        row = _row(path, str(record["label"]).strip())
+        label = str(record["label"]).strip()
+        if not label:
+            skipped.append(skip(path, f"{where}: empty label; the row is skipped"))
+            continue
+        row = _row(path.resolve(), label)
         try:
             for attribute in ("gender", "race"):
                 if record.get(attribute, "") != "":
                     row[attribute] = normalise_group(attribute, record[attribute])
         except ValueError as err:
             raise DataError(f"{where}: {err}") from None
-        if record.get("age", "") != "":
-            row["age"] = pd.to_numeric(record["age"], errors="coerce")
-            row["age"] = None if pd.isna(row["age"]) else int(row["age"])
+        age = str(record.get("age", "")).strip()
+        if age:
+            number_age = pd.to_numeric(age, errors="coerce")
+            if pd.isna(number_age) or not 0 <= number_age <= 130 or number_age != int(number_age):
+                row["age"] = None
+                skipped.append(skip(path, f"{where}: age {age!r} is not a whole number from 0 to 130; "
+                                          "the image is kept with age unknown"))
+            else:
+                row["age"] = int(number_age)
         if has_split:
             split = SPLIT_NAMES.get(str(record["split"]).strip().lower())
             if split is None:

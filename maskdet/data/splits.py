@@ -47,6 +47,16 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
             f"Class(es) {which} are too small to stratify: with data.test_size={test_size} and "
             f"data.num_folds={num_folds} each class needs at least {need} images. Add images, or lower data.num_folds."
         )
+    # train_test_split needs at least one test and one training image per class in total; say so in config
+    # terms instead of scikit-learn's traceback. The smallest / largest test_size that give that:
+    n, k = len(labels), len(values)
+    if math.ceil(test_size * n) < k or n - math.ceil(test_size * n) < k:
+        low, high = math.ceil(1000 * k / n) / 1000, math.floor(1000 * (n - k) / n) / 1000
+        raise ConfigError(
+            f"data.test_size={test_size} gives {math.ceil(test_size * n)} test images of {n}, but the test and "
+            f"training splits each need at least one image of each of the {k} classes: use a data.test_size "
+            f"from {low} to {high}."
+        )
     positions = np.arange(len(labels))
     pool, test = train_test_split(positions, test_size=test_size, stratify=labels, random_state=seed)
     split = np.full(len(labels), "train", dtype=object)
