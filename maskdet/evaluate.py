@@ -14,19 +14,19 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskdet.cli import entry_point
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.report import write_report
 from maskdet.errors import ConfigError, exit_on_error
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.testing import test_and_report
 from maskdet.models import MaskClassifier
+from maskdet.preflight import check_config, read_checkpoint
 
 log = logging.getLogger("maskdet.evaluate")
 register_resolvers()
@@ -34,19 +34,17 @@ register_resolvers()
 
 def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
     """Load a maskdet checkpoint safely (``weights_only``); refuse anything else with a clear message."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file from a run's checkpoints/ folder.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise ConfigError(f"ckpt_path={path} is not a readable PyTorch checkpoint ({type(err).__name__}).") from None
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not {"architecture", "class_names", "image_size", "mean", "std"} <= set(hparams) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path={path} is not a maskdet checkpoint (no architecture, class names and "
-                          "preprocessing in its hyper-parameters): use a checkpoint written by maskdet.train.")
+    checkpoint = read_checkpoint(ckpt_path)
+    hparams = checkpoint["hyper_parameters"]
     model = MaskClassifier(**{**hparams, "weights": None})  # the state dict below replaces any initial weights
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        first = " ".join([line.strip() for line in str(err).splitlines() if line.strip()][:2]).rstrip(".")
+        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit the model its hyper-parameters describe "
+                          f"({hparams['architecture']}, {len(hparams['class_names'])} classes, "
+                          f"{hparams['image_size']} px): {first}. The file was changed after maskdet.train wrote "
+                          "it; use a checkpoint as written by maskdet.train.") from None
     return model.eval()
 
 
@@ -102,8 +100,9 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
+    exit_on_error(check_config, cfg, "evaluate")
     L.seed_everything(cfg.seed)
     exit_on_error(evaluate, cfg)
 

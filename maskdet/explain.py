@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import exit_on_error
 from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import write_explanations
+from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.explain")
 register_resolvers()
@@ -31,8 +32,9 @@ def explain(cfg: DictConfig) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
+@entry_point("explain")
 def main(cfg: DictConfig) -> None:
+    exit_on_error(check_config, cfg, "explain")
     exit_on_error(explain, cfg)
 
 

@@ -14,16 +14,17 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import MaskdetError, exit_on_error
 from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import predict_split
 from maskdet.evaluation.model_card import model_card
+from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.export")
 register_resolvers()
@@ -104,8 +105,9 @@ def export(cfg: DictConfig) -> dict:
     return sidecar
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@entry_point("export")
 def main(cfg: DictConfig) -> None:
+    exit_on_error(check_config, cfg, "export")
     exit_on_error(export, cfg)
 
 

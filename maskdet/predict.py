@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 from rich.progress import track
 
+from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import exit_on_error
 from maskdet.evaluate import load_classifier
 from maskdet.inference import annotate, list_inputs, predict_files
+from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.predict")
 register_resolvers()
@@ -47,8 +48,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return predictions
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@entry_point("predict")
 def main(cfg: DictConfig) -> None:
+    exit_on_error(check_config, cfg, "predict")
     exit_on_error(predict, cfg)
 
 

@@ -30,6 +30,7 @@ from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
 from maskdet.evaluation.testing import test_and_report
+from maskdet.preflight import preflight_train
 
 log = logging.getLogger("maskdet.train")
 register_resolvers()
@@ -54,6 +55,7 @@ def resume_into_original_run(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Run one training job described by ``cfg``; return the figures written to ``metrics.json``."""
+    preflight_train(cfg)
     started = time.time()
     for group in ("data", "model", "trainer"):
         check_keys(cfg[group], group)

@@ -28,7 +28,7 @@ from torch.utils.data import (
 )
 
 from maskdet.data import cache, sources
-from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups
+from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups, normalise_group
 from maskdet.data.images import load_resized
 from maskdet.data.report import build_report
 from maskdet.data.splits import assign_splits, cap_per_class, select_subset
@@ -107,17 +107,55 @@ class MaskDataModule(L.LightningDataModule):
         cache_dir: str = ".cache/maskdet",
     ):
         super().__init__()
+        # Every setting is checked here, before any file is read or written (maskdet.preflight builds
+        # the datamodule first for exactly this), so a wrong value never costs a cache build.
         if source not in SOURCES:
             raise ConfigError(f"data.source={source!r} is unknown: use one of {', '.join(SOURCES)}.")
-        if image_size < 8:
-            raise ConfigError(f"data.image_size must be at least 8 pixels, got {image_size}.")
+
+        def whole(key: str, value, least: int, advice: str = "") -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"data.{key}={value!r} must be a whole number of at least {least}{advice}.")
+
+        whole("image_size", image_size, 8, " (pixels)")
+        whole("batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            whole("eval_batch_size", eval_batch_size, 1, ", or null for max(batch_size, 256)")
+        if cap_per_class is not None:
+            whole("cap_per_class", cap_per_class, 1, " (images per class in each split); use data.cap_per_class=null "
+                  "for no cap")
+        whole("num_folds", num_folds, 2)
+        whole("num_workers", num_workers, 0)
+        if not 0 <= fold < num_folds:
+            raise ConfigError(f"data.fold={fold} is out of range for data.num_folds={num_folds} (0..{num_folds - 1}).")
+        if not 0 < test_size < 1:
+            raise ConfigError(f"data.test_size={test_size} must be a fraction between 0 and 1 (e.g. 0.3).")
+        groups = ("gender", "race", "age_group")
+        balance_by = [balance_by] if isinstance(balance_by, str) else list(balance_by or [])
+        unknown = [str(c) for c in balance_by if c not in groups]
+        if unknown:
+            raise ConfigError(f"data.balance_by: {', '.join(unknown)} is not a demographic column: balance training "
+                              f"batches over any of {', '.join(groups)} (e.g. data.balance_by=[gender]), or [] for none.")
+        for attribute, wanted in dict(subset or {}).items():
+            if attribute not in (*groups, "label_name"):
+                raise ConfigError(f"data.subset.{attribute}: no such column; use one of {', '.join(groups)}, label_name.")
+            for value in [wanted] if isinstance(wanted, str | int) or wanted is None else list(wanted):
+                try:
+                    normalise_group(attribute, value)
+                except ValueError as err:
+                    raise ConfigError(f"data.subset.{attribute}: {err}") from None
+        if not (label_map is None or label_map in ("none", "binary") or isinstance(label_map, Mapping)):
+            raise ConfigError(f"data.label_map={label_map!r} is unknown: use null, binary or a mapping {{old_class: new_class}}.")
+        edges = list(age_bins)
+        if len(edges) < 2 or any(not isinstance(b, int | float) or isinstance(b, bool) for b in edges) \
+                or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"data.age_bins={edges} must be at least two increasing ages, e.g. [0, 13, 20, 40, 60, 120].")
         self.source, self.root, self.manifest = source, root, manifest
         self.synthetic = dict(synthetic or {})
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 256))
         self.test_size, self.num_folds, self.fold, self.seed = float(test_size), int(num_folds), int(fold), int(seed)
         self.label_map, self.subset, self.cap = label_map, dict(subset or {}), cap_per_class
-        self.balance_by = list(balance_by or [])
+        self.balance_by = balance_by
         self.age_bins, self.augment = list(age_bins), augment
         self.feature_cache = feature_cache
         self.decoded_cache, self.num_workers, self.cache_dir = decoded_cache, int(num_workers), Path(cache_dir)

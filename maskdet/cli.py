@@ -1,0 +1,145 @@
+"""Hydra glue shared by the entry points (train, evaluate, predict, export, explain).
+
+``entry_point`` is ``hydra.main`` plus two things Hydra does not do: ``group=null`` on the command line
+removes that config group (``logger=null``: no logger) instead of crashing, and a misspelt key
+(``data.batchsize=64``) gets the closest valid key after Hydra's "not in struct" message.
+``RunFolderCheck`` refuses an unwritable run folder before Hydra tries to create it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import inspect
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from maskdet.preflight import writable_problem
+
+
+def _null_groups_removed(argv: list[str], config_dir: Path) -> list[str]:
+    """``group=null`` -> ``~group`` for config groups (Hydra accepts null for a group only in a defaults
+    list; on the command line it stops with a ValueError traceback)."""
+    groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        out.append(f"~{key}" if sep and key in groups and value.strip().lower() == "null" else arg)
+    return out
+
+
+def _dotted_keys(node: DictConfig, prefix: str = ""):
+    for key in node:
+        full = f"{prefix}{key}"
+        if full == "hydra" or str(key).startswith("_"):  # Hydra's own settings, _target_ and the like
+            continue
+        yield full
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() \
+                and not child._is_interpolation():
+            yield from _dotted_keys(child, f"{full}.")
+
+
+def _composition_error(config_dir: Path, config_name: str, overrides: list[str], mode: RunMode):
+    GlobalHydra.instance().clear()
+    try:
+        with hydra.initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            GlobalHydra.instance().hydra.compose_config(config_name, overrides, run_mode=mode)
+    except ConfigCompositionException as err:
+        return err
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _first_of_each_sweep(overrides: list[str]) -> list[str]:
+    """A multirun's overrides with each sweep replaced by its first value: a key misspelt inside a sweep
+    fails only in the jobs, so the hint composes one job's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+            for o in OverridesParser.create().parse_overrides(overrides)]
+
+
+def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
+    """"Did you mean ...?" for an override of a key that does not exist: the composition is repeated
+    (only after a failed start, so it costs nothing on a good one) to get the config the key was missing
+    from, and difflib picks the closest existing keys."""
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+        name = args.config_name or config_name
+        err = _composition_error(config_dir, name, args.overrides, RunMode.MULTIRUN if args.multirun else RunMode.RUN)
+        if err is None and args.multirun:
+            err = _composition_error(config_dir, name, _first_of_each_sweep(args.overrides), RunMode.RUN)
+        missing = err.__cause__ if err is not None else None
+        full_key, parent = getattr(missing, "full_key", None), getattr(missing, "parent_node", None)
+        if not full_key or not isinstance(parent, DictConfig):
+            return None
+        keys = list(_dotted_keys(parent._get_root()))
+    except Exception:  # noqa: BLE001 - a hint is a courtesy: never let it hide Hydra's own message
+        return None
+    close = difflib.get_close_matches(full_key, keys, n=3, cutoff=0.75)
+    if not close:  # a right name under the wrong parent (batch_size=64 for data.batch_size=64)
+        leaf = full_key.rpartition(".")[2]
+        by_leaf = {k.rpartition(".")[2]: k for k in keys}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.75)]
+    return f"Did you mean {' or '.join(close)}?" if close else None
+
+
+def entry_point(config_name: str, config_path: str = "../conf"):
+    """Decorator for an entry point's ``main(cfg)``, used instead of ``hydra.main``."""
+
+    def decorate(task):
+        hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(task)
+        config_dir = (Path(inspect.getfile(task)).parent / config_path).resolve()
+
+        @functools.wraps(task)
+        def main(cfg: DictConfig | None = None):
+            if cfg is not None:  # called with a composed config, as hydra.main allows
+                return hydra_main(cfg)
+            sys.argv[1:] = _null_groups_removed(sys.argv[1:], config_dir)
+            try:
+                return hydra_main()
+            except SystemExit as done:
+                if done.code not in (0, None):
+                    hint = key_hint(config_dir, config_name, sys.argv[1:])
+                    if hint:
+                        print(hint, file=sys.stderr)
+                raise
+
+        main.maskdet_entry_point = True
+        return main
+
+    return decorate
+
+
+class RunFolderCheck(Callback):
+    """Refuse an unwritable run (or sweep) folder with a message, before Hydra creates it: Hydra's own
+    attempt ends in an ``OSError`` traceback."""
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        try:  # a copy, so the folder name (timestamp, random suffix) is resolved only once, by Hydra
+            folder = str(copy.deepcopy(config).hydra[key].dir)
+        except Exception:  # noqa: BLE001 - a folder that cannot be resolved here is Hydra's to report
+            return
+        problem = writable_problem(folder)
+        if problem:
+            print(f"\nmaskdet: Cannot create the run folder {folder}: {problem}. Write runs elsewhere with "
+                  "paths.log_dir=<a writable folder> (or MASKDET_ROOT=<folder>).", file=sys.stderr)
+            sys.exit(1)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config, "sweep")

@@ -1,0 +1,225 @@
+"""Settings that would fail only after training (or with a traceback) are refused first, with a message.
+
+Every refusal here happens before any data work: no dataset is generated, no cache written, nothing
+put in a run folder. The CLI tests run the real entry points and check the exit status, the message
+and that no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli_env, compose_train
+
+from maskdet.errors import ConfigError
+from maskdet.evaluate import load_classifier
+from maskdet.models import MaskClassifier
+from maskdet.preflight import check_config, writable_problem
+from maskdet.train import main as train_main
+from maskdet.train import train
+
+CLASSES = ["with_mask", "without_mask", "mask_weared_incorrect", "mask_chin"]
+
+
+def run_cli(module: str, args: list[str], root: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = cli_env(cache or root / "cache", root)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", f"maskdet.{module}", *args], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+def save_checkpoint(path: Path, architecture: str = "custom_cnn", classes_in_weights: int = 4, **extra) -> Path:
+    """A checkpoint laid out as Lightning writes one (state_dict + hyper_parameters) from a real model;
+    ``classes_in_weights`` != 4 gives weights that do not fit the 4-class model its hparams describe."""
+    model = MaskClassifier("custom_cnn", num_classes=classes_in_weights, image_size=32)
+    hparams = {**dict(model.hparams), "architecture": architecture, "num_classes": 4, "class_names": CLASSES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
+                **extra}, path)
+    return path
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder that cannot be written even by root: a read-only tmpfs when running as root, else chmod."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("running as root without `mount`: cannot make a read-only folder")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root and mounting a read-only tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+# ------------------------------------------------------------------ train(cfg): refused before data work
+REFUSED = [
+    (["+bias.bogus=1"], "Unknown config key bias.bogus: maskdet.evaluation.bias.audit accepts attributes, "
+                        "min_group_size, n_bootstrap, seed"),
+    (["bias.n_bootstrap=0"], "bias.n_bootstrap=0 must be a whole number of at least 1"),
+    (["bias.attributes=[colour]"], "colour is not an attribute the bias audit knows: use any of gender, race, "
+                                   "age_group, gender_x_race"),
+    (["bias.attributes=gender"], "must be a list of attributes, e.g. bias.attributes=[gender]"),
+    (["bias.min_group_size=abc"], "bias.min_group_size='abc' is not accepted"),
+    (["data.balance_by=[colour]"], "data.balance_by: colour is not a demographic column"),
+    (["data.batch_size=0"], "data.batch_size=0 must be a whole number of at least 1"),
+    (["data.cap_per_class=0"], "use data.cap_per_class=null for no cap"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not accepted: lightning.pytorch.Trainer takes "
+                                 "max_epochs as an integer or null"),
+    (["trainer.precision=31"], "trainer.precision=31 is not accepted"),
+    (["data=default"], "data=synthetic|folder|roboflow|manifest"),
+    (["+data.subset.gender=femal"], "data.subset.gender: Unknown gender value 'femal'"),
+    (["+data.subset.colour=red"], "data.subset.colour: no such column"),
+    (["data.age_bins=[20,10]"], "data.age_bins=[20, 10] must be at least two increasing ages"),
+    (["data.test_size=1.5"], "data.test_size=1.5 must be a fraction between 0 and 1"),
+    (["data.label_map=binar"], "data.label_map='binar' is unknown"),
+    (["+model.dropout=0.5"], "Unknown config key model.dropout"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), REFUSED, ids=[o[0] for o, _ in REFUSED])
+def test_train_refuses_before_any_data_work(tmp_path, overrides, message):
+    output_dir, cache = tmp_path / "run", tmp_path / "cache"
+    tiny = [] if any(o.startswith("data=") for o in overrides) else ["data.synthetic.per_class=10"]
+    cfg = compose_train([*tiny, *overrides], output_dir, cache)
+    with pytest.raises(ConfigError) as refused:
+        train(cfg)
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)  # one paragraph
+    assert not cache.exists(), "a refused run generated data or wrote the cache"
+    assert not output_dir.exists(), "a refused run wrote into its run folder"
+
+
+def test_accepted_settings_pass(tmp_path):
+    """The defaults, a numeric folder name, fractions of batches and the null cap are all fine."""
+    for overrides in ([], ["data=folder", "data.root=2024"], ["trainer.limit_train_batches=0.5"],
+                      ["data.cap_per_class=null", "data.balance_by=gender", "bias.attributes=[race]"],
+                      ["~logger"]):
+        check_config(compose_train(overrides, tmp_path / "run", tmp_path / "cache"), "train")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unreadable_or_foreign_resume_checkpoint_leaves_the_run_untouched(tmp_path):
+    run = tmp_path / "old_run"
+    (run / ".hydra").mkdir(parents=True)
+    report = run / "data_report.json"
+    report.write_text('{"original": true}')
+    cache = tmp_path / "cache"
+    cases = {
+        "garbage.ckpt": ("not a readable PyTorch checkpoint", lambda p: p.write_bytes(os.urandom(2048))),
+        "foreign.ckpt": ("is not a maskdet checkpoint", lambda p: torch.save({"state_dict": {}, "epoch": 3}, p)),
+        "resnet.ckpt": ("was trained with architecture 'resnet18' (the config says model.architecture='custom_cnn')",
+                        lambda p: save_checkpoint(p, "resnet18", optimizer_states=[], loops={})),
+    }
+    for name, (message, make) in cases.items():
+        ckpt = run / "checkpoints" / name
+        ckpt.parent.mkdir(exist_ok=True)
+        make(ckpt)
+        cfg = compose_train([f"ckpt_path={ckpt}", "data.synthetic.per_class=10"], tmp_path / "new_run", cache)
+        with pytest.raises(ConfigError, match="ckpt_path=") as refused:
+            train(cfg)
+        assert message in str(refused.value), name
+        assert report.read_text() == '{"original": true}'
+        assert not cache.exists() and not (tmp_path / "new_run").exists()
+
+
+def test_weights_that_do_not_fit_their_architecture_name_the_file(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "edited.ckpt", classes_in_weights=2)
+    with pytest.raises(ConfigError) as refused:
+        load_classifier(ckpt)
+    assert f"ckpt_path={ckpt}: its weights do not fit the model" in str(refused.value)
+    assert "size mismatch" in str(refused.value)
+
+
+def test_writable_problem_on_real_folders(tmp_path, read_only_dir):
+    assert writable_problem(tmp_path / "not" / "yet" / "there") is None
+    (tmp_path / "a_file").write_text("x")
+    assert "is a file, not a folder" in writable_problem(tmp_path / "a_file" / "outputs")
+    assert "cannot be written" in writable_problem(read_only_dir / "outputs")
+
+
+# ------------------------------------------------------------------------------- the real entry points
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "phrases"), [
+    ("evaluate", ["maskdet.evaluate needs a checkpoint: pass ckpt_path="]),
+    ("explain", ["maskdet.explain needs a checkpoint: pass ckpt_path="]),
+    ("export", ["maskdet.export needs a checkpoint: pass ckpt_path="]),
+    ("predict", ["maskdet.predict needs a checkpoint", "maskdet.predict needs images to classify: pass input="]),
+])
+def test_entry_point_without_its_required_argument(tmp_path, module, phrases):
+    assert_refused(run_cli(module, [], tmp_path), *phrases)
+
+
+@pytest.mark.slow
+def test_misspelt_key_gets_the_closest_valid_key(tmp_path):
+    result = run_cli("evaluate", ["ckpt_path=x.ckpt", "data.batchsize=64"], tmp_path)
+    assert_refused(result, "Key 'batchsize' is not in struct", "Did you mean data.batch_size")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_cli_refusals_before_any_data_work(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "edited.ckpt", classes_in_weights=2)
+    assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}"], tmp_path),
+                   f"ckpt_path={ckpt}: its weights do not fit the model")
+    assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}", "data=default", "bias.n_bootstrap=0"], tmp_path),
+                   "data=default is the base shared by the data configs", "data=synthetic|folder|roboflow|manifest")
+    assert_refused(run_cli("explain", [f"ckpt_path={ckpt}", "+explain.colour=1"], tmp_path),
+                   "Unknown config key explain.colour")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_read_only_run_and_cache_folders(tmp_path, read_only_dir):
+    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}", f"paths.log_dir={read_only_dir / 'outputs'}"], tmp_path),
+                   f"Cannot create the run folder {read_only_dir / 'outputs'}", "paths.log_dir=")
+    assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}"], tmp_path, cache=read_only_dir / "cache"),
+                   f"Cannot write the cache folder {read_only_dir / 'cache'}", "paths.cache_dir=")
+
+
+@pytest.mark.slow
+def test_train_cli_refuses_bad_bias_setting(tmp_path):
+    assert_refused(run_cli("train", ["bias.attributes=[colour]", "data.synthetic.per_class=10"], tmp_path),
+                   "colour is not an attribute the bias audit knows")
+    assert not (tmp_path / "cache").exists()
+
+
+needs_entry_point = pytest.mark.skipif(
+    not getattr(train_main, "maskdet_entry_point", False),
+    reason="maskdet/train.py's main is still @hydra.main, not @entry_point('train') (maskdet.cli)")
+
+
+@pytest.mark.slow
+@needs_entry_point
+def test_train_cli_key_hint_and_no_logger(tmp_path):
+    result = run_cli("train", ["data.batchsize=64"], tmp_path)
+    assert_refused(result, "Did you mean data.batch_size")
+    result = run_cli("train", ["logger=null", "data.synthetic.per_class=10", "data.num_folds=2", "trainer.max_epochs=1",
+                               "~callbacks.progress_bar", "~callbacks.explanations", "trainer.enable_progress_bar=false",
+                               "bias.n_bootstrap=10"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
