@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $@
 
-.PHONY: install train test lint bench
+.PHONY: install train test lint bench gpu-check
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed  ## train the default experiment on the embedded dataset (ARGS=... adds Hydra overrides)
@@ -22,3 +22,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
+
+GPU_CHECK_OUT ?= outputs/gpu_check
+gpu-check: $(VENV)/.installed  ## GPU path checked and the seed's studies timed on a CUDA machine (< 8 min); ARGS=--cpu-rehearsal rehearses on the CPU
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(ARGS)

@@ -1,0 +1,59 @@
+"""benchmarks/gpu_check.py: harmless where there is no GPU; its helpers pick the right files.
+
+The check itself needs a CUDA device (or minutes of CPU with --cpu-rehearsal), so it is not run here.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_cuda_prints_one_line_and_exits_0(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0], result.stdout
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_checkpoint_prefers_last_then_newest(tmp_path):
+    gpu_check = _module()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for age, name in enumerate(["last.ckpt", "best.ckpt", "epoch_001.ckpt"]):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (1_000_000 - age, 1_000_000 - age))  # last.ckpt the newest
+    assert gpu_check.find_checkpoint(tmp_path).name == "last.ckpt"
+    (folder / "last.ckpt").unlink()
+    assert gpu_check.find_checkpoint(tmp_path).name == "best.ckpt"
+    (folder / "best.ckpt").unlink()
+    (folder / "epoch_001.ckpt").unlink()
+    with pytest.raises(gpu_check.StepFailed, match="no checkpoint"):
+        gpu_check.find_checkpoint(tmp_path)
+
+
+def test_table_shows_failures_with_their_error(tmp_path):
+    gpu_check = _module()
+    results = [gpu_check.Result("dataset", seconds=12.0, limit_s=120, figures={"images": 8605}),
+               gpu_check.Result("ddp", status="FAIL", seconds=3.2, limit_s=120, error="exit status 1: a | b")]
+    table = gpu_check.render(results, "header").splitlines()
+    assert table[0] == "header"
+    assert table[4] == "| dataset | ok | 12.0 | 120 | images: 8605 |"
+    assert table[5] == "| ddp | FAIL | 3.2 | 120 | ERROR: exit status 1: a / b |"
