@@ -10,7 +10,6 @@ fails unless every probability is within ``max_abs_diff`` and every predicted cl
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from maskdet.errors import MaskdetError, exit_on_error
 from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import predict_split
 from maskdet.evaluation.model_card import model_card
+from maskdet.finite import require_finite
+from maskdet.jsonfile import write_json
 from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.export")
@@ -67,10 +68,12 @@ def check_parity(model, path: Path, images: torch.Tensor, max_abs_diff: float) -
     with torch.no_grad():
         expected = Probabilities(model).eval()(images).numpy()
     got = session.run(["probabilities"], {"images": images.numpy().astype(np.float32)})[0]
+    require_finite(expected, f"The checkpoint's probabilities on {len(images)} test images")
+    require_finite(got, f"The ONNX model's probabilities on {len(images)} test images ({path} was not kept)")
     diff = float(np.abs(expected - got).max())
     same = int((expected.argmax(1) == got.argmax(1)).sum())
     result = {"images": len(images), "max_abs_diff": diff, "same_prediction": same, "tolerance": max_abs_diff}
-    if diff > max_abs_diff or same != len(images):
+    if not diff <= max_abs_diff or same != len(images):  # `not <=`: a NaN difference fails too
         raise ExportError(f"ONNX parity failed on {len(images)} test images: max |p_torch - p_onnx| = {diff:.2e} "
                           f"(tolerance {max_abs_diff:.0e}), {len(images) - same} different predictions. "
                           f"{path} was not kept.")
@@ -85,12 +88,11 @@ def export(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
+    images = predict_split(model, datamodule)[0][: cfg.parity_images]  # refuses a diverged checkpoint first
     export_onnx(model, onnx_path, model.hparams.image_size)
-
-    images = predict_split(model, datamodule)[0][: cfg.parity_images]
     try:
         parity = check_parity(model, onnx_path, images, cfg.max_abs_diff)
-    except ExportError:
+    except MaskdetError:
         onnx_path.unlink(missing_ok=True)
         raise
     sidecar = {"onnx": onnx_path.name, "input": "images: float32 N x 3 x H x W, RGB in [0, 1] (normalised inside)",
@@ -99,7 +101,7 @@ def export(cfg: DictConfig) -> dict:
                "mean": list(model.hparams.mean), "std": list(model.hparams.std),
                "class_names": list(model.hparams.class_names), "architecture": model.hparams.architecture,
                "checkpoint": str(ckpt_path), "parity": parity}
-    (out / "model.json").write_text(json.dumps(sidecar, indent=2))
+    write_json(out / "model.json", sidecar)
     (out / "model_card.md").write_text(model_card(model, ckpt_path, sidecar))
     log.info("exported %s (parity on %d test images: max diff %.1e)", onnx_path, parity["images"], parity["max_abs_diff"])
     return sidecar

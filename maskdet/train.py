@@ -7,65 +7,63 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from maskdet.config import check_keys, register_resolvers
+from maskdet.cli import entry_point
+from maskdet.config import register_resolvers
 from maskdet.data.report import format_report, write_report
-from maskdet.errors import ConfigError, MaskdetError
+from maskdet.errors import MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
 from maskdet.evaluation.testing import test_and_report
+from maskdet.jsonfile import dumps, write_json
 from maskdet.preflight import preflight_train
+from maskdet.resume import Resume, check_resume, register_resume_resolvers, run_folder_of
 
 log = logging.getLogger("maskdet.train")
 register_resolvers()
+register_resume_resolvers()
 
 
 def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def resume_into_original_run(cfg: DictConfig) -> None:
-    """With ``ckpt_path=<run>/checkpoints/last.ckpt``, continue writing into that run's folder."""
-    if not cfg.get("ckpt_path"):
-        return
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass the path of a .ckpt file to resume from.")
-    run_dir = ckpt.parent.parent
-    if ckpt.parent.name == "checkpoints" and (run_dir / "data_report.json").is_file():
-        log.info("resuming %s: outputs go to the original run folder %s", ckpt, run_dir)
-        OmegaConf.update(cfg, "paths.output_dir", str(run_dir))
-
-
 def train(cfg: DictConfig) -> dict:
-    """Run one training job described by ``cfg``; return the figures written to ``metrics.json``."""
+    """Run one training job described by ``cfg``; return the figures written to ``metrics.json``.
+
+    Everything that can be refused (keys, a resume that would change the experiment) is refused before any
+    data work. A failure once training has started leaves ``failed.json`` in the run folder.
+    """
     preflight_train(cfg)
     started = time.time()
-    for group in ("data", "model", "trainer"):
-        check_keys(cfg[group], group)
-    resume_into_original_run(cfg)
+    resume = check_resume(cfg)
+    if resume is not None and resume.run_dir is not None:  # Python API; the CLI is there already (hydra/train.yaml)
+        OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     saved = output_dir / ".hydra" / "config.yaml"
     if not saved.exists():  # called from Python, not the CLI: keep the config evaluate/export/explain read
         saved.parent.mkdir(exist_ok=True)
         OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, saved, resolve=True)
+    if resume is not None:
+        log.info("resuming from %s (end of epoch %d): outputs go to %s", resume.ckpt_path, resume.epoch, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -84,42 +82,119 @@ def train(cfg: DictConfig) -> dict:
         on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())
         model.cpu()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
+    loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
-        if cfg.get("test", True) else ({}, {})
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.ckpt_path if resume else None)
+        # after a resume of a finished run no epoch runs: the last epoch's figures come from its checkpoint
+        val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")} \
+            or dict(model.resumed_val_metrics)
+        best = _best_checkpoint(callbacks.get("model_checkpoint"))
+        test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
+            if cfg.get("test", True) else ({}, {})
 
-    study = cfg.get("bias_study")
-    if study and test_metrics and trainer.world_size == 1:
-        text = compare_subsets(trainer, model, lambda **kw: instantiate(cfg.data, **kw), study.subsets,
-                               study.compare, study.cap_per_class, output_dir)
-        log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
-        print(text)
+        study = cfg.get("bias_study")
+        if study and test_metrics and trainer.world_size == 1:
+            text = compare_subsets(trainer, model, lambda **kw: instantiate(cfg.data, **kw), study.subsets,
+                                   study.compare, study.cap_per_class, output_dir)
+            log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
+            print(text)
+    except BaseException as err:
+        err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
+        if trainer.is_global_zero:
+            mark_failed(output_dir, err)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
+                               f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
+                               "checkpoint was left half-written. Free some space, or write runs elsewhere with "
+                               "paths.log_dir=<folder> (checkpoints need about 3x the model's weights).") from err
+        raise
 
     metrics = {
         "val": val_metrics,
         "test": _scalars(test_metrics),
         "bias": bias,
         "best_checkpoint": best,
+        "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) if best else None,
         "epochs_trained": trainer.current_epoch,
         "num_classes": datamodule.num_classes,
         "class_names": datamodule.class_names,
         "wall_time_s": round(time.time() - started, 1),
     }
-    for logger in trainer.loggers:
-        logger.log_metrics({f"final/{k}": v for k, v in metrics["test"].items()}, step=trainer.global_step)
+    if resume is not None:
+        metrics["resumed_from_epoch"] = resume.epoch
+    _log_final(trainer, cfg, metrics)
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
-        log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
+        log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
     return metrics
+
+
+class TrainingFailed(MaskdetError):
+    """Training started and then failed for a reason outside maskdet (a full disk, say)."""
+
+    training_started = True
+
+
+def _best_checkpoint(callback) -> str | None:
+    path = getattr(callback, "best_model_path", None)
+    return path if path and Path(path).is_file() else None
+
+
+def _instantiate_logger(logger_cfg: DictConfig, resume: Resume | None):
+    """A logger; on resume, TensorBoard drops the points the interrupted run logged after its checkpoint,
+    so each epoch keeps exactly one point (``purge_step``, which TensorBoard's reader honours)."""
+    if resume is not None and str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
+        return instantiate(logger_cfg, purge_step=resume.global_step)
+    return instantiate(logger_cfg)
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """The settings that tell runs apart, flat (``model.optimizer.lr``...), for TensorBoard's HParams tab."""
+    flat = {}
+    for section in ("data", "model", "trainer"):
+        for key, value in _flatten(OmegaConf.to_container(cfg[section], resolve=True), section).items():
+            if key.endswith("_target_") or key in ("data.cache_dir", "data.root", "trainer.default_root_dir"):
+                continue
+            if isinstance(value, (int, float, str, bool)):
+                flat[key] = value
+            elif value is not None:
+                flat[key] = str(value)
+    flat["seed"] = cfg.seed
+    return flat
+
+
+def _flatten(node, prefix: str) -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}.{key}").items()}
+    return {prefix: node}
+
+
+def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
+    """The run's settings with its final figures, once, so a sweep can be sorted in the HParams tab."""
+    final = {f"final/{k}": v for k, v in metrics["test"].items()}
+    final.update({f"final/{k}": v for k, v in metrics["val"].items() if k in ("val/acc_best", "val/acc")})
+    final.update({f"final/bias/{k}": v for k, v in metrics["bias"].items() if k.endswith("/gap")})
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # settings and figures in one HParams record
+            logger.log_hyperparams(hparams_of(cfg), metrics=final, step=trainer.global_step)
+        else:
+            logger.log_hyperparams(hparams_of(cfg))
+            logger.log_metrics(final, step=trainer.global_step)
+        logger.save()
+
+
+def mark_failed(output_dir: Path, err: BaseException) -> Path | None:
+    """``failed.json`` beside the run's outputs: the run did not finish, and why (None if even that small
+    file cannot be written, e.g. on a full disk; the error still reaches the console)."""
+    try:
+        return write_json(output_dir / "failed.json", {
+            "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+    except OSError:
+        log.error("could not write %s", output_dir / "failed.json")
+        return None
 
 
 def train_cv(cfg: DictConfig) -> dict:
@@ -139,23 +214,34 @@ def train_cv(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train_cv(cfg) if cfg.get("cv_in_job") else train(cfg)
     except Exception as err:  # noqa: BLE001 - reported, never swallowed silently
+        output_dir = Path(cfg.paths.output_dir)
         if multirun:  # the sweep goes on; its summary lists this job with the error
-            failed = Path(cfg.paths.output_dir) / "failed.json"
-            failed.write_text(json.dumps({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}))
-            log.exception("job failed; recorded in %s", failed)
+            if not (output_dir / "failed.json").exists():
+                mark_failed(output_dir, err)
+            log.exception("job failed; recorded in %s", output_dir / "failed.json")
             return None
+        if not getattr(err, "training_started", False) and run_folder_of(cfg.get("ckpt_path")) is None:
+            _remove_run_folder(output_dir)  # failed before training: nothing in it is a result
         if isinstance(err, MaskdetError):
-            log.error("%s", err)
             print(f"\nmaskdet: {err}", file=sys.stderr)
             sys.exit(1)
         raise
     return metrics["val"].get(cfg.get("optimized_metric", "val/acc_best"))
+
+
+def _remove_run_folder(folder: Path) -> None:
+    """Close the log file Hydra opened inside ``folder``, then delete the folder."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(folder.resolve()):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from maskdet.errors import ConfigError, DataError
@@ -59,7 +60,7 @@ def _run_outputs_are_complete(run: Path, n_test: int, classes: list[str]):
     for name in ("metrics.json", "predictions.csv", "classification_report.txt", "confusion_matrix.png",
                  "confusion_matrix.csv", "data_report.json", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
-    assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == n_test
@@ -71,7 +72,11 @@ def _run_outputs_are_complete(run: Path, n_test: int, classes: list[str]):
     metrics = json.loads((run / "metrics.json").read_text())
     accuracy = (predictions["label"] == predictions["prediction"]).mean()
     assert metrics["test"]["test/acc"] == pytest.approx(accuracy, abs=1e-6)
-    assert Path(metrics["best_checkpoint"]).name.startswith("epoch_")
+    assert Path(metrics["best_checkpoint"]).name == "best.ckpt"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == metrics["epochs_trained"] - 1, "last.ckpt must be the end of the latest epoch"
+    best = torch.load(metrics["best_checkpoint"], weights_only=True)
+    assert best["epoch"] == metrics["best_epoch"] and "optimizer_states" not in best  # weights only
     report = (run / "classification_report.txt").read_text()
     assert all(c in report for c in classes) and f"{accuracy:.4f}" in report
     matrix = pd.read_csv(run / "confusion_matrix.csv", index_col=0)

@@ -10,7 +10,6 @@ intervals and tests are the standard formulas (scipy), which fairlearn does not 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ import pandas as pd  # noqa: E402
 from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference  # noqa: E402
 from scipy.stats import binomtest, norm  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score, recall_score  # noqa: E402
+
+from maskdet.jsonfile import write_json
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
 UNKNOWN = "unknown"
@@ -225,7 +226,7 @@ def write_bias_report(predictions: pd.DataFrame, class_names: Sequence[str], fol
     """Audit ``predictions`` and write bias_report.md / .csv / .json and bias.png into ``folder``."""
     folder = Path(folder)
     report = audit(predictions, class_names, **options)
-    (folder / "bias_report.json").write_text(json.dumps(report, indent=2, default=float))
+    write_json(folder / "bias_report.json", report)
     pd.DataFrame(report["groups"]).to_csv(folder / "bias_report.csv", index=False)
     (folder / "bias_report.md").write_text(format_markdown(report))
     plot(report, folder / "bias.png")

@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from maskdet.errors import ConfigError  # noqa: E402
+from maskdet.finite import require_finite
 
 
 def find_target_layer(model: nn.Module, image_size: int, name: str | None = None) -> str:
@@ -241,7 +242,9 @@ def predict_split(model: nn.Module, datamodule, split: str = "test") -> tuple[to
         labels.append(batch["label"])
         rows.append(batch["row"])
         probs.append(model(x).float().softmax(1).cpu())
-    return torch.cat(images), torch.cat(labels), torch.cat(rows), torch.cat(probs)
+    probs = torch.cat(probs)
+    require_finite(probs, f"The model's probabilities on the {split} split")
+    return torch.cat(images), torch.cat(labels), torch.cat(rows), probs
 
 
 def write_explanations(model, datamodule, output_dir: str | Path, per_class: int = 3, low_confidence: float = 0.6,

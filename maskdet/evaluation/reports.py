@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,11 +13,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
+from maskdet.finite import require_finite  # noqa: E402
+from maskdet.jsonfile import write_json  # noqa: E402
+
 DEMOGRAPHIC_COLUMNS = ["age", "gender", "race", "age_group"]
 
 
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """One row per test image: path, label, prediction, confidence, one probability column per class, demographics."""
+    require_finite(probs, "The test predictions")
     part = index.loc[rows]
     predicted = probs.argmax(1)
     frame = pd.DataFrame({
@@ -73,6 +76,4 @@ def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], fo
 
 
 def write_metrics(metrics: dict, folder: str | Path) -> Path:
-    path = Path(folder) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, default=float))
-    return path
+    return write_json(Path(folder) / "metrics.json", metrics)

@@ -7,14 +7,17 @@ preprocessing (image size, mean, std, class names) for evaluation, prediction an
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from maskdet.finite import DivergedError
 from maskdet.models.networks import build_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,7 +44,7 @@ class MaskClassifier(L.LightningModule):
             "architecture": architecture, "num_classes": int(num_classes), "class_names": class_names,
             "image_size": int(image_size), "weights": None if weights is None else str(weights), "freeze": freeze,
             "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        })
+        }, logger=False)  # train.py logs the run's settings with its final figures instead (HParams tab)
         self.net, self.head_name = build_network(architecture, num_classes, image_size, weights, freeze)
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
@@ -56,6 +59,8 @@ class MaskClassifier(L.LightningModule):
 
         self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
         self.val_acc_best = MaxMetric()
+        self._resumed_rng: dict | None = None
+        self.resumed_val_metrics: dict[str, float] = {}
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.train()  # apply the frozen-backbone modes from the start: Lightning restores captured modes
 
@@ -108,6 +113,9 @@ class MaskClassifier(L.LightningModule):
     def _step(self, batch: dict, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
         # batches carry images, or the frozen backbone's cached features (see MaskDataModule.use_backbone_features)
         logits = self(batch["image"]) if "image" in batch else self.head(batch["features"])
+        if stage != "train" and not torch.isfinite(logits).all():  # training losses: see DivergenceGuard
+            raise DivergedError(f"The model's outputs are NaN or infinite at epoch {self.current_epoch} (stage {stage}): "
+                                "the weights diverged. Try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0.")
         loss = F.cross_entropy(logits, batch["label"])
         metrics.update(logits, batch["label"])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test",
@@ -123,12 +131,30 @@ class MaskClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.train()  # re-apply the frozen-backbone eval mode however the loop set modes
+        if self._resumed_rng is not None:  # first epoch after a resume: continue the random streams exactly
+            set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check must not count as a best epoch
+    # ------------------------------------------------------------- resume
+    # Lightning's checkpoint restores weights, optimiser, loops and callbacks, but not the global random
+    # streams (sampler order, augmentation, dropout) nor torchmetrics states; both are kept here so that a
+    # run resumed from last.ckpt ends exactly as the same run never interrupted.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maskdet"] = {
+            "rng": rng_states(),
+            "val_acc_best": float(self.val_acc_best.max_value),
+            "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("maskdet", {})
+        self._resumed_rng = state.get("rng")
+        self.resumed_val_metrics = state.get("val_metrics", {})
+        if state.get("val_acc_best", float("-inf")) > float("-inf"):
+            self.val_acc_best.update(torch.tensor(state["val_acc_best"]))
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
+        if not self.trainer.sanity_checking:  # the sanity check must not count as a best epoch
             self.val_acc_best(self.val_metrics["acc"].compute())
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
@@ -159,3 +185,26 @@ class MaskClassifier(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
+
+
+def rng_states() -> dict:
+    """The global random streams (torch, CUDA, numpy, Python) as tensors and lists, so that checkpoints
+    stay loadable with ``torch.load(weights_only=True)``."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))

@@ -1,0 +1,37 @@
+"""Checkpoints are written whole or not at all.
+
+Lightning's ``TorchCheckpointIO`` saves through fsspec, whose local "transaction" writes to a temporary file
+in the system temp folder and then *copies* it across file systems: on a full disk that copy leaves a
+truncated file under the final name (``last.ckpt`` that no longer loads). Here the temporary file sits
+beside the final one and is renamed into place, which is atomic on one file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException as err:
+            # torch.save reports a full disk as a RuntimeError from its zip writer: name it for what it is
+            full = not isinstance(err, OSError) and shutil.disk_usage(path.parent).free < 4 * 2**20
+            Path(tmp).unlink(missing_ok=True)
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+            raise

@@ -1,0 +1,112 @@
+"""Resuming a run: find its folder, refuse a resume that would change what the run means.
+
+``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run *in its own folder*: the Hydra resolvers below
+point ``hydra.run.dir`` at it (so ``train.log`` is appended to and no second folder appears) and keep the
+run's saved ``.hydra/`` config as it was. A resume whose data, model or seed settings differ from the run's
+saved config is refused before any work, since its test report would describe another experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from maskdet.errors import ConfigError
+
+COMPARED = ("data", "model", "seed")
+# Settings that do not change what is trained or tested: where caches live, how evaluation is batched.
+IGNORED = {"data.cache_dir", "data.num_workers", "data.eval_batch_size"}
+
+
+def run_folder_of(ckpt_path) -> Path | None:
+    """The run folder holding ``ckpt_path`` (``<run>/checkpoints/<name>.ckpt`` beside ``<run>/.hydra``)."""
+    if not ckpt_path:
+        return None
+    ckpt = Path(str(ckpt_path)).expanduser().resolve()
+    run = ckpt.parent.parent
+    if ckpt.parent.name == "checkpoints" and (run / ".hydra" / "config.yaml").is_file():
+        return run
+    return None
+
+
+def run_dir_resolver(ckpt_path, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's folder, else a new one (``default``)."""
+    run = run_folder_of(ckpt_path)
+    return str(run) if run is not None else default
+
+
+def output_subdir_resolver(ckpt_path) -> str | None:
+    """``hydra.output_subdir``: None (keep the run's saved config untouched) when resuming a run."""
+    return None if run_folder_of(ckpt_path) is not None else ".hydra"
+
+
+def register_resume_resolvers() -> None:
+    """The resolvers conf/hydra/train.yaml uses; registered by the train entry point before Hydra composes."""
+    if not OmegaConf.has_resolver("resume_run_dir"):
+        OmegaConf.register_new_resolver("resume_run_dir", run_dir_resolver)
+        OmegaConf.register_new_resolver("resume_output_subdir", output_subdir_resolver)
+
+
+@dataclass
+class Resume:
+    ckpt_path: Path
+    run_dir: Path | None
+    epoch: int
+    global_step: int
+
+
+def _flatten(node, prefix: str) -> dict[str, object]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out or {prefix: {}}
+    return {prefix: node}
+
+
+def differing_settings(saved: DictConfig, current: DictConfig) -> list[str]:
+    """``key: run had X, this command Y`` for each compared setting that differs."""
+    def settings(cfg):
+        out = {}
+        for section in COMPARED:
+            value = OmegaConf.select(cfg, section, default=None)
+            container = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            out.update(_flatten(container, section))
+        return {k: v for k, v in out.items() if k not in IGNORED}
+
+    before, after = settings(saved), settings(current)
+    return [f"{key}: run had {before.get(key, '<absent>')!r}, this command {after.get(key, '<absent>')!r}"
+            for key in sorted(set(before) | set(after)) if before.get(key, "<absent>") != after.get(key, "<absent>")]
+
+
+def check_resume(cfg: DictConfig) -> Resume | None:
+    """For ``ckpt_path``: load it (safely), and refuse it with a reason if it cannot continue this run."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = Path(cfg.ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass the .ckpt file to resume from, "
+                          "e.g. <run>/checkpoints/last.ckpt.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ConfigError(f"ckpt_path={path} is not a readable PyTorch checkpoint ({type(err).__name__}): "
+                          "pass <run>/checkpoints/last.ckpt of a maskdet run.") from None
+    if not isinstance(checkpoint, dict) or "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path} holds no training state (optimizer, loops), so training cannot resume "
+                          "from it: resume from <run>/checkpoints/last.ckpt (best.ckpt holds weights only; "
+                          "use it with maskdet.evaluate, predict or export).")
+    run = run_folder_of(path)
+    if run is not None:
+        saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+        differences = differing_settings(saved, cfg)
+        if differences:
+            raise ConfigError(
+                f"Refusing to resume {path}: this command's settings differ from the run's own "
+                f"({run / '.hydra' / 'config.yaml'}), so the resumed run would report on another experiment. "
+                f"Differing: {'; '.join(differences)}. Resume with the run's settings, or start a new run "
+                "(without ckpt_path).")
+    return Resume(path, run, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
