@@ -1,6 +1,6 @@
 """Re-evaluate a checkpoint on its test split, another dataset, or a subset; write every report.
 
-    python -m maskdet.evaluate ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+    python -m maskdet.evaluate ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt
     python -m maskdet.evaluate ckpt_path=... +data.subset.gender=female data.cap_per_class=200
     python -m maskdet.evaluate ckpt_path=... data=folder data.root=/other/faces
 

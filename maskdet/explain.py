@@ -1,7 +1,7 @@
 """Pictures of what a trained model looks at: Grad-CAM, feature maps, filters, weight histograms,
 misclassified and low-confidence galleries, reliability diagram.
 
-    python -m maskdet.explain ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+    python -m maskdet.explain ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt
     python -m maskdet.explain ckpt_path=... explain.target_layer=net.layer3 explain.per_class=6
 """
 

@@ -1,6 +1,6 @@
 """Export a checkpoint to ONNX, prove the exported model gives the same answers, write a model card.
 
-    python -m maskdet.export ckpt_path=<run>/checkpoints/last.ckpt
+    python -m maskdet.export ckpt_path=<run>/checkpoints/best.ckpt
 
 Writes model.onnx (input ``images``: float32 N x 3 x H x W RGB in [0, 1], dynamic N; output
 ``probabilities``; normalisation is inside the graph), model.json (image size, mean, std, class names)

@@ -25,7 +25,7 @@ CHECKPOINT_KEYS = {"architecture", "class_names", "image_size", "mean", "std"}
 
 def _required_message(key: str, task: str) -> str:
     if key == "ckpt_path":
-        return (f"maskdet.{task} needs a checkpoint: pass ckpt_path=<run>/checkpoints/last.ckpt "
+        return (f"maskdet.{task} needs a checkpoint: pass ckpt_path=<run>/checkpoints/best.ckpt "
                 "(a .ckpt file written by maskdet.train).")
     if key == "input":
         return "maskdet.predict needs images to classify: pass input=<image file | folder | glob such as 'faces/*.jpg'>."
