@@ -231,3 +231,21 @@ def test_a_full_disk_while_checkpointing_fails_loudly_and_leaves_no_truncated_ch
         assert not (run / "metrics.json").exists() and "marked failed" in result.stderr
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_tensorboard_hparams_tab_holds_the_settings_with_the_final_figures(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(trained / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["model.architecture"].string_value == "custom_cnn"
+    assert hparams["model.optimizer.lr"].number_value == pytest.approx(1e-3) and "data.fold" in hparams
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    assert {"final/test/acc", "final/test/f1", "final/val/acc_best"} <= metric_tags
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert events.Scalars("final/test/acc")[-1].value == pytest.approx(metrics["test"]["test/acc"])
