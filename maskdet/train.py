@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.data.report import format_report, write_report
-from maskdet.errors import MaskdetError
+from maskdet.errors import DataError, MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    require_splits(datamodule, test=cfg.get("test", True))
     if rank_zero_only.rank == 0:
         report = datamodule.report()
         write_report(report, output_dir)
@@ -130,6 +131,19 @@ def train(cfg: DictConfig) -> dict:
         write_metrics(metrics, output_dir)
         log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
     return metrics
+
+
+def require_splits(datamodule, test: bool) -> None:
+    """A split the run needs but the data does not have is said before training, not after it."""
+    used = datamodule.index[datamodule.index["selected"]]
+    where = f"data.source={datamodule.source} ({datamodule.dataset_root})"
+    if not (used["split"] == "val").any():
+        raise DataError(f"The validation split is empty for {where}: a source with fixed splits needs "
+                        "validation images (a Roboflow valid/ folder, manifest rows with split=val).")
+    if test and not (used["split"] == "test").any():
+        raise DataError(f"The test split is empty for {where} (a Roboflow export without test/, a manifest "
+                        "without split=test rows, or a subset with no test images), so the run could not be "
+                        "tested after training. Add test images, or pass test=false to train without testing.")
 
 
 class TrainingFailed(MaskdetError):

@@ -249,3 +249,22 @@ def test_tensorboard_hparams_tab_holds_the_settings_with_the_final_figures(train
     assert {"final/test/acc", "final/test/f1", "final/val/acc_best"} <= metric_tags
     metrics = json.loads((trained / "metrics.json").read_text())
     assert events.Scalars("final/test/acc")[-1].value == pytest.approx(metrics["test"]["test/acc"])
+
+
+def test_a_fixed_split_source_without_test_images_is_refused_before_training_unless_test_false(
+        tiny_dataset, cache_dir, tmp_path):
+    rows = []
+    for class_dir in sorted(p for p in Path(tiny_dataset).iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(class_dir.iterdir())):
+            rows.append(f"{image.relative_to(tiny_dataset)},{class_dir.name},{'train' if i < 20 else 'val'}")
+    (tmp_path / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    args = ["data=manifest", f"data.root={tiny_dataset}", f"data.manifest={tmp_path / 'manifest.csv'}",
+            "trainer.max_epochs=1", "callbacks.explanations=null"]
+    env = cli_env(cache_dir, tmp_path)
+    refused = _cli(args, env)
+    assert refused.returncode == 1 and "test split is empty" in refused.stderr and "test=false" in refused.stderr
+    assert not (tmp_path / "outputs" / "train" / "runs").exists() or not any((tmp_path / "outputs" / "train" / "runs").iterdir())
+    untested = _cli([*args, "test=false"], env)
+    assert untested.returncode == 0, untested.stderr[-2000:]
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["test"] == {} and not (run / "predictions.csv").exists()
