@@ -1,22 +1,62 @@
-"""Hydra callbacks (entry-point side): summarise a multirun when it ends."""
+"""Hydra side of a multirun: sweep job folders named by what varies, and the summary when it ends."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from maskdet.evaluation.cv import write_summary
+from maskdet.errors import MaskdetError
+from maskdet.evaluation.cv import FOLD_KEY, write_summary
 
 log = logging.getLogger("maskdet.sweep")
+NAME_LIMIT = 80  # characters after the job number: folder names stay short on every file system
+
+
+def _swept_keys(sweeper_params, argv) -> set[str]:
+    """Keys the sweep varies: the sweeper's ``params`` (experiments, Optuna) and the command line's sweep
+    overrides (``lr=1e-3,1e-2``, ``range(3)``), read with Hydra's own parser."""
+    keys = {str(k).lstrip("+~") for k in (sweeper_params or {})}
+    words = [w for w in argv if "=" in w and not w.startswith("-")]
+    try:
+        keys |= {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(words)
+                 if o.is_sweep_override()}
+    except HydraException:  # not Hydra overrides (a launcher's worker process): use the sweeper's params
+        pass
+    return keys
+
+
+def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
+    """``${job_name:...}`` in conf/hydra: a sweep job's folder name, its number then the overrides the sweep
+    varies, fold last (``3_lr=0.01,fold=1``), so folders and TensorBoard runs say what differs. Where the
+    swept keys cannot be told (a launcher's worker process), every override of the job that is not a path."""
+    pairs = [str(o).lstrip("+~").split("=", 1) for o in overrides or [] if "=" in str(o)]
+    swept = _swept_keys(sweeper_params, sys.argv[1:] if argv is None else argv)
+    chosen = [(k, v) for k, v in pairs if k in swept] if swept else \
+        [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]
+    chosen.sort(key=lambda kv: kv[0] == FOLD_KEY)  # stable: command-line order, the fold last
+    short = [k.rsplit(".", 1)[-1] for k, _ in chosen]
+    words = [f"{s if short.count(s) == 1 else k}={v}" for s, (k, v) in zip(short, chosen)]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(words))[:NAME_LIMIT]
+    return f"{num}_{name}" if name else str(num)
+
+
+# Registered on import: Hydra imports this module to build its callbacks (conf/hydra/default.yaml) before
+# it names any job folder, in the sweep's process and in a launcher's workers (which unpickle them).
+if not OmegaConf.has_resolver("job_name"):
+    OmegaConf.register_new_resolver("job_name", job_name)
 
 
 class SweepSummary(Callback):
-    """Write cv_summary.csv / .md (and a TensorBoard text + scalars) in the sweep folder; exit non-zero
-    after writing it if any job failed, so a failure is neither silent nor a reason to lose the others."""
+    """Write cv_summary.csv / .md and the comparison of configurations (comparison.md/.csv/.json/.png) in
+    the sweep folder, with a TensorBoard text + scalars; exit non-zero after writing them if any job
+    failed, so a failure is neither silent nor a reason to lose the others."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -24,10 +64,20 @@ class SweepSummary(Callback):
             return
         runs, summary = write_summary(sweep_dir)
         markdown = (sweep_dir / "cv_summary.md").read_text()
+        from maskdet.evaluation.compare import write_comparison  # scipy/matplotlib: only when a sweep ends
+
+        try:
+            write_comparison([sweep_dir], sweep_dir)
+            comparison = (sweep_dir / "comparison.md").read_text()
+            log.info("comparison: %s\n%s", sweep_dir / "comparison.md", comparison)
+        except MaskdetError as err:  # e.g. every job failed, or none was tested: said, not hidden
+            comparison = f"No comparison: {err}"
+            log.warning("%s", comparison)
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(sweep_dir / "tensorboard")) as writer:
             writer.add_text("cv_summary", markdown)
+            writer.add_text("comparison", comparison)
             for rank, row in summary.iterrows():
                 for metric in ("val/acc_best", "test/acc", "test/f1"):
                     writer.add_scalar(f"cv_{metric} mean", row[f"{metric} mean"], global_step=rank)
@@ -37,3 +87,20 @@ class SweepSummary(Callback):
             print(f"\nmaskdet: {len(failed)} of {len(runs)} sweep jobs failed; see {sweep_dir / 'cv_summary.md'}",
                   file=sys.stderr)
             sys.exit(1)
+
+
+class LeakageStudy(Callback):
+    """``+experiment=leakage_study``: write leakage_study.md (image-level vs grouped split) in the sweep folder.
+    Hydra calls multirun-end callbacks last-added first, so this runs before SweepSummary may exit non-zero."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from maskdet.evaluation.leakage import write_leakage_study
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            text = write_leakage_study(sweep_dir)
+        except MaskdetError as err:  # jobs failed: SweepSummary reports them and exits non-zero
+            log.error("no leakage study: %s", err)
+            return
+        log.info("leakage study: %s\n%s", sweep_dir / "leakage_study.md", text)
+        print(text)

@@ -20,7 +20,7 @@ def _job(sweep, num, overrides, metrics=None, error=None):
         (job / "metrics.json").write_text(json.dumps({
             "val": {"val/acc_best": metrics, "val/acc": metrics, "val/f1": metrics, "val/loss": 1 - metrics},
             "test": {"test/acc": metrics - 0.01, "test/f1": metrics - 0.02, "test/loss": 1.1 - metrics},
-            "best_checkpoint": f"/x/checkpoints/epoch_{num:03d}.ckpt"}))
+            "best_checkpoint": "/x/checkpoints/best.ckpt", "best_epoch": num}))
     if error is not None:
         (job / "failed.json").write_text(json.dumps({"error": error}))
 
@@ -69,7 +69,7 @@ def test_kfold_experiment_runs_every_fold_and_summarises(tiny_dataset, cache_dir
     mean = runs.loc[runs["fold"] == "mean", "test/acc"].item()
     assert mean == pytest.approx(folds["test/acc"].astype(float).mean())
     # every fold tested on the same test split, validated on its own fold
-    reports = [json.loads((sweep / str(j) / "data_report.json").read_text()) for j in range(3)]
+    reports = [json.loads((sweep / f"{j}_fold={j}" / "data_report.json").read_text()) for j in range(3)]
     assert len({r["counts"]["split"]["test"] for r in reports}) == 1
     assert "± " in (sweep / "cv_summary.md").read_text()
     assert list((sweep / "tensorboard").glob("events.out.tfevents.*"))
@@ -171,13 +171,15 @@ def test_optuna_search_optimises_a_cross_validated_score(tiny_dataset, cache_dir
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.optimizer.lr", "data.batch_size", "model.freeze"}
-    for trial in ("0", "1"):
-        folds = pd.read_csv(sweep / trial / "cv_summary.csv")
+    trial_dirs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())  # 0_lr=...,batch_size=...
+    assert [p.name.split("_")[0] for p in trial_dirs] == ["0", "1"] and "lr=" in trial_dirs[0].name
+    for trial in trial_dirs:
+        folds = pd.read_csv(trial / "cv_summary.csv")
         per_fold = folds[folds["fold"].isin(["0", "1"])]
         assert len(per_fold) == 2 and (per_fold["status"] == "ok").all()
-        job = json.loads((sweep / trial / "metrics.json").read_text())
+        job = json.loads((trial / "metrics.json").read_text())
         assert job["val"]["val/acc_best"] == pytest.approx(per_fold["val/acc_best"].astype(float).mean())
-    trials = [json.loads((sweep / t / "metrics.json").read_text())["val"]["val/acc_best"] for t in ("0", "1")]
+    trials = [json.loads((t / "metrics.json").read_text())["val"]["val/acc_best"] for t in trial_dirs]
     assert best["best_value"] == pytest.approx(max(trials))
 
 

@@ -15,31 +15,72 @@ import yaml
 
 METRICS = ["val/acc_best", "val/acc", "val/f1", "val/loss", "test/acc", "test/f1", "test/loss"]
 FOLD_KEY = "data.fold"
+IN_JOB_FOLD = re.compile(r"fold_(\d+)")
 
 
 def _overrides(job: Path) -> dict[str, str]:
     path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file() and IN_JOB_FOLD.fullmatch(job.name):  # a cv_in_job fold: its job's overrides
+        path = job.parent / ".hydra" / "overrides.yaml"
     items = yaml.safe_load(path.read_text()) if path.is_file() else []
     return dict(item.lstrip("+~").split("=", 1) for item in items or [] if "=" in item)
 
 
+def _configured_fold(job: Path) -> str | None:
+    """The fold a run used when no override set it (the config default), from its saved config."""
+    path = job / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    fold = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("fold")
+    return None if fold is None else str(fold)
+
+
+def is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (".hydra", "metrics.json", "failed.json"))
+
+
+def _job_order(folder: Path) -> tuple:
+    """Sweep jobs in launch order: folder names start with the job number (``12_lr=0.01,fold=2``)."""
+    number = re.match(r"\d+", folder.name)
+    return (int(number.group()) if number else float("inf"), folder.name)
+
+
+def run_folders(paths, depth: int = 3) -> list[Path]:
+    """The run folders in ``paths``: a run folder is itself, a cv_in_job run its ``fold_<k>`` folders,
+    and any other folder (a sweep, ``outputs/train/runs``) the runs inside it, ``depth`` levels down."""
+    found = []
+    for path in map(Path, paths):
+        folds = sorted((p for p in path.glob("fold_*") if IN_JOB_FOLD.fullmatch(p.name) and is_run(p)), key=_job_order)
+        if folds:
+            found += folds
+        elif is_run(path):
+            found.append(path)
+        elif path.is_dir() and depth > 0:
+            found += run_folders(sorted((p for p in path.iterdir() if p.is_dir()), key=_job_order), depth - 1)
+    return found
+
+
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job of the sweep: its configuration, fold, status, metrics, error and folder."""
+    return collect_jobs(sorted((p for p in Path(sweep_dir).iterdir() if is_run(p)), key=_job_order))
+
+
+def collect_jobs(jobs) -> pd.DataFrame:
+    """One row per run folder in ``jobs``: configuration (the overrides that differ between them), fold,
+    status, metrics, error and folder."""
     rows = []
-    for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
-        if not any((job / name).exists() for name in (".hydra", "metrics.json", "failed.json")):
-            continue
+    for job in map(Path, jobs):
         overrides = _overrides(job)
         fold = overrides.pop(FOLD_KEY, None)
-        in_job_fold = re.fullmatch(r"fold_(\d+)", job.name)  # folds run inside one job (cv_in_job)
+        in_job_fold = IN_JOB_FOLD.fullmatch(job.name)  # folds run inside one job (cv_in_job)
         fold = in_job_fold.group(1) if fold is None and in_job_fold else fold
+        fold = _configured_fold(job) if fold is None else fold
         row = {"job": job.name, "overrides": overrides,
                "fold": int(fold) if fold is not None and str(fold).isdigit() else fold, "run_dir": str(job)}
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
             flat = {**metrics.get("val", {}), **metrics.get("test", {})}
-            best = re.search(r"epoch_(\d+)", str(metrics.get("best_checkpoint") or ""))
-            row.update(status="ok", error="", best_epoch=int(best.group(1)) if best else None,
+            row.update(status="ok", error="", best_epoch=metrics.get("best_epoch"),
                        **{m: flat.get(m) for m in METRICS},
                        **{f"bias/{k}": v for k, v in (metrics.get("bias") or {}).items()})
         else:

@@ -1,0 +1,221 @@
+"""Comparison of configurations: known answers on run folders built with known figures, the statistics
+against hand-computed values, the command line, and a real multirun whose callback writes the comparison."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from maskdet.evaluation.compare import corrected_t_test, holm, mcnemar_exact, write_comparison
+from maskdet.evaluation.cv import collect_runs
+from maskdet.hydra_callbacks import job_name
+from tests.conftest import REPO, cli_env
+
+CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
+N_TEST = 200
+
+
+def _run(folder, overrides, fold, accuracy, rng, gap=None, n_train=300, prefix="img"):
+    """A finished run folder whose test predictions have exactly ``accuracy`` (wrong images drawn by ``rng``)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"data.fold={fold}"]))
+    labels = np.array(CLASSES * (N_TEST // len(CLASSES)))
+    wrong = rng.choice(N_TEST, size=round(N_TEST * (1 - accuracy)), replace=False)
+    predictions = labels.copy()
+    predictions[wrong] = np.roll(labels, 1)[wrong]
+    pd.DataFrame({"path": [f"/data/{prefix}_{i}.jpg" for i in range(N_TEST)], "label": labels,
+                  "prediction": predictions, "confidence": np.where(predictions == labels, 0.9, 0.6)}
+                 ).to_csv(folder / "predictions.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({"val": {}, "test": {"test/acc": accuracy}, "class_names": CLASSES}))
+    (folder / "data_report.json").write_text(json.dumps({"counts": {"split": {"train": n_train, "val": 75, "test": N_TEST}}}))
+    gaps = [{"attribute": "gender", "groups_ranked": 2, "gap": gap}] if gap is not None else \
+        [{"attribute": "gender", "groups_ranked": 0}]
+    (folder / "bias_report.json").write_text(json.dumps({"gaps": gaps}))
+
+
+def _sweep(root, configs, seed=0):
+    """One job folder per configuration and fold: ``configs`` maps overrides to per-fold accuracies."""
+    rng = np.random.default_rng(seed)
+    num = 0
+    for overrides, accuracies in configs.items():
+        for fold, accuracy in enumerate(accuracies):
+            _run(root / f"{num}_job", list(overrides), fold, accuracy, rng, gap=0.1 + 0.01 * fold)
+            num += 1
+    return root
+
+
+GOOD_0 = ("model.optimizer.lr=0.001", "seed=0")
+GOOD_1 = ("model.optimizer.lr=0.001", "seed=1")
+BAD = ("model.optimizer.lr=10", "seed=0")
+KNOWN = {GOOD_0: [0.80, 0.82, 0.79, 0.81, 0.80], GOOD_1: [0.81, 0.80, 0.80, 0.82, 0.80],
+         BAD: [0.55, 0.60, 0.52, 0.58, 0.57]}
+
+
+def _pairs(result, a, b, test="nadeau_bengio", metric="accuracy"):
+    name = {GOOD_0: "model.optimizer.lr=0.001 seed=0", GOOD_1: "model.optimizer.lr=0.001 seed=1",
+            BAD: "model.optimizer.lr=10 seed=0"}
+    return [p for p in result["pairs"] if {p["a"], p["b"]} == {name[a], name[b]} and p["test"] == test
+            and p["metric"] == metric]
+
+
+def test_seed_only_difference_is_not_significant_and_a_clearly_better_configuration_is(tmp_path):
+    result = write_comparison([_sweep(tmp_path, KNOWN)], tmp_path)
+    (seeds,) = _pairs(result, GOOD_0, GOOD_1)
+    assert seeds["n_folds"] == 5 and not seeds["significant"] and seeds["ci_low"] < 0 < seeds["ci_high"]
+    assert all(not p["significant"] for p in _pairs(result, GOOD_0, GOOD_1, "mcnemar_exact"))
+    for good in (GOOD_0, GOOD_1):
+        (better,) = _pairs(result, good, BAD)
+        assert better["a"].endswith(good[1]) and better["significant"] and better["p_holm"] < 0.01
+        assert better["difference"] == pytest.approx(np.mean(KNOWN[good]) - np.mean(KNOWN[BAD]))
+        assert better["ci_low"] > 0.1
+        per_fold = _pairs(result, good, BAD, "mcnemar_exact")
+        assert len(per_fold) == 5 and all(p["significant"] and p["difference"] > 0.15 for p in per_fold)
+    # configurations: best accuracy first, intervals from the t distribution over the 5 folds
+    configs = result["configurations"]
+    assert configs["config"].iloc[-1] == "model.optimizer.lr=10 seed=0"
+    bad = configs.iloc[-1]
+    half = stats.t.ppf(0.975, 4) * np.std(KNOWN[BAD], ddof=1) / math.sqrt(5)
+    assert bad["accuracy"] == pytest.approx(np.mean(KNOWN[BAD]))
+    assert bad["accuracy_high"] - bad["accuracy"] == pytest.approx(half)
+    assert bad["largest_gap"] == pytest.approx(0.12) and bad["ece"] > 0
+
+
+def test_files_are_written_as_strict_json_csv_markdown_and_plot(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82, 0.79], BAD: [0.5, 0.55, 0.52]})
+    (sweep / "3_job" / "bias_report.json").write_text(json.dumps({"gaps": []}))  # one fold without a gap
+    write_comparison([sweep], sweep)
+    rows = json.loads((sweep / "comparison.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    # 4 metrics across folds + 3 folds of McNemar, one object each
+    assert len(rows) == 4 + 3 and {"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", "test",
+                                   "p_holm"} <= set(rows[0])
+    assert {r["metric"] for r in rows if r["test"] == "nadeau_bengio"} == {"accuracy", "macro_f1", "ece", "largest_gap"}
+    (gap,) = [r for r in rows if r["metric"] == "largest_gap"]
+    assert gap["n_folds"] == 2
+    assert rows[-1]["n_folds"] is None and rows[-1]["fold"] == 2  # missing figures are null, not NaN
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert len(table) == 7 and set(table["test"]) == {"nadeau_bengio", "mcnemar_exact"}
+    markdown = (sweep / "comparison.md").read_text()
+    assert "Nadeau-Bengio" in markdown and "McNemar" in markdown and "| model.optimizer.lr=0.001 | 3 |" in markdown
+    assert (sweep / "comparison.png").stat().st_size > 5000
+    assert len(pd.read_csv(sweep / "comparison_configurations.csv")) == 2
+
+
+def test_runs_tested_on_different_images_get_no_mcnemar_and_failures_are_noted(tmp_path):
+    rng = np.random.default_rng(0)
+    for fold in range(3):
+        _run(tmp_path / f"a{fold}", ["model.optimizer.lr=0.1"], fold, 0.8, rng)
+        _run(tmp_path / f"b{fold}", ["model.optimizer.lr=0.2"], fold, 0.7, rng, prefix="other")
+    (tmp_path / "c0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "c0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.optimizer.lr=0.3", "data.fold=0"]))
+    (tmp_path / "c0" / "failed.json").write_text(json.dumps({"error": "RuntimeError: loss is nan"}))
+    _run(tmp_path / "d0", ["model.optimizer.lr=0.4"], 0, 0.8, rng)
+    (tmp_path / "d0" / "predictions.csv").write_text("path,label\n/data/img_0.jpg,with_cloth_mask\n")
+    result = write_comparison([tmp_path], tmp_path / "out")
+    assert {p["test"] for p in result["pairs"]} == {"nadeau_bengio"}
+    assert set(result["runs"]["config"]) == {"model.optimizer.lr=0.1", "model.optimizer.lr=0.2"}
+    notes = "\n".join(result["notes"])
+    assert "tested on different images" in notes and "loss is nan" in notes and "cannot be read" in notes
+    assert "Notes" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_nadeau_bengio_inflates_the_variance_and_matches_the_formula():
+    d = [0.1, 0.2, 0.3]
+    result = corrected_t_test(d, n_train=100, n_test=50)
+    se = math.sqrt((1 / 3 + 50 / 100) * np.var(d, ddof=1))
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(0.2 / se, 2))
+    assert result["ci_high"] - 0.2 == pytest.approx(stats.t.ppf(0.975, 2) * se)
+    assert result["p_value"] > stats.ttest_1samp(d, 0).pvalue  # the plain paired t-test is more optimistic
+    assert corrected_t_test([0.0, 0.0, 0.0], 100, 50)["p_value"] == 1.0
+    assert math.isnan(corrected_t_test([0.05, 0.05, 0.05], 100, 50)["p_value"])
+
+
+def test_holm_and_mcnemar_known_values():
+    assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm([0.01, math.nan])[1])
+
+    def table(both, a_only, b_only, neither):
+        a = np.array([1] * both + [1] * a_only + [0] * b_only + [0] * neither, bool)
+        b = np.array([1] * both + [0] * a_only + [1] * b_only + [0] * neither, bool)
+        return mcnemar_exact(a, b)
+
+    result = table(20, 10, 2, 8)
+    assert result["p_value"] == pytest.approx(2 * stats.binom.cdf(2, 12, 0.5))  # exact two-sided, 10 vs 2
+    assert result["difference"] == pytest.approx(8 / 40)
+    # Newcombe's square-and-add interval for Bentur et al. (2009), Fagerland, Lydersen & Laake ch. 8
+    bentur = table(1, 1, 7, 12)
+    assert (bentur["ci_low"], bentur["ci_high"]) == pytest.approx((-0.507, -0.026), abs=1e-3)
+    assert table(30, 0, 0, 10)["p_value"] == 1.0
+    assert table(31, 5, 0, 0)["ci_high"] > 5 / 36  # not stuck at the observed difference
+
+
+def test_job_folder_names_say_what_the_sweep_varies():
+    overrides = ["data.fold=2", "model.optimizer.lr=0.01", "data.image_size=32", "paths.log_dir=/tmp/x"]
+    argv = ["-m", "data.fold=0,1,2", "model.optimizer.lr=0.001,0.01", "data.image_size=32"]
+    assert job_name(3, overrides, None, argv) == "3_lr=0.01,fold=2"
+    assert job_name(3, overrides, {"data.fold": "range(0,3)"}, ["+experiment=custom_cnn_kfold"]) == "3_fold=2"
+    # a launcher's worker sees no sweep on its command line: every override that is not a path
+    assert job_name(3, overrides, None, ["--process-name", "w"]) == "3_lr=0.01,image_size=32,fold=2"
+    assert job_name(0, ["data.root=/a b/c"], None, ["data.root=/a b/c,/d"]) == "0_root=_a_b_c"
+    assert job_name(0, ["model.lr=1", "optimizer.lr=2"], None, ["model.lr=1,3", "optimizer.lr=2,4"]) \
+        == "0_model.lr=1,optimizer.lr=2"
+    assert len(job_name(7, [f"k{i}=" + "v" * 30 for i in range(9)], None, [])) <= 82
+    assert job_name(5, [], None, []) == "5"
+
+
+def test_cv_in_job_folds_and_named_job_folders_are_collected(tmp_path):
+    rng = np.random.default_rng(1)
+    for num, lr in enumerate(["0.1", "0.2"]):
+        job = tmp_path / f"{num}_lr={lr}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.optimizer.lr={lr}"]))
+        for fold in range(3):
+            _run(job / f"fold_{fold}", [], fold, 0.7 + 0.05 * num, rng)
+            (job / f"fold_{fold}" / ".hydra" / "overrides.yaml").unlink()
+    result = write_comparison([tmp_path], tmp_path)
+    assert sorted(result["runs"]["config"].value_counts()) == [3, 3]
+    assert len([p for p in result["pairs"] if p["test"] == "mcnemar_exact"]) == 3
+    for num in (10, 2):
+        _run(tmp_path / "sweep" / f"{num}_lr=0.1,fold={num}", ["model.optimizer.lr=0.1"], num, 0.7, rng)
+    assert list(collect_runs(tmp_path / "sweep")["fold"]) == [2, 10]  # job order, not name order
+
+
+def test_command_line_compares_run_folders_and_refuses_when_none_is_usable(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82], BAD: [0.5, 0.55]})
+    env = {**cli_env(tmp_path, tmp_path)}
+    ok = subprocess.run([sys.executable, "-m", "maskdet.compare", str(sweep / "0_job"), str(sweep / "2_job"),
+                         "--out", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "two" / "comparison.json").is_file() and "McNemar" in ok.stdout
+    (tmp_path / "empty" / "logs").mkdir(parents=True)
+    bad = subprocess.run([sys.executable, "-m", "maskdet.compare", str(tmp_path / "empty")], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "No usable runs to compare in" in bad.stderr and "predictions.csv" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tiny_dataset, cache_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "maskdet.train", "-m", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
+         "trainer.max_epochs=1", "~logger", "callbacks.explanations=null", "seed=0,1", "data.fold=0,1,2"],
+        cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
+    names = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert names == sorted(f"{n}_seed={s},fold={f}" for n, (s, f) in enumerate((s, f) for s in (0, 1) for f in range(3)))
+    runs = collect_runs(sweep)
+    assert sorted(runs["fold"]) == [0, 0, 1, 1, 2, 2] and (runs["status"] == "ok").all()
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "cv_summary.md"):
+        assert (sweep / name).is_file(), name
+    rows = json.loads((sweep / "comparison.json").read_text())
+    assert {(r["a"], r["b"]) for r in rows} in ({("seed=0", "seed=1")}, {("seed=1", "seed=0")})
+    assert len([r for r in rows if r["test"] == "mcnemar_exact"]) == 3  # every fold tested on the same images
+    accuracy = [r for r in rows if r["metric"] == "accuracy"]
+    assert accuracy and not any(r["significant"] for r in accuracy)  # seeds alone: no real difference
