@@ -37,6 +37,7 @@ from sklearn.metrics import f1_score  # noqa: E402
 from maskdet.errors import DataError  # noqa: E402
 from maskdet.evaluation.bias import expected_calibration_error, wilson_interval  # noqa: E402
 from maskdet.evaluation.cv import collect_jobs, run_folders  # noqa: E402
+from maskdet.jsonfile import write_json
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE", "largest_gap": "largest gap"}
 LOWER_IS_BETTER = {"ece", "largest_gap"}
@@ -245,12 +246,6 @@ def compare_pairs(runs: pd.DataFrame, correctness: dict[str, pd.Series], order: 
     return [{column: pair.get(column) for column in PAIR_COLUMNS} for pair in pairs]
 
 
-def _plain(value):
-    """A JSON value: numpy scalars as Python ones, nan and infinity as null (strict JSON)."""
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _fmt(value, digits: int = 4) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
@@ -353,8 +348,7 @@ def write_comparison(paths, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(format_markdown(configs, pairs, runs, notes))
     pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_csv(out_dir / "comparison.csv", index=False)
-    (out_dir / "comparison.json").write_text(
-        json.dumps([{k: _plain(v) for k, v in pair.items()} for pair in pairs], indent=2, allow_nan=False))
+    write_json(out_dir / "comparison.json", pairs)
     configs.to_csv(out_dir / "comparison_configurations.csv", index=False)
     plot(configs, out_dir / "comparison.png")
     return {"configurations": configs, "pairs": pairs, "runs": runs, "notes": notes}
