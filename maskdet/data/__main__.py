@@ -1,4 +1,4 @@
-"""Print and write the data report of any source without training.
+"""Print and write the data report (data_report.json) and the split (splits.csv) of any source without training.
 
     python -m maskdet.data data=folder data.root=/my/faces [data.subset.gender=female ...]
 """
@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -20,19 +21,19 @@ log = logging.getLogger("maskdet.data")
 register_resolvers()
 
 
-def _report(cfg: DictConfig) -> dict:
+def _report(cfg: DictConfig) -> tuple[dict, pd.DataFrame]:
     check_keys(cfg.data, "data")
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    return datamodule.report()
+    return datamodule.report(), datamodule.splits_table()
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="data_report")
 def main(cfg: DictConfig) -> None:
-    report = exit_on_error(_report, cfg)
-    path = write_report(report, Path(cfg.paths.output_dir))
+    report, splits = exit_on_error(_report, cfg)
+    path = write_report(report, Path(cfg.paths.output_dir), splits)
     print(format_report(report))
-    print(f"\nwritten: {path}")
+    print(f"\nwritten: {path} and {path.parent / 'splits.csv'}")
 
 
 if __name__ == "__main__":

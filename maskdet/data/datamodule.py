@@ -28,10 +28,11 @@ from torch.utils.data import (
 )
 
 from maskdet.data import cache, sources
+from maskdet.data import duplicates as dups
 from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups, normalise_group
 from maskdet.data.images import load_resized
 from maskdet.data.report import build_report
-from maskdet.data.splits import assign_splits, cap_per_class, select_subset
+from maskdet.data.splits import assign_splits, cap_per_class, read_splits_file, select_subset, splits_table
 from maskdet.data.synthetic import ensure_dataset, make_spec
 from maskdet.errors import ConfigError, DataError
 
@@ -105,6 +106,9 @@ class MaskDataModule(L.LightningDataModule):
         feature_cache: bool = True,
         num_workers: int = 2,
         cache_dir: str = ".cache/maskdet",
+        duplicates: str = "group",
+        group_by: str | Mapping | None = None,
+        splits_file: str | None = None,
     ):
         super().__init__()
         # Every setting is checked here, before any file is read or written (maskdet.preflight builds
@@ -159,6 +163,13 @@ class MaskDataModule(L.LightningDataModule):
         self.age_bins, self.augment = list(age_bins), augment
         self.feature_cache = feature_cache
         self.decoded_cache, self.num_workers, self.cache_dir = decoded_cache, int(num_workers), Path(cache_dir)
+        if duplicates not in dups.POLICIES:
+            raise ConfigError(f"data.duplicates={duplicates!r} is unknown: use group (copies stay in one split), drop "
+                              "(keep one copy) or keep (no grouping; warns when copies cross splits).")
+        self.duplicates, self.group_rule = duplicates, dups.parse_group_by(group_by)
+        self.group_by_name = self.group_rule[0] if self.group_rule else None
+        self.splits_file = splits_file
+        self.leakage: dict = {}
         self.index: pd.DataFrame | None = None
         self.skipped: list[dict] = []
         self.class_names: list[str] = []
@@ -188,8 +199,30 @@ class MaskDataModule(L.LightningDataModule):
             cache.load_or_build(scan.index["path"], self.image_size, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        """index -> duplicates and groups -> splits -> subsets -> per-split tensors (each step a plain
+        function of maskdet.data.duplicates / splits, testable without Lightning)."""
         if self.index is not None:
             return
+        index, skipped, decoded = self._usable_index()
+        index, dropped, removed = self._duplicates_and_groups(index)
+        index["split"], index["fold"] = self._assign_splits(index)
+        self.leakage = dups.summarise(index, dropped, self.duplicates, self.group_by_name, self._unnamed)
+        _warn_about_leaks(self.leakage, self.duplicates)
+        selected = select_subset(index, self.subset)
+        if self.cap:
+            selected &= cap_per_class(index[selected], self.cap, self.seed).reindex(index.index, fill_value=False)
+        index["selected"] = selected
+        train = index[index["selected"] & (index["split"] == "train")]
+        if train.empty:
+            raise DataError(f"The training split is empty after data.subset={self.subset} and "
+                            f"data.cap_per_class={self.cap}: loosen the subset; no run trains on zero images.")
+        self.index, self.skipped = index, skipped + removed
+        self._decoded = decoded
+        self._splits = {name: self._make_split(name, decoded.images) for name in ("train", "val", "test")}
+        self._image_splits = dict(self._splits)  # kept when features replace images (explanations need pixels)
+
+    def _usable_index(self) -> tuple[pd.DataFrame, list[dict], cache.DecodedImages]:
+        """Scan the source, decode (or validate) every file, refuse the unusable ones, number the classes."""
         scan = self._scan()
         index = sources.apply_label_map(sources.fill_unknown(scan.index), self.label_map)
         skipped = list(scan.skipped)
@@ -206,26 +239,39 @@ class MaskDataModule(L.LightningDataModule):
                             "a classifier needs at least two.")
         index["label"] = index["label_name"].map({n: i for i, n in enumerate(self.class_names)}).astype(int)
         index["age_group"] = age_groups(index["age"], self.age_bins)
-        index = index.reset_index(drop=True)
+        return index.reset_index(drop=True), skipped, decoded
+
+    def _duplicates_and_groups(self, index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+        """Find copies (data.duplicates), drop them under ``drop``, and give every image its ``split_group``:
+        copies (unless ``keep``) and data.group_by's groups, merged. Returns (index, dropped rows, skipped)."""
+        hashes, thumbs = dups.load_or_compute(index["path"], index["digest"], self.cache_dir)
+        index = dups.find_duplicates(index, hashes, thumbs)
+        dropped, removed = index.iloc[:0], []
+        if self.duplicates == "drop":
+            index, dropped, removed = dups.drop_copies(index)
+            index = index.reset_index(drop=True)
+        if "group" in index.columns and self.group_by_name != "manifest":
+            log.warning("the manifest has a 'group' column but data.group_by is %s: its groups are not used; pass "
+                        "data.group_by=manifest to keep each group inside one split", self.group_by_name)
+        keys = dups.group_keys(index, self.group_rule)
+        self._unnamed = int((keys == "").sum()) if self.group_rule else 0
+        if self._unnamed:
+            log.warning("%d of %d images have no group under data.group_by=%s (their names do not match); each is "
+                        "a group of its own", self._unnamed, len(index), self.group_by_name)
+        index["split_group"] = dups.split_groups(index, keys, with_duplicates=self.duplicates != "keep")
+        return index, dropped, removed
+
+    def _assign_splits(self, index: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The split and fold of every image: read from data.splits_file, fixed by the source, or assigned
+        (grouped when images share a split_group)."""
+        if self.splits_file:
+            log.info("reusing the split of %s", self.splits_file)
+            return read_splits_file(self.splits_file, index, self.dataset_root, self.fold)
         if "split" in index.columns and index["split"].notna().all():
             log.info("keeping the splits fixed by the %s source", self.source)
-            index["fold"] = -1
-        else:
-            split, fold_of = assign_splits(index["label"].to_numpy(), self.test_size, self.num_folds, self.fold,
-                                           self.seed, self.class_names)
-            index["split"], index["fold"] = split, fold_of
-        selected = select_subset(index, self.subset)
-        if self.cap:
-            selected &= cap_per_class(index[selected], self.cap, self.seed).reindex(index.index, fill_value=False)
-        index["selected"] = selected
-        train = index[index["selected"] & (index["split"] == "train")]
-        if train.empty:
-            raise DataError(f"The training split is empty after data.subset={self.subset} and "
-                            f"data.cap_per_class={self.cap}: loosen the subset; no run trains on zero images.")
-        self.index, self.skipped = index, skipped
-        self._decoded = decoded
-        self._splits = {name: self._make_split(name, decoded.images) for name in ("train", "val", "test")}
-        self._image_splits = dict(self._splits)  # kept when features replace images (explanations need pixels)
+            return index["split"].to_numpy(), np.full(len(index), -1)
+        return assign_splits(index["label"].to_numpy(), self.test_size, self.num_folds, self.fold, self.seed,
+                             self.class_names, groups=index["split_group"].to_numpy())
 
     def _make_split(self, name: str, arrays: np.ndarray | None, key: str = "image") -> Dataset:
         part = self.index[self.index["selected"] & (self.index["split"] == name)]
@@ -247,9 +293,14 @@ class MaskDataModule(L.LightningDataModule):
         self._splits = {name: self._make_split(name, features, "features") for name in ("train", "val", "test")}
 
     def report(self) -> dict:
-        """The data report (counts per split x class x group, skipped files) of the set-up data."""
+        """The data report (counts per split x class x group, duplicates and groups, skipped files)."""
         self.setup()
-        return build_report(self.index, self.skipped, self.class_names, self.source, self.dataset_root)
+        return build_report(self.index, self.skipped, self.class_names, self.source, self.dataset_root, self.leakage)
+
+    def splits_table(self) -> pd.DataFrame:
+        """The rows of ``splits.csv``: the split of every image, reusable with data.splits_file."""
+        self.setup()
+        return splits_table(self.index, self.dataset_root)
 
     @property
     def num_classes(self) -> int:
@@ -319,6 +370,20 @@ def _fits_on_gpu(dataset: CachedSplit, device: torch.device, share: float = 0.3)
     """A split goes to the GPU when its tensors take at most ``share`` of the free memory."""
     free, _ = torch.cuda.mem_get_info(device)
     return dataset.images.device == device or dataset.images.nbytes <= share * free
+
+
+def _warn_about_leaks(leakage: dict, policy: str) -> None:
+    """Say when copies or groups cross splits: under ``keep`` by choice, otherwise because the split was
+    fixed by the source or a splits file, which maskdet does not change."""
+    crossing = leakage["duplicates"]["groups_crossing_splits"]
+    if crossing and policy == "keep":
+        log.warning("data.duplicates=keep: %d of %d duplicate groups cross splits (train/val/test or folds), so test "
+                    "images have copies in training and the test accuracy can be inflated; data.duplicates=group "
+                    "keeps each group inside one split", crossing, leakage["duplicates"]["groups"])
+    groups = leakage["split_groups"]["groups_crossing_splits"]
+    if groups:
+        log.warning("%d groups of images (copies or data.group_by) cross the splits fixed by the source or "
+                    "data.splits_file, which maskdet does not change; see data_report.json", groups)
 
 
 def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:

@@ -1,4 +1,5 @@
-"""The data report: what was found, how it was split, and every file that was refused and why."""
+"""The data report: what was found, how it was split, which images are copies or grouped (and whether any
+group crosses splits), and every file that was refused and why. ``splits.csv`` beside it records the split."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ def _nested_counts(frame: pd.DataFrame, columns: list[str]) -> dict:
     return out
 
 
-def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str], source: str, root: str | None) -> dict:
-    """Counts of the images in use (after subsets and caps) and the full list of skipped files."""
+def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str], source: str, root: str | None,
+                 leakage: dict | None = None) -> dict:
+    """Counts of the images in use (after subsets and caps), duplicates and groups (``leakage``, from
+    ``maskdet.data.duplicates.summarise``) and the full list of skipped files."""
     used = index[index["selected"]]
     return {
         "source": source,
@@ -40,6 +43,7 @@ def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str
         },
         "groups": {g: _nested_counts(used, [g]) for g in GROUP_COLUMNS},
         "unknown_demographics": int((used["gender"] == "unknown").sum()),
+        **(leakage or {}),
         "skipped": list(skipped),
     }
 
@@ -66,13 +70,42 @@ def format_report(report: dict) -> str:
     if report["unknown_demographics"]:
         lines += ["", f"{report['unknown_demographics']} images have names that do not parse as UTKFace "
                       "(age_gender_race_...): their demographics are 'unknown'."]
+    lines += _format_leakage(report)
     lines += ["", f"skipped files: {len(report['skipped'])}"]
     lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines)
 
 
-def write_report(report: dict, folder: str | Path) -> Path:
+def _format_leakage(report: dict, shown: int = 20) -> list[str]:
+    """Duplicate groups (those crossing splits first) and named groups, for the console."""
+    dups, groups = report.get("duplicates"), report.get("split_groups")
+    if not dups:
+        return []
+    lines = ["", f"duplicates (data.duplicates={dups['policy']}): {dups['groups']} groups ({dups['exact_groups']} "
+                 f"exact, {dups['near_groups']} near) holding {dups['images_in_groups']} images; "
+                 f"{dups['groups_crossing_splits']} cross splits or folds; {dups['copies_dropped']} copies dropped"]
+    for group in dups["listed"][:shown]:
+        cross = "  CROSSES SPLITS OR FOLDS" if group["crosses_splits"] else ""
+        lines.append(f"  {group['kind']} group{cross}:")
+        lines += [f"    {i['split'] + ('' if i.get('fold') is None else ' f' + str(i['fold'])):<10}{i['label']:<22}"
+                  f"{i['path']}" for i in group["images"]]
+    if dups["groups"] > shown:
+        lines.append(f"  ... and {dups['groups'] - shown} more groups (the first {len(dups['listed'])} are listed in "
+                     "data_report.json)")
+    if groups["group_by"]:
+        lines.append(f"groups (data.group_by={groups['group_by']}): {groups['groups_of_several_images']} groups of "
+                     f"several images ({groups['images_in_them']} images, largest {groups['largest']}); "
+                     f"{groups['names_without_group']} names match no group; "
+                     f"{groups['groups_crossing_splits']} groups cross splits or folds")
+    return lines
+
+
+def write_report(report: dict, folder: str | Path, splits: pd.DataFrame | None = None) -> Path:
+    """Write ``data_report.json`` and, given the split table (``MaskDataModule.splits_table()``),
+    ``splits.csv`` beside it; return the report's path."""
     path = Path(folder) / "data_report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+    if splits is not None:
+        splits.to_csv(path.parent / "splits.csv", index=False)
     return path

@@ -202,13 +202,16 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
                                           "the image is kept with age unknown"))
             else:
                 row["age"] = int(number_age)
+        if "group" in table.columns:  # images with the same group stay in one split (data.group_by=manifest)
+            row["group"] = str(record["group"]).strip()
         if has_split:
             split = SPLIT_NAMES.get(str(record["split"]).strip().lower())
             if split is None:
                 raise DataError(f"{where}: split {record['split']!r} is not one of train, val (valid), test.")
             row["split"] = split
         rows.append(row)
-    return Scan(_frame(rows, ["split"] if has_split else []), skipped)
+    extra = (["split"] if has_split else []) + (["group"] if "group" in table.columns else [])
+    return Scan(_frame(rows, extra), skipped)
 
 
 def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | None) -> pd.DataFrame:

@@ -10,6 +10,9 @@ not by one colour statistic. The ``bias`` knob weakens the evidence (contrast, b
 demographic group so that a bias audit has a known answer.
 
 Every image is drawn from its own RNG seeded by (seed, class, n): the same seed gives the same bytes.
+With ``shared_faces=k`` (k > 1) one photograph is drawn under k mask classes, as MaskTheFace did with
+UTKFace: face, background, pose, lighting and JPEG quality come from an RNG seeded by the face, only the
+mask from the image's own RNG, and the copies share the ``[age]_[gender]_[race]_[datetime]`` name prefix.
 
     python -m maskdet.data.synthetic --out DIR [--per-class 100] [--seed 0] [--size 128]
 """
@@ -64,9 +67,13 @@ class SyntheticSpec:
     seed: int = 0
     size: int = 128
     bias: BiasKnob = field(default_factory=BiasKnob)
+    shared_faces: int = 1  # k > 1: every face is drawn under k mask classes
 
     def key(self) -> str:
-        text = json.dumps({"v": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if fields["shared_faces"] == 1:  # off: the key (and so the cached dataset) of every older spec stays
+            del fields["shared_faces"]
+        text = json.dumps({"v": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -75,6 +82,7 @@ def make_spec(
     seed: int = 0,
     size: int = 128,
     bias: dict | BiasKnob | None = None,
+    shared_faces: int | None = 1,
 ) -> SyntheticSpec:
     """Build a spec from config values: ``per_class`` is one int for every class or one per class."""
     counts = (int(per_class),) * len(CLASSES) if isinstance(per_class, int) else tuple(int(c) for c in per_class)
@@ -88,7 +96,11 @@ def make_spec(
     knob = bias if isinstance(bias, BiasKnob) else BiasKnob(**(dict(bias) if bias else {}))
     if knob.attribute not in ("gender", "race"):
         raise ValueError(f"data.synthetic.bias.attribute must be 'gender' or 'race', got {knob.attribute!r}.")
-    return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob)
+    shared = 1 if shared_faces in (None, 0) else shared_faces
+    if isinstance(shared, bool) or not isinstance(shared, int) or not 1 <= shared <= len(CLASSES):
+        raise ValueError(f"data.synthetic.shared_faces must be a whole number from 1 (off) to {len(CLASSES)} (each "
+                         f"face under that many mask classes), got {shared_faces!r}.")
+    return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob, shared_faces=shared)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,8 +155,9 @@ def _ear_loops(d, cx, cy, fw, fh, top, bottom, colour, line_w) -> None:
         d.line([x, bottom - 2, x + side * fw * 0.06, cy + fh * 0.12], fill=colour, width=line_w)
 
 
-def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
-    """Draw one face with its mask on a transparent layer (then rotated and pasted by the caller)."""
+def _draw_face(rng, size, age, gender, race, mask_class, mask_rng=None) -> Image.Image:
+    """Draw one face with its mask on a transparent layer (then rotated and pasted by the caller).
+    The mask is drawn from ``mask_rng`` (default: ``rng``), so one face can wear several masks."""
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     s = size * rng.uniform(0.82, 1.08)
@@ -182,6 +195,7 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     top, bottom = cy + fh * 0.02, cy + fh * 0.47
     left, right = cx - fw * 0.54, cx + fw * 0.54
     line_w = max(1, int(size / 64))
+    rng = rng if mask_rng is None else mask_rng
     if mask_class == "with_surgical_mask":
         colour = _apart(skin, _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8))
         d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour, outline=_edge(colour))
@@ -250,16 +264,26 @@ def _draw_face(rng, size, age, gender, race, mask_class) -> Image.Image:
     return layer
 
 
+def face_of(spec: SyntheticSpec, class_index: int, n: int) -> int:
+    """Which face image ``n`` of a class shows, among the faces of number ``n``: the classes, in a cycle
+    that starts at ``n mod classes`` (so every pairing of classes occurs), share a face in runs of
+    ``shared_faces``."""
+    return ((class_index - n) % len(CLASSES)) // spec.shared_faces
+
+
 def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, bytes]:
     """Draw image ``n`` of class ``class_index``; return its file name and JPEG bytes."""
-    rng = np.random.default_rng([spec.seed, class_index, n, GENERATOR_VERSION])
+    mask_rng = np.random.default_rng([spec.seed, class_index, n, GENERATOR_VERSION])
+    # a face's own seed has five words, so it never equals an image's four-word seed
+    rng = mask_rng if spec.shared_faces == 1 else \
+        np.random.default_rng([spec.seed, n, face_of(spec, class_index, n), GENERATOR_VERSION, spec.shared_faces])
     age, gender, race = _demographics(rng)
     stamp = "2017{:02d}{:02d}{:02d}{:02d}{:02d}{:03d}".format(
         int(rng.integers(1, 13)), int(rng.integers(1, 29)), int(rng.integers(0, 24)),
         int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
     size = spec.size
     img = _background(rng, size)
-    face = _draw_face(rng, size, age, gender, race, CLASSES[class_index])
+    face = _draw_face(rng, size, age, gender, race, CLASSES[class_index], mask_rng)
     face = face.rotate(float(rng.normal(0, 9)), resample=Image.BILINEAR, center=(size / 2, size / 2))
     img.paste(face, (0, 0), face)
 
@@ -347,10 +371,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bias-attribute", choices=["gender", "race"], default="race")
     parser.add_argument("--bias-group", type=int, default=1, help="code of the disadvantaged group")
     parser.add_argument("--bias-strength", type=float, default=0.0, help="0 = off, 1 = strongest")
+    parser.add_argument("--shared-faces", type=int, default=1, help="draw each face under this many mask classes")
     args = parser.parse_args(argv)
     per_class = args.per_class[0] if len(args.per_class) == 1 else args.per_class
     spec = make_spec(per_class, args.seed, args.size,
-                     BiasKnob(args.bias_attribute, args.bias_group, args.bias_strength))
+                     BiasKnob(args.bias_attribute, args.bias_group, args.bias_strength), args.shared_faces)
     out = generate(spec, args.out)
     print(f"wrote {sum(spec.per_class)} images in {len(CLASSES)} class folders to {out}")
 
