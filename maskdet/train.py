@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict:
     require_splits(datamodule, test=cfg.get("test", True))
     if rank_zero_only.rank == 0:
         report = datamodule.report()
-        write_report(report, output_dir)
+        write_report(report, output_dir, datamodule.splits_table())
         log.info("data report (%s):\n%s", output_dir / "data_report.json", format_report(report))
 
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,

@@ -204,3 +204,53 @@ def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int
         os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class RowReader:
+    """Rows of a cached ``.npy`` array, read from the file per batch (``os.preadv``, in file order).
+
+    For splits larger than the memory budget (``data.cache_memory_gb``): the process holds one batch, and
+    the operating system's page cache keeps whatever fits, shared by every process reading the same cache
+    (DDP ranks, parallel sweep jobs). A memory map would serve the same bytes, but its pages count as the
+    process's own resident memory and make the bound invisible; ``preadv`` copies straight into the batch.
+    """
+
+    def __init__(self, array: np.memmap):
+        self.path, self.offset = str(array.filename), int(array.offset)
+        self.row_shape, self.dtype = tuple(array.shape[1:]), array.dtype
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:  # DataLoader workers and spawned processes open their own descriptor
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """``array[rows]`` in the order given, read in file order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        fd = self._descriptor()
+        for i in np.argsort(rows, kind="stable"):
+            got = os.preadv(fd, [out[i]], self.offset + int(rows[i]) * self.row_bytes)
+            if got != self.row_bytes:
+                raise DataError(f"{self.path} ended early at row {rows[i]}: the cache was cut short; delete "
+                                "its folder so that it is rebuilt.")
+        return out
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+def memory_budget(cache_memory_gb: float | None) -> int:
+    """Bytes a split may take in RAM: ``cache_memory_gb``, or half the memory available now."""
+    if cache_memory_gb is None:
+        import psutil
+
+        return psutil.virtual_memory().available // 2
+    return int(cache_memory_gb * 2**30)

@@ -41,15 +41,29 @@ SOURCES = ("synthetic", "folder", "roboflow", "manifest")
 
 
 class CachedSplit(Dataset):
-    """One split's decoded images (or backbone features); ``dataset[list_of_positions]`` is a whole batch."""
+    """One split's decoded images (or backbone features); ``dataset[list_of_positions]`` is a whole batch.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, key: str = "image"):
-        self.images, self.labels, self.rows, self.key = images, labels, rows, key
+    ``images`` is the split copied into a tensor, or, for a split above the memory budget, a
+    ``cache.RowReader`` over the cache file with ``cache_rows`` (the split's rows in it): the same batches
+    either way, so the same sampler order gives the same result.
+    """
+
+    def __init__(self, images: torch.Tensor | cache.RowReader, labels: torch.Tensor, rows: torch.Tensor,
+                 key: str = "image", cache_rows: np.ndarray | None = None):
+        self.images, self.labels, self.rows, self.key, self.cache_rows = images, labels, rows, key, cache_rows
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        if not self.in_memory:
+            idx = torch.as_tensor(positions)
+            data = torch.from_numpy(self.images.read(self.cache_rows[np.asarray(positions, dtype=np.int64)]))
+            return {self.key: data, "label": self.labels[idx], "row": self.rows[idx]}
         idx = torch.as_tensor(positions, device=self.images.device)
         return {self.key: self.images[idx], "label": self.labels[idx], "row": self.rows[idx]}
 
@@ -106,6 +120,7 @@ class MaskDataModule(L.LightningDataModule):
         feature_cache: bool = True,
         num_workers: int = 2,
         cache_dir: str = ".cache/maskdet",
+        cache_memory_gb: float | None = None,
         duplicates: str = "group",
         group_by: str | Mapping | None = None,
         splits_file: str | None = None,
@@ -163,6 +178,10 @@ class MaskDataModule(L.LightningDataModule):
         self.age_bins, self.augment = list(age_bins), augment
         self.feature_cache = feature_cache
         self.decoded_cache, self.num_workers, self.cache_dir = decoded_cache, int(num_workers), Path(cache_dir)
+        if cache_memory_gb is not None and (isinstance(cache_memory_gb, bool) or not cache_memory_gb >= 0):
+            raise ConfigError(f"data.cache_memory_gb={cache_memory_gb!r} must be a size in GB (0: always read "
+                              "batches from the cache file), or null for half the memory available.")
+        self.cache_memory_gb = cache_memory_gb
         if duplicates not in dups.POLICIES:
             raise ConfigError(f"data.duplicates={duplicates!r} is unknown: use group (copies stay in one split), drop "
                               "(keep one copy) or keep (no grouping; warns when copies cross splits).")
@@ -279,6 +298,11 @@ class MaskDataModule(L.LightningDataModule):
         rows = torch.tensor(part.index.to_numpy(), dtype=torch.long)
         if arrays is None:
             return StreamingSplit(part["path"], labels, rows, self.image_size)
+        reader = cache.RowReader(arrays)
+        if len(part) * reader.row_bytes > cache.memory_budget(self.cache_memory_gb):
+            log.info("%s split (%.2f GB) is above data.cache_memory_gb: batches are read from %s", name,
+                     len(part) * reader.row_bytes / 2**30, reader.path)
+            return CachedSplit(reader, labels, rows, key, cache_rows=part["cache_row"].to_numpy())
         cache_rows = np.sort(part["cache_row"].to_numpy())
         order = np.argsort(np.argsort(part["cache_row"].to_numpy()))  # sorted reads from the memmap
         return CachedSplit(torch.from_numpy(np.ascontiguousarray(arrays[cache_rows])[order]), labels, rows, key)
@@ -315,10 +339,11 @@ class MaskDataModule(L.LightningDataModule):
             workers = self.num_workers
             shard = DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=train, seed=self.seed) \
                 if world > 1 else None  # maskdet shards itself (trainer.use_distributed_sampler=false)
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train and shard is None, sampler=shard,
+            sampler = shard or (RandomSampler(dataset) if train else None)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=_loader_generator(self.seed),
                               num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if device.type == "cuda" and _fits_on_gpu(dataset, device):
+        if device.type == "cuda" and dataset.in_memory and _fits_on_gpu(dataset, device):
             dataset.move_to(device)  # once; batches are then gathered on the GPU
         if world > 1:
             rank = self.trainer.global_rank
@@ -331,7 +356,8 @@ class MaskDataModule(L.LightningDataModule):
         else:
             sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
         return DataLoader(dataset, sampler=EpochBatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                          pin_memory=torch.cuda.is_available() and dataset.images.device.type == "cpu")
+                          generator=_loader_generator(self.seed),
+                          pin_memory=torch.cuda.is_available() and not (dataset.in_memory and dataset.images.is_cuda))
 
     def _balance_weights(self, dataset: CachedSplit) -> torch.Tensor:
         """Weights that make every (label x group) cell equally likely: 1 / size of the sample's cell."""
@@ -364,6 +390,14 @@ class MaskDataModule(L.LightningDataModule):
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)
         return {**batch, "image": images}
+
+
+def _loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator for its worker base seed. Without one, each ``iter(loader)`` draws from
+    the global random stream, and Lightning creates the first iterator of a resumed run at another moment
+    than in an uninterrupted one, so the shuffles and augmentations after a resume would differ. Shuffling
+    itself still draws from the global stream, which checkpoints save and restore (MaskClassifier)."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _fits_on_gpu(dataset: CachedSplit, device: torch.device, share: float = 0.3) -> bool:

@@ -3,10 +3,11 @@ group crosses splits), and every file that was refused and why. ``splits.csv`` b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from maskdet.jsonfile import write_json
 
 GROUP_COLUMNS = ("gender", "race", "age_group")
 
@@ -103,9 +104,7 @@ def _format_leakage(report: dict, shown: int = 20) -> list[str]:
 def write_report(report: dict, folder: str | Path, splits: pd.DataFrame | None = None) -> Path:
     """Write ``data_report.json`` and, given the split table (``MaskDataModule.splits_table()``),
     ``splits.csv`` beside it; return the report's path."""
-    path = Path(folder) / "data_report.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    path = write_json(Path(folder) / "data_report.json", report)
     if splits is not None:
         splits.to_csv(path.parent / "splits.csv", index=False)
     return path

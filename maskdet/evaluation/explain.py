@@ -239,8 +239,8 @@ def predict_split(model: nn.Module, datamodule, split: str = "test") -> tuple[to
     for batch in loader:
         x = batch["image"].to(device).float().div(255)
         images.append(x.cpu())
-        labels.append(batch["label"])
-        rows.append(batch["row"])
+        labels.append(batch["label"].cpu())  # batches are gathered on the GPU when the split lives there
+        rows.append(batch["row"].cpu())
         probs.append(model(x).float().softmax(1).cpu())
     probs = torch.cat(probs)
     require_finite(probs, f"The model's probabilities on the {split} split")
