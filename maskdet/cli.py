@@ -96,7 +96,7 @@ def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
     return f"Did you mean {' or '.join(close)}?" if close else None
 
 
-def entry_point(config_name: str, config_path: str = "../conf"):
+def entry_point(config_name: str, config_path: str = "conf"):
     """Decorator for an entry point's ``main(cfg)``, used instead of ``hydra.main``."""
 
     def decorate(task):

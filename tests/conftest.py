@@ -12,7 +12,7 @@ from maskdet.config import register_resolvers
 from maskdet.data.synthetic import generate, make_spec
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "maskdet" / "conf"
 register_resolvers()
 
 

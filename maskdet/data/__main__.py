@@ -28,7 +28,7 @@ def _report(cfg: DictConfig) -> tuple[dict, pd.DataFrame]:
     return datamodule.report(), datamodule.splits_table()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="data_report")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="data_report")
 def main(cfg: DictConfig) -> None:
     report, splits = exit_on_error(_report, cfg)
     path = write_report(report, Path(cfg.paths.output_dir), splits)
