@@ -1,7 +1,7 @@
 """Train, then test the best checkpoint and write the run's reports.
 
-    python -m maskdet.train                                  # the seed's custom CNN on the embedded dataset
-    python -m maskdet.train +experiment=resnet18_frozen      # seed b's transfer learning
+    python -m maskdet.train                                  # the COMP6721 study's custom CNN, embedded dataset
+    python -m maskdet.train +experiment=resnet18_frozen      # the transfer-learning notebook's ResNet18
     python -m maskdet.train data=folder data.root=/my/faces  # your own class folders
 """
 
@@ -33,6 +33,7 @@ from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
 from maskdet.evaluation.testing import test_and_report
 from maskdet.jsonfile import dumps, write_json
+from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train
 from maskdet.resume import Resume, check_resume, register_resume_resolvers, run_folder_of
 
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> dict:
     preflight_train(cfg)
     started = time.time()
     resume = check_resume(cfg)
+    fetch_weights(cfg.model.architecture, cfg.model.get("weights"))  # offline? say so before any data work
     if resume is not None and resume.run_dir is not None:  # Python API; the CLI is there already (hydra/train.yaml)
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
     output_dir = Path(cfg.paths.output_dir)

@@ -8,7 +8,7 @@ from maskdet.models import MaskClassifier, build_network
 from maskdet.models.networks import head_name
 
 
-def test_custom_cnn_has_the_seed_parameter_count():
+def test_custom_cnn_has_the_comp6721_parameter_count():
     net, head = build_network("custom_cnn", num_classes=4, image_size=32)
     assert sum(p.numel() for p in net.parameters()) == 4_733_004
     assert head == "fc_layer.6"
@@ -93,3 +93,38 @@ def test_finetune_trains_everything():
     model.train()
     assert all(p.requires_grad for p in model.parameters())
     assert any(m.training for m in model.net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("architecture, size", [("googlenet", 64), ("inception_v3", 96), ("efficientnet_b0", 32),
+                                                ("shufflenet_v2_x0_5", 32)])
+def test_torchvision_names_train_as_single_output_classifiers(architecture, size):
+    model = MaskClassifier(architecture=architecture, num_classes=3, image_size=size).train()
+    logits = model(torch.rand(2, 3, size, size))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)  # no auxiliary tuples in training mode
+
+
+def test_a_network_that_cannot_take_the_image_size_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"inception_v3 cannot take 32x32 images .* raise data.image_size"):
+        build_network("inception_v3", 4, 32)
+
+
+def test_a_frozen_random_backbone_is_warned_about(caplog):
+    with caplog.at_level("WARNING", logger="maskdet.models"):
+        build_network("resnet18", 4, 32, weights=None, freeze="backbone")
+    assert "the frozen backbone is random" in caplog.text
+
+
+def test_offline_weights_are_reported_before_any_data_work(tmp_path, cache_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    env = {**cli_env(tmp_path / "fresh_cache", tmp_path), "TORCH_HOME": str(tmp_path / "torch")}
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        env[var] = "http://127.0.0.1:9"
+    env.pop("no_proxy", None), env.pop("NO_PROXY", None)
+    result = subprocess.run([sys.executable, "-m", "maskdet.train", "+experiment=resnet18_frozen"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Downloading the resnet18" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "fresh_cache").exists(), "the embedded dataset must not be generated first"

@@ -1,4 +1,4 @@
-"""Networks by name: the seed's custom CNN or any torchvision classification model.
+"""Networks by name: the COMP6721 study's custom CNN or any torchvision classification model.
 
 The head (the last ``nn.Linear``, found the same way for every architecture, as timm's
 ``reset_classifier`` does) is replaced to output the dataset's number of classes. Weights are ``None``,
@@ -7,7 +7,9 @@ a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), or a local state-di
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +21,7 @@ from torch import nn
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models.custom_cnn import FaceMaskCNN
 
+log = logging.getLogger("maskdet.models")
 DOWNLOAD_TIMEOUT_S = 30  # an unreachable server must stop the run, not hang it
 FREEZE_MODES = ("none", "backbone")
 
@@ -101,8 +104,52 @@ def build_network(architecture: str, num_classes: int, image_size: int = 32, wei
             _load_local(net, Path(str(weights)))
         elif weights is not None:
             net.load_state_dict(_pretrained_state_dict(architecture, str(weights)))
+        _drop_auxiliary_heads(net)
         head = _replace_head(net, num_classes)
     if freeze == "backbone":
+        if weights is None:
+            log.warning("model.freeze=backbone with model.weights=null: the frozen backbone is random, so only a "
+                        "linear head on random features is trained. Pass pretrained weights (e.g. "
+                        "model.weights=IMAGENET1K_V1) or model.freeze=none unless this is deliberate.")
         for name, param in net.named_parameters():
             param.requires_grad = name.startswith(head + ".")
+    _require_one_output(net, architecture, image_size)
     return net, head
+
+
+def _drop_auxiliary_heads(net: nn.Module) -> None:
+    """GoogLeNet and Inception v3 return (logits, aux...) tuples in training mode, with auxiliary heads of
+    1000 outputs; they are switched off as torchvision itself does when asked for ``aux_logits=False``."""
+    if getattr(net, "aux_logits", False):
+        net.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, name):
+                setattr(net, name, None)
+
+
+def _require_one_output(net: nn.Module, architecture: str, image_size: int) -> None:
+    """Refuse, before any training, a network that cannot take ``image_size`` images or whose training
+    output is not one tensor of logits (the loss and every report expect exactly that)."""
+    probe = copy.deepcopy(net).train()  # a copy: a training-mode forward would move BatchNorm statistics
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(2, 3, image_size, image_size))
+    except RuntimeError as err:
+        raise ConfigError(f"model.architecture={architecture} cannot take {image_size}x{image_size} images "
+                          f"({str(err).splitlines()[0]}): raise data.image_size (e.g. 224).") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"model.architecture={architecture} returns {type(out).__name__} in training mode, not "
+                          "one tensor of logits; maskdet trains single-output classifiers only.")
+
+
+def fetch_weights(architecture: str, weights: str | None) -> None:
+    """Download (or find in the torch hub cache) named pretrained weights now, so that an offline machine
+    hears about it before any data work rather than after."""
+    if weights is None or architecture == "custom_cnn":
+        return
+    if Path(str(weights)).suffix in (".pth", ".pt", ".ckpt", ".bin") or Path(str(weights)).exists():
+        if not Path(str(weights)).is_file():
+            raise ConfigError(f"model.weights={weights} does not exist: pass a torchvision weights name, null, "
+                              "or a state-dict file.")
+        return
+    _pretrained_state_dict(architecture, str(weights))
