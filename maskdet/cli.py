@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from maskdet.console import route_third_party_output
 from maskdet.preflight import writable_problem
 
 
@@ -100,7 +101,12 @@ def entry_point(config_name: str, config_path: str = "conf"):
     """Decorator for an entry point's ``main(cfg)``, used instead of ``hydra.main``."""
 
     def decorate(task):
-        hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(task)
+        @functools.wraps(task)
+        def task_with_console(cfg: DictConfig):
+            route_third_party_output()  # after Hydra has set up logging (see maskdet.console)
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(task_with_console)
         config_dir = (Path(inspect.getfile(task)).parent / config_path).resolve()
 
         @functools.wraps(task)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
+from maskdet.console import summary
 from maskdet.data.report import format_report, write_report
 from maskdet.errors import DataError, MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
@@ -85,6 +86,8 @@ def train(cfg: DictConfig) -> dict:
         on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())
         model.cpu()
+    log.info("model %s: %d parameters, %d trainable", cfg.model.architecture, sum(p.numel() for p in model.parameters()),
+             sum(p.numel() for p in model.parameters() if p.requires_grad))
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
     loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
@@ -103,7 +106,7 @@ def train(cfg: DictConfig) -> dict:
             text = compare_subsets(trainer, model, lambda **kw: instantiate(cfg.data, **kw), study.subsets,
                                    study.compare, study.cap_per_class, output_dir)
             log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
-            print(text)
+            summary("bias study: %s", output_dir / "bias_study.md")
     except BaseException as err:
         err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
         if trainer.is_global_zero:
@@ -132,6 +135,7 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
         log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
+        summarise(output_dir, datamodule, metrics)
     return metrics
 
 
@@ -152,6 +156,26 @@ class TrainingFailed(MaskdetError):
     """Training started and then failed for a reason outside maskdet (a full disk, say)."""
 
     training_started = True
+
+
+def summarise(output_dir: Path, datamodule, metrics: dict) -> None:
+    """The console's view of a run: three lines, or one per job in a sweep (reports are in the files)."""
+    test, val = metrics["test"], metrics["val"]
+    gaps = {k.removesuffix("/gap"): v for k, v in metrics["bias"].items() if k.endswith("/gap")}
+    worst = max(gaps, key=lambda k: abs(gaps[k]), default=None)
+    result = (f"test acc {test['test/acc']:.4f}, macro-F1 {test['test/f1']:.4f}" if test else "not tested") \
+        + (f"; largest gap {worst} {gaps[worst]:.3f} (p {metrics['bias'].get(worst + '/gap_p_value', float('nan')):.2g})"
+           if worst else "")
+    epochs = f"{metrics['epochs_trained']} epochs (best {metrics['best_epoch']}, val/acc_best " \
+             f"{val.get('val/acc_best', float('nan')):.4f})"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        summary("job %s: %s; %s", output_dir.name, result, epochs)
+        return
+    used = datamodule.index[datamodule.index["selected"]]["split"].value_counts()
+    summary("run folder: %s", output_dir)
+    summary("data: %d images (train %d, val %d, test %d), %d files skipped (data_report.json)", int(used.sum()),
+            used.get("train", 0), used.get("val", 0), used.get("test", 0), len(datamodule.skipped))
+    summary("trained %s; %s", epochs, result)
 
 
 def _best_checkpoint(callback) -> str | None:
