@@ -24,5 +24,5 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
 GPU_CHECK_OUT ?= outputs/gpu_check
-gpu-check: $(VENV)/.installed  ## GPU path checked and the seed's studies timed on a CUDA machine (< 8 min); ARGS=--cpu-rehearsal rehearses on the CPU
+gpu-check: $(VENV)/.installed  ## GPU path checked and the COMP6721 study's protocol timed on a CUDA machine (< 8 min); ARGS=--cpu-rehearsal rehearses on the CPU
 	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(ARGS)

@@ -1,4 +1,4 @@
-"""One short script that proves maskdet's GPU path and times the seed's studies, for a GPU lent once.
+"""One short script that proves maskdet's GPU path and times the COMP6721 protocol, for a GPU lent once.
 
     python benchmarks/gpu_check.py --out DIR                  # on a machine with a CUDA device (< 8 min)
     python benchmarks/gpu_check.py --out DIR --cpu-rehearsal  # the same steps on the CPU, tiny sizes
@@ -50,7 +50,7 @@ from pathlib import Path
 #   dataset                      25    120  the embedded 8,605 images generated + their 32 px cache
 #   224 px cache                 15     90  the same images decoded at 224 px
 #   resnet18 frozen cv 3x5       30    120  3 folds x 5 epochs, cached backbone features, one process
-#   custom_cnn study 10x20      200    rest the seed's 10-fold x 20-epoch study, cv_in_job=true
+#   custom_cnn study 10x20      200    rest the COMP6721 study's 10-fold x 20-epoch protocol, cv_in_job=true
 STEP_LIMIT_S = {"environment": 60, "cpu reference": 90, "gpu custom_cnn": 90, "gpu resnet18": 90,
                 "gpu mobilenet_v2": 90, "ddp": 120, "predict on cpu": 60, "export on cpu": 90, "dataset": 120,
                 "224 px cache": 90, "resnet18 frozen cv": 120, "custom_cnn study": 600}

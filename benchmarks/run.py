@@ -1,12 +1,13 @@
-"""Speed of maskdet's data path and training loop, as ratios against the seed-style loop in the same run.
+"""Speed of maskdet's data path and training loop, as ratios against a per-item PIL loop in the same run.
 
     python benchmarks/run.py [--quick]
 
 (a) training-batch throughput: warm decoded cache + on-device augmentation vs PIL + DataLoader
-    (batch 32, 2 workers), at 32 px (seed a: resize, normalise) and 224 px (seed b: + flip, rotation, jitter);
+    (batch 32, 2 workers), at 32 px (the COMP6721 study: resize, normalise) and 224 px (the transfer-learning
+    notebook: + flip, rotation, jitter);
 (b) a frozen-ResNet18 cross-validation study (3 folds x 5 epochs, ~600 images, 224 px, augmentation off):
-    maskdet (one backbone pass, cached features) vs the seed-style loop (backbone every epoch), plus the
-    ratio extrapolated to the seed's full 10 folds x 20 epochs protocol from the measured per-pass costs;
+    maskdet (one backbone pass, cached features) vs the PIL loop (backbone every epoch), plus the
+    ratio extrapolated to the COMP6721 study's full 10 folds x 20 epochs protocol from the measured per-pass costs;
 (c) Lightning's loop vs a plain PyTorch loop over the same cached batches for the custom CNN.
 
 Every figure is measured on one synthetic dataset generated at the start; nothing is downloaded.
@@ -34,12 +35,12 @@ from maskdet.data.datamodule import MaskDataModule
 from maskdet.data.synthetic import generate, make_spec
 from maskdet.models import MaskClassifier
 
-SEED_A_NORM = ([0.485, 0.456, 0.406], [0.225, 0.225, 0.225])
+CUSTOM_CNN_NORM = ([0.485, 0.456, 0.406], [0.225, 0.225, 0.225])  # the COMP6721 study's
 IMAGENET_NORM = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
-class SeedStyleDataset(Dataset):
-    """The seeds' loader: open with PIL, transform per item."""
+class PilDataset(Dataset):
+    """The source studies' loader: open with PIL, transform per item."""
 
     def __init__(self, paths, labels, transform):
         self.paths, self.labels, self.transform = list(paths), list(labels), transform
@@ -51,7 +52,7 @@ class SeedStyleDataset(Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
 
 
-def seed_transform(size: int, augment: bool, norm) -> T.Compose:
+def pil_transform(size: int, augment: bool, norm) -> T.Compose:
     steps = [T.Resize((size, size))]
     if augment:
         steps += [T.RandomRotation(15), T.RandomHorizontalFlip(), T.ColorJitter(brightness=0.2, contrast=0.2)]
@@ -65,9 +66,9 @@ def datamodule(root: Path, cache: Path, size: int, **kw) -> MaskDataModule:
     return dm
 
 
-def throughput_seed(dm: MaskDataModule, size: int, augment: bool, norm, seconds: float) -> float:
+def throughput_pil(dm: MaskDataModule, size: int, augment: bool, norm, seconds: float) -> float:
     train = dm.index[dm.index["split"] == "train"]
-    loader = DataLoader(SeedStyleDataset(train["path"], train["label"], seed_transform(size, augment, norm)),
+    loader = DataLoader(PilDataset(train["path"], train["label"], pil_transform(size, augment, norm)),
                         batch_size=32, shuffle=True, num_workers=2, persistent_workers=True)
     images, start, warm = 0, None, False
     while True:
@@ -93,11 +94,11 @@ def throughput_cache(dm: MaskDataModule, augment: bool, norm, seconds: float) ->
     return images / (time.perf_counter() - start)
 
 
-def seed_style_cv(dm: MaskDataModule, folds: int, epochs: int, weights_path: Path) -> tuple[float, dict]:
-    """The seed-b loop for each fold: PIL DataLoader, frozen ResNet18 forward every epoch, train the head."""
+def pil_loop_cv(dm: MaskDataModule, folds: int, epochs: int, weights_path: Path) -> tuple[float, dict]:
+    """The transfer-learning notebook's loop for each fold: PIL DataLoader, frozen ResNet18 forward every epoch, train the head."""
     passes = {"backbone_images": 0}
     start = time.perf_counter()
-    transform = seed_transform(224, False, IMAGENET_NORM)
+    transform = pil_transform(224, False, IMAGENET_NORM)
     index = dm.index
     for fold in range(folds):
         torch.manual_seed(fold)
@@ -112,7 +113,7 @@ def seed_style_cv(dm: MaskDataModule, folds: int, epochs: int, weights_path: Pat
         test = index[index["split"] == "test"]
 
         def loader(part, shuffle):
-            return DataLoader(SeedStyleDataset(part["path"], part["label"], transform), batch_size=32,
+            return DataLoader(PilDataset(part["path"], part["label"], transform), batch_size=32,
                               shuffle=shuffle, num_workers=2)
 
         for _ in range(epochs):
@@ -196,34 +197,34 @@ def main() -> None:
 
     root = generate(make_spec(per_class=500, seed=11, size=128), work / "faces")  # 2000 images
     cache = work / "cache"
-    for size, augment, norm in ((32, False, SEED_A_NORM), (224, True, IMAGENET_NORM)):
+    for size, augment, norm in ((32, False, CUSTOM_CNN_NORM), (224, True, IMAGENET_NORM)):
         dm = datamodule(root, cache, size, batch_size=32, num_folds=10)
-        seed = throughput_seed(dm, size, augment, norm, seconds)
+        pil = throughput_pil(dm, size, augment, norm, seconds)
         ours = throughput_cache(dm, augment, norm, seconds)
         what = "resize+normalise" if not augment else "resize+flip+rotate+jitter+normalise"
-        rows.append((f"(a) batches/s as img/s, {size} px, {what}", f"{seed:,.0f} img/s", f"{ours:,.0f} img/s", ours / seed))
+        rows.append((f"(a) batches/s as img/s, {size} px, {what}", f"{pil:,.0f} img/s", f"{ours:,.0f} img/s", ours / pil))
 
     torch.manual_seed(0)
     weights_path = work / "resnet18.pth"  # stands in for ImageNet weights: the same cost, no download
     torch.save(torchvision.models.resnet18().state_dict(), weights_path)
     cv_root = generate(make_spec(per_class=150, seed=12, size=128), work / "cv")  # 600 images
     folds, epochs = (3, 5) if not args.quick else (2, 2)
-    dm = datamodule(cv_root, work / "cv-cache-seed", 224, num_folds=folds)
-    seed_s, passes = seed_style_cv(dm, folds, epochs, weights_path)
+    dm = datamodule(cv_root, work / "cv-cache-pil", 224, num_folds=folds)
+    pil_s, passes = pil_loop_cv(dm, folds, epochs, weights_path)
     ours_s, feature_s = maskdet_cv(cv_root, work / "cv-cache", folds, epochs, weights_path, folds)
     rows.append((f"(b) frozen ResNet18 CV, {folds} folds x {epochs} epochs, 600 img, 224 px",
-                 f"{seed_s:,.1f} s", f"{ours_s:,.1f} s", seed_s / ours_s))
-    # Extrapolation to the seed's protocol (8605 images, 10 folds x 20 epochs, test per fold) from the
-    # measured per-image costs: a seed-style backbone pass; maskdet's one feature pass; maskdet's head
+                 f"{pil_s:,.1f} s", f"{ours_s:,.1f} s", pil_s / ours_s))
+    # Extrapolation to the COMP6721 study's protocol (8605 images, 10 folds x 20 epochs, test per fold) from the
+    # measured per-image costs: a PIL-loop backbone pass; maskdet's one feature pass; maskdet's head
     # training and evaluation per image-epoch (everything in its study that is not the feature pass).
     pool = int((dm.index["split"] != "test").sum())
-    per_pass = seed_s / passes["backbone_images"]
+    per_pass = pil_s / passes["backbone_images"]
     per_feature = feature_s / len(dm.index)
     per_head_epoch = (ours_s - feature_s) / (folds * epochs * pool)
-    seed_full = per_pass * 10 * (20 * 6023 + 2582)
+    pil_full = per_pass * 10 * (20 * 6023 + 2582)
     ours_full = per_feature * 8605 + per_head_epoch * 10 * 20 * 6023
-    rows.append(("(b') same, seed's 10 folds x 20 epochs, 8605 img (EXTRAPOLATED)",
-                 f"{seed_full / 3600:,.1f} h", f"{ours_full / 60:,.1f} min", seed_full / ours_full))
+    rows.append(("(b') same, COMP6721's 10 folds x 20 epochs, 8605 img (EXTRAPOLATED)",
+                 f"{pil_full / 3600:,.1f} h", f"{ours_full / 60:,.1f} min", pil_full / ours_full))
 
     dm = datamodule(root, cache, 32, batch_size=32, num_folds=10)
     plain_s, lightning_s = loop_overhead(dm, epochs=2 if args.quick else 3)

@@ -24,7 +24,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """120 face crops (30 per seed class) at 64 px in the seeds' layout."""
+    """120 face crops (30 per mask class) at 64 px in the COMP6721 study's layout."""
     return generate(make_spec(per_class=30, seed=1, size=64), tmp_path_factory.mktemp("tiny") / "faces")
 
 

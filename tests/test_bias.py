@@ -1,4 +1,4 @@
-"""The bias audit: interval and test formulas, per-group reports, planted bias found, evaluate, the seed's study."""
+"""The bias audit: interval and test formulas, per-group reports, planted bias found, evaluate, the COMP6721 study's bias analysis."""
 
 import json
 import subprocess
@@ -21,7 +21,7 @@ from tests.conftest import REPO, cli_env, compose_train
 CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
 
 
-def test_the_seed_gaps_get_their_p_values():
+def test_the_comp6721_gaps_get_their_p_values():
     # 800 images per group (200 per class x 4): male 82 % vs female 73 %, white 77 % vs black 74 %
     _, p_gender = two_proportion_test(656, 800, 584, 800)
     _, p_race = two_proportion_test(616, 800, 592, 800)
@@ -166,7 +166,7 @@ def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_seed_bias_study_in_one_command(small_dataset, cache_dir, tmp_path):
+def test_the_comp6721_bias_study_in_one_command(small_dataset, cache_dir, tmp_path):
     cfg = compose_train(["+experiment=bias_study", "data=folder", f"data.root={small_dataset}", "data.num_folds=3",
                          "trainer.max_epochs=2", "bias_study.cap_per_class=4", "~logger", "bias.n_bootstrap=50"],
                         tmp_path, cache_dir)

@@ -18,12 +18,10 @@ from maskdet.data import MaskDataModule
 from maskdet.data.duplicates import parse_group_by
 from maskdet.data.report import format_report, write_report
 from maskdet.data.splits import assign_splits
-from maskdet.data.synthetic import CLASSES, draw_image, generate, make_spec
+from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, draw_image, generate, make_spec
 from maskdet.errors import ConfigError, DataError
 from maskdet.evaluation.leakage import write_leakage_study
 from tests.conftest import REPO, cli_env
-
-SEED_COUNTS = [2160, 2103, 2162, 2180]
 
 
 def _dm(root, cache_dir, **kw):
@@ -58,8 +56,8 @@ def test_no_group_ever_spans_two_splits_or_two_folds(seed):
             assert abs((labels[split == "test"] == c).mean() - (labels == c).mean()) < 0.05
 
 
-def test_singleton_groups_keep_the_seed_split_table():
-    labels = np.repeat(np.arange(4), SEED_COUNTS)
+def test_singleton_groups_keep_the_comp6721_split_table():
+    labels = np.repeat(np.arange(4), COMP6721_COUNTS)
     ungrouped = assign_splits(labels, 0.3, 10, 0, 0)
     split, fold_of = assign_splits(labels, 0.3, 10, 0, 0, groups=np.arange(len(labels)))
     assert [int(((split == "test") & (labels == c)).sum()) for c in range(4)] == [648, 631, 649, 654]
@@ -280,7 +278,7 @@ def test_leakage_study_experiment_runs_both_policies(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_default_dataset_has_no_duplicates_and_keeps_the_seed_table(cache_dir):
+def test_default_dataset_has_no_duplicates_and_keeps_the_comp6721_table(cache_dir):
     dm = MaskDataModule(source="synthetic", cache_dir=str(cache_dir))
     dm.prepare_data()
     dm.setup()

@@ -3,17 +3,16 @@ import pandas as pd
 import pytest
 
 from maskdet.data.splits import assign_splits, cap_per_class, minimum_class_size, select_subset
+from maskdet.data.synthetic import COMP6721_COUNTS
 from maskdet.errors import ConfigError, DataError
 
-SEED_COUNTS = [2160, 2103, 2162, 2180]
+
+def comp6721_labels():
+    return np.repeat(np.arange(4), COMP6721_COUNTS)
 
 
-def seed_labels():
-    return np.repeat(np.arange(4), SEED_COUNTS)
-
-
-def test_reproduces_the_seed_split_table():
-    labels = seed_labels()
+def test_reproduces_the_comp6721_split_table():
+    labels = comp6721_labels()
     split, fold_of = assign_splits(labels, test_size=0.3, num_folds=10, fold=0, seed=0)
     test_counts = [int(((split == "test") & (labels == c)).sum()) for c in range(4)]
     assert test_counts == [648, 631, 649, 654]
@@ -24,14 +23,14 @@ def test_reproduces_the_seed_split_table():
 
 
 def test_every_pool_image_is_in_exactly_one_fold_and_folds_are_stratified():
-    labels = seed_labels()
+    labels = comp6721_labels()
     per_fold = []
     for fold in range(10):
         split, fold_of = assign_splits(labels, 0.3, 10, fold, seed=0)
         per_fold.append(np.flatnonzero(split == "val"))
         assert (fold_of[split == "val"] == fold).all()
         class_share = np.bincount(labels[split == "val"], minlength=4) / (split == "val").sum()
-        assert np.allclose(class_share, np.array(SEED_COUNTS) / sum(SEED_COUNTS), atol=0.01)
+        assert np.allclose(class_share, np.array(COMP6721_COUNTS) / sum(COMP6721_COUNTS), atol=0.01)
     union = np.concatenate(per_fold)
     assert len(union) == len(set(union)) == 6023
     # the test split never moves with the fold
@@ -39,7 +38,7 @@ def test_every_pool_image_is_in_exactly_one_fold_and_folds_are_stratified():
 
 
 def test_same_seed_same_split_other_seed_other_split():
-    labels = seed_labels()
+    labels = comp6721_labels()
     a, _ = assign_splits(labels, 0.3, 10, 3, seed=0)
     b, _ = assign_splits(labels, 0.3, 10, 3, seed=0)
     c, _ = assign_splits(labels, 0.3, 10, 3, seed=1)
@@ -56,9 +55,9 @@ def test_a_class_too_small_to_stratify_is_named_with_the_minimum():
 
 def test_bad_fold_settings_are_explained():
     with pytest.raises(ConfigError, match="data.fold=10 is out of range"):
-        assign_splits(seed_labels(), 0.3, 10, 10, 0)
+        assign_splits(comp6721_labels(), 0.3, 10, 10, 0)
     with pytest.raises(ConfigError, match="data.test_size"):
-        assign_splits(seed_labels(), 1.5, 10, 0, 0)
+        assign_splits(comp6721_labels(), 1.5, 10, 0, 0)
 
 
 def _index():

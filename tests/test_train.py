@@ -35,7 +35,7 @@ def test_experiment_composes(experiment):
         assert cfg.model.freeze == ("backbone" if "frozen" in experiment else "none")
 
 
-def test_default_config_is_the_seed_protocol():
+def test_default_config_is_the_comp6721_protocol():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train")
     assert cfg.model.architecture == "custom_cnn" and cfg.model.optimizer.lr == 0.001

@@ -2,7 +2,7 @@
 
 torchvision's v2 transforms draw one set of parameters per call, so applied to a batch every image
 would get the same flip, angle and jitter; per-image calls would put Python back in the hot loop. The
-four operations the seeds use (horizontal flip, rotation, brightness and contrast jitter) are a few tensor
+four operations the transfer-learning notebook uses (horizontal flip, rotation, brightness and contrast jitter) are a few tensor
 lines each when written for a batch, so they are written here.
 """
 

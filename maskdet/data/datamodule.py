@@ -95,7 +95,7 @@ class StreamingSplit(Dataset):
 
 
 class MaskDataModule(L.LightningDataModule):
-    """Face-mask images from any supported layout, split per the contract in DESIGN.md."""
+    """Face-mask images from any supported layout, split per the contract in docs/architecture.md."""
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from maskdet.data.demographics import UNKNOWN, normalise_group, parse_utkface_name
 from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
-from maskdet.data.synthetic import CLASSES as SEED_CLASSES
+from maskdet.data.synthetic import CLASSES
 from maskdet.errors import DataError
 
 INDEX_COLUMNS = ["path", "label_name", "age", "gender", "race"]
@@ -42,11 +42,11 @@ class Scan:
 
 
 def class_order(names: Iterable[str]) -> list[str]:
-    """The seed's order (without_mask, surgical, cloth, ffp2) for the mask classes; otherwise sorted."""
+    """The COMP6721 study's order (without_mask, surgical, cloth, ffp2) for the mask classes; otherwise sorted."""
     names = set(names)
-    seed_like = list(SEED_CLASSES) + ["with_mask"]
-    if names <= set(seed_like):
-        return [n for n in seed_like if n in names]
+    known = list(CLASSES) + ["with_mask"]
+    if names <= set(known):
+        return [n for n in known if n in names]
     return sorted(names)
 
 
@@ -215,7 +215,8 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
 
 
 def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | None) -> pd.DataFrame:
-    """Rename classes: ``binary`` (mask vs no mask, as in seed b) or an explicit ``{old: new}`` map."""
+    """Rename classes: ``binary`` (mask vs no mask, as in the transfer-learning notebook) or an explicit
+    ``{old: new}`` map."""
     if label_map is None or label_map == "none":
         return index
     mapping = BINARY_LABELS if label_map == "binary" else dict(label_map) if isinstance(label_map, Mapping) else None

@@ -1,6 +1,6 @@
 """Split assignment on the whole index, then subsets and caps within the assigned splits.
 
-The contract (DESIGN.md "Splits"): a stratified holdout test split first
+The contract (docs/architecture.md, "Splits"): a stratified holdout test split first
 (``train_test_split(test_size, stratify=label, random_state=seed)``), then
 ``StratifiedKFold(num_folds, shuffle=True, random_state=seed)`` over the rest; fold ``i`` is validation.
 Because the assignment depends only on the index and the seed, every fold of a sweep, and every subset
@@ -8,7 +8,7 @@ evaluated later, sees the same test split, so a subset never contains an image t
 
 With groups (copies of one picture, images of one source photograph: ``maskdet.data.duplicates``) the
 same contract holds per group: ``StratifiedGroupKFold`` keeps every group inside one split and one fold.
-Without groups the code path above is used unchanged, so the seed's split table stays what it was.
+Without groups the code path above is used unchanged, so the COMP6721 study's split table stays what it was.
 The assignment is written to ``splits.csv`` and can be read back (``data.splits_file``).
 """
 

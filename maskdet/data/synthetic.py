@@ -1,4 +1,4 @@
-"""The embedded default dataset: procedurally drawn face crops in the seeds' layout.
+"""The embedded default dataset: procedurally drawn face crops in the COMP6721 study's layout.
 
 No face data can be downloaded here, so maskdet draws its own: class folders ``without_mask``,
 ``with_surgical_mask``, ``with_cloth_mask``, ``with_ffp2_mask`` holding JPEGs named
@@ -36,7 +36,7 @@ from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
-SEED_COUNTS = (2160, 2103, 2162, 2180)
+COMP6721_COUNTS = (2160, 2103, 2162, 2180)  # the COMP6721 study's class counts (8,605 images)
 GENERATOR_VERSION = 6  # bump when drawing changes, so cached datasets are regenerated
 
 # Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
@@ -63,7 +63,7 @@ class BiasKnob:
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    per_class: tuple[int, ...] = SEED_COUNTS
+    per_class: tuple[int, ...] = COMP6721_COUNTS
     seed: int = 0
     size: int = 128
     bias: BiasKnob = field(default_factory=BiasKnob)
@@ -78,7 +78,7 @@ class SyntheticSpec:
 
 
 def make_spec(
-    per_class: int | Sequence[int] = SEED_COUNTS,
+    per_class: int | Sequence[int] = COMP6721_COUNTS,
     seed: int = 0,
     size: int = 128,
     bias: dict | BiasKnob | None = None,
@@ -364,8 +364,8 @@ def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
-    parser.add_argument("--per-class", type=int, nargs="+", default=list(SEED_COUNTS),
-                        help="one count for all classes or four counts (default: the seed's)")
+    parser.add_argument("--per-class", type=int, nargs="+", default=list(COMP6721_COUNTS),
+                        help="one count for all classes or four counts (default: the COMP6721 study's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--bias-attribute", choices=["gender", "race"], default="race")

@@ -38,7 +38,7 @@ def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, 
 
 
 def classification_report_text(predictions: pd.DataFrame, class_names: Sequence[str]) -> str:
-    """Per-class precision, recall, F1 and support with 4 digits, as printed in the first seed."""
+    """Per-class precision, recall, F1 and support with 4 digits, as printed in the COMP6721 study."""
     return classification_report(predictions["label"], predictions["prediction"], labels=list(class_names),
                                  digits=4, zero_division=0)
 

@@ -1,6 +1,6 @@
-"""The first seed's bias study: accuracy on capped demographic subsets of the test split, compared in pairs.
+"""The COMP6721 study's bias analysis: accuracy on capped demographic subsets of the test split, compared in pairs.
 
-The seed reported male 82 % vs female 73 % and white 77 % vs black 74 % with no uncertainty; here each
+That study reported male 82 % vs female 73 % and white 77 % vs black 74 % with no uncertainty; here each
 subset's accuracy has a Wilson interval and each pair a Newcombe interval of the difference and a
 two-proportion z-test. Subsets filter the already-assigned test split, so no training image is scored.
 """

@@ -1,4 +1,4 @@
-"""The first source document's network, layer for layer (4,733,004 parameters for 4 classes at 32x32)."""
+"""The COMP6721 study's network, layer for layer (4,733,004 parameters for 4 classes at 32x32)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ class FaceMaskCNN(nn.Module):
     """4 conv + BatchNorm + LeakyReLU, 2 max-pools, FC 4096-1000-512-C with dropout 0.1.
 
     The first fully connected layer's input follows the image size (``64 * (size // 4) ** 2``), which is
-    the seed's 8 * 8 * 64 = 4096 at 32 px.
+    that study's 8 * 8 * 64 = 4096 at 32 px.
     """
 
     def __init__(self, num_classes: int = 4, image_size: int = 32):
