@@ -10,7 +10,7 @@ readers (``images.path_problem``); they never stop the run. A folder given as in
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,15 +19,24 @@ import pandas as pd
 import torch
 from PIL import ImageDraw
 
-from maskdet.data.images import BadImageError, list_image_files, load_resized, load_rgb, path_problem, skip
+from maskdet.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    list_image_files,
+    load_resized,
+    load_rgb,
+    path_problem,
+    skip,
+)
 from maskdet.errors import ConfigError
 
 
-def list_inputs(spec: str) -> tuple[list[Path], list[dict]]:
-    """Files named by ``spec`` (a file, a folder searched recursively, or a glob) and the skipped ones."""
+def list_inputs(spec: str, extensions: Collection[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[dict]]:
+    """Files named by ``spec`` (a file, a folder searched recursively, or a glob) and the skipped ones;
+    ``extensions``: the file types read (videos too for detect=true)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        return list_image_files(path, path.resolve())
+        return list_image_files(path, path.resolve(), extensions)
     if path.exists() or path.is_symlink():
         candidates = [path]
     else:
@@ -36,7 +45,7 @@ def list_inputs(spec: str) -> tuple[list[Path], list[dict]]:
             raise ConfigError(f"input={spec} matches no file: pass an image file, a folder or a glob such as 'faces/*.jpg'.")
     files, skipped = [], []
     for candidate in candidates:
-        problem = path_problem(candidate)
+        problem = path_problem(candidate, extensions=extensions)
         if problem == "a folder, not a file":
             problem = "a folder matched by the glob (a glob does not search inside folders; pass the folder itself)"
         if problem:

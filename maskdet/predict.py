@@ -5,6 +5,14 @@
 
 Writes predictions.csv (path, prediction, confidence, one probability column per class) and
 skipped.csv (unreadable files with their reason) into its run folder; annotate=true adds labelled copies.
+
+    python -m maskdet.predict ckpt_path=... input=group.jpg detect=true
+    python -m maskdet.predict ckpt_path=... input=street.mp4 detect=true every_n_frames=5
+
+detect=true finds the faces first (maskdet.detect; detector=haar or detector=onnx) in photos and videos:
+predictions.csv then has one row per face (source, frame, x, y, w, h, detector_score, prediction,
+confidence, prob_<class>), frames.csv one row per photo or analysed video frame (faces, masked share,
+count per class), and annotated/ the photos and videos with coloured boxes and labels.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from maskdet.cli import entry_point
@@ -29,9 +37,16 @@ register_resolvers()
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
+    detector = None
+    if cfg.get("detect", False):  # a wrong detector setting stops the run before the checkpoint is loaded
+        from maskdet.detect import build_detector
+
+        detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
     model = load_classifier(cfg.ckpt_path)
     if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu":
         model.cuda()
+    if detector is not None:
+        return predict_scenes(cfg, model, detector)
     files, skipped = list_inputs(str(cfg.input))
     predictions, unreadable = predict_files(model, files, cfg.batch_size,
                                             progress=lambda b: track(b, description="predicting", transient=True))
@@ -46,6 +61,27 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     return predictions
+
+
+def predict_scenes(cfg: DictConfig, model, detector) -> pd.DataFrame:
+    """detect=true: the faces in photos and videos, one row per face."""
+    from maskdet.data.images import IMAGE_EXTENSIONS
+    from maskdet.detect import VIDEO_EXTENSIONS, detect_and_classify
+
+    files, skipped = list_inputs(str(cfg.input), IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = detect_and_classify(model, detector, files, cfg.batch_size, cfg.every_n_frames,
+                                 out / "annotated" if cfg.annotate else None)
+    skipped += scenes.skipped
+    scenes.faces.to_csv(out / "predictions.csv", index=False)
+    scenes.frames.to_csv(out / "frames.csv", index=False)
+    pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
+    log.info("%d faces in %d photos or video frames, %d files skipped; %s", len(scenes.faces), len(scenes.frames),
+             len(skipped), out / "predictions.csv")
+    for s in skipped:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    return scenes.faces
 
 
 @entry_point("predict")

@@ -16,6 +16,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ def skip(path: str | Path, reason: str) -> dict:
     return {"path": display_path(path), "reason": reason}
 
 
-def path_problem(path: Path, root: Path | None = None, parent_inside: bool = False) -> str | None:
+def path_problem(path: Path, root: Path | None = None, parent_inside: bool = False,
+                 extensions: Collection[str] = IMAGE_EXTENSIONS) -> str | None:
     """Why ``path`` cannot be read as an image file, or None when it can.
 
     The one check shared by every reader and by predict. ``root`` (resolved) is the folder the files must
@@ -82,8 +84,9 @@ def path_problem(path: Path, root: Path | None = None, parent_inside: bool = Fal
         return "a folder, not a file"
     if not stat.S_ISREG(mode):
         return "not a regular file (device, pipe or socket)"
-    if not is_image_name(path):
-        return f"not an image file (extension '{path.suffix}')"
+    if path.suffix.lower() not in extensions:  # predict detect=true also reads videos
+        kind = "an image file" if extensions == IMAGE_EXTENSIONS else "an image or video file"
+        return f"not {kind} (extension '{path.suffix}')"
     if path.name.startswith("."):
         return "hidden file (name starts with '.')"
     return None
@@ -100,7 +103,8 @@ def folder_problem(path: Path) -> str | None:
     return None
 
 
-def list_image_files(folder: Path, root: Path | None = None) -> tuple[list[Path], list[dict]]:
+def list_image_files(folder: Path, root: Path | None = None,
+                     extensions: Collection[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[dict]]:
     """Image files under ``folder`` (recursively, sorted) and every other entry with the reason it is skipped.
 
     ``folder`` must be inside ``root``; linked folders are not followed, so only linked files need resolving.
@@ -121,7 +125,7 @@ def list_image_files(folder: Path, root: Path | None = None) -> tuple[list[Path]
                 searched.append(name)
         dirnames[:] = searched
         for name in sorted(filenames):
-            problem = path_problem(here / name, root, parent_inside=True)
+            problem = path_problem(here / name, root, parent_inside=True, extensions=extensions)
             if problem:
                 skipped.append(skip(here / name, problem))
             else:

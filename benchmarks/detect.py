@@ -1,0 +1,253 @@
+"""Face detection on real photographs (recall, bare and masked) and detect + classify throughput.
+
+    python benchmarks/detect.py [recall] [throughput]      (both by default)
+
+Real photographs that scikit-image ships (nothing is downloaded):
+* ``astronaut()``: one frontal face, whose box was labelled by hand (ASTRONAUT_FACE); pasted at known
+  positions and scales into 640x480 scenes;
+* ``lfw_subset()``: 100 face crops of 100 people from Labeled Faces in the Wild (25x25 grey, tight
+  crops) and 100 crops without a face; each is upscaled to 96 px and pasted onto a 192 px grey canvas;
+* ``camera()``: the cameraman, his face turned three-quarters to the side (box labelled by hand);
+* 18 photos without a human face (NO_FACE: a cat, coffee, coins, textures, text, micrographs) and the
+  100 non-face LFW crops, for false detections.
+Masked faces are the same faces with a mask-like shape painted over the lower face (``paint_mask``: a
+pale rounded band from between the eyes and the nose tip to below the chin, with pleats and ear loops).
+A face counts as found when a box has IoU >= 0.5 with the known box (LFW: IoU >= 0.3, since the tight
+25 px crops are smaller than the box a detector draws around a whole face).
+
+Throughput: 640x480 frames with 4 and 12 faces (the astronaut's head, every other one masked); detect +
+classify per frame with all faces of a frame in one forward pass (maskdet) against the same detection
+followed by one forward pass per face, for the custom CNN (32 px) and MobileNetV2 (224 px), random
+weights (speed does not depend on them), in one process, best of interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ASTRONAUT_FACE = (184, 76, 90, 106)  # x, y, w, h: forehead to chin, cheek to cheek, labelled by hand
+ASTRONAUT_PATCH = (130, 25, 330, 225)  # the head with hair and collar, pasted into scenes
+ASTRONAUT_MASK_TOP = 0.40  # between the eyes (0.25 of the box) and the nose tip (0.51)
+LFW_MASK_TOP = 0.50  # eyes at about 0.38, nose tip at 0.6 of an LFW crop
+CAMERAMAN_FACE = (185, 100, 95, 100)  # x, y, w, h in camera(), labelled by hand
+
+
+def astronaut_head() -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The astronaut's head (RGB) and the face box inside it."""
+    from skimage import data
+
+    left, top, right, bottom = ASTRONAUT_PATCH
+    x, y, w, h = ASTRONAUT_FACE
+    return data.astronaut()[top:bottom, left:right].copy(), (x - left, y - top, w, h)
+
+
+def paint_mask(rgb: np.ndarray, box, top: float = ASTRONAUT_MASK_TOP, colour=(170, 205, 230)) -> np.ndarray:
+    """A copy of ``rgb`` with a surgical-mask-like shape over the lower part of face ``box``."""
+    x, y, w, h = box
+    image = Image.fromarray(rgb)
+    pen = ImageDraw.Draw(image)
+    y0, y1 = y + top * h, y + 1.04 * h
+    outline = tuple(int(c * 0.75) for c in colour)
+    for side in (x - 0.02 * w, x + 1.02 * w):  # ear loops
+        pen.line([(side, y0 + 0.1 * (y1 - y0)), (x + 0.5 * w + 1.12 * (side - x - 0.5 * w), y + 0.3 * h)],
+                 fill=(235, 235, 235), width=max(1, round(w / 60)))
+    pen.rounded_rectangle([x - 0.02 * w, y0, x + 1.02 * w, y1], radius=0.18 * w, fill=colour, outline=outline,
+                          width=max(1, round(w / 50)))
+    for k in (0.3, 0.5, 0.7):  # pleats
+        py = y0 + k * (y1 - y0)
+        pen.line([(x + 0.08 * w, py), (x + 0.92 * w, py)], fill=outline, width=max(1, round(w / 60)))
+    return np.asarray(image)
+
+
+def compose(background: np.ndarray, heads: list[tuple[np.ndarray, tuple]], placements) -> tuple[np.ndarray, list]:
+    """``background`` with each (head, face box) pasted at (x, y, scale); returns the scene and face boxes."""
+    scene = Image.fromarray(background.copy())
+    boxes = []
+    for (head, (fx, fy, fw, fh)), (x, y, scale) in zip(heads, placements):
+        patch = Image.fromarray(head)
+        size = (round(patch.width * scale), round(patch.height * scale))
+        scene.paste(patch.resize(size, Image.BICUBIC), (x, y))
+        boxes.append((x + round(fx * scale), y + round(fy * scale), round(fw * scale), round(fh * scale)))
+    return np.asarray(scene), boxes
+
+
+def plain_background(width: int = 640, height: int = 480, seed: int = 0) -> np.ndarray:
+    """A grey-blue gradient with a little noise, like a studio wall."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(150, 200, width)[None, :, None] * np.array([0.95, 1.0, 1.08])
+    image = np.broadcast_to(ramp, (height, width, 3)) + rng.normal(0, 3, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def found(faces, box, threshold: float = 0.5) -> bool:
+    return any(iou((f.x, f.y, f.w, f.h), box) >= threshold for f in faces)
+
+
+def lfw_canvases(masked: bool, faces: bool = True):
+    """(192 px RGB canvas, face box) for each LFW crop, upscaled to 96 px at the centre."""
+    from skimage import data
+
+    crops = data.lfw_subset()[:100] if faces else data.lfw_subset()[100:]
+    for crop in crops:
+        face = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((96, 96), Image.BICUBIC))
+        canvas = np.full((192, 192), 128, np.uint8)
+        canvas[48:144, 48:144] = face
+        rgb = np.repeat(canvas[:, :, None], 3, axis=2)
+        box = (48, 48, 96, 96)
+        yield (paint_mask(rgb, box, LFW_MASK_TOP, colour=(215, 215, 215)) if masked else rgb), box
+
+
+def astronaut_scenes(masked: bool):
+    """640x480 scenes with the astronaut's face at 8 scales (face 27 to 135 px wide) and 3 positions."""
+    head, box = astronaut_head()
+    if masked:
+        head = paint_mask(head, box)
+    for scale in (0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.2, 1.5):
+        for k, (fx, fy) in enumerate(((0.05, 0.1), (0.4, 0.3), (0.6, 0.05))):
+            x, y = round(fx * (640 - 200 * scale)), round(fy * (480 - 200 * scale))
+            yield compose(plain_background(seed=k), [(head, box)], [(x, y, scale)])
+
+
+NO_FACE = ("chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "moon", "page",
+           "text", "brick", "grass", "gravel", "coins", "clock", "horse", "logo", "cell", "microaneurysms")
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """scikit-image's sample in 8-bit RGB (some are grey, boolean or RGBA)."""
+    image = (image * 255).astype(np.uint8) if image.dtype == bool else image.astype(np.uint8)
+    image = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def no_face_photos():
+    """scikit-image's photographs without a (human) face: a cat, coffee, coins, textures, text, micrographs."""
+    from skimage import data
+
+    for name in NO_FACE:
+        yield name, as_rgb(getattr(data, name)())
+
+
+def cameraman() -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``camera()``: a face turned three-quarters to the side, box labelled by hand."""
+    from skimage import data
+
+    return as_rgb(data.camera()), CAMERAMAN_FACE
+
+
+DETECTOR_CHOICES = {
+    "haar default": dict(name="haar", cascade="default"),
+    "haar default, min_neighbors=3": dict(name="haar", cascade="default", min_neighbors=3),
+    "haar default, equalised": dict(name="haar", cascade="default", equalize=True),
+    "haar alt2": dict(name="haar", cascade="alt2"),
+    "haar alt2, min_neighbors=3": dict(name="haar", cascade="alt2", min_neighbors=3),
+    "haar default + profile": dict(name="haar", cascade="default", profile=True),
+}
+
+
+def recall() -> None:
+    from maskdet.detect import build_detector
+
+    photos = list(no_face_photos())
+    pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in photos) / 1e6
+    print("\nFaces found (IoU with the known box) on real photographs, and false detections on "
+          f"{len(photos)} photos without a face ({pixels:.1f} megapixels) and 100 LFW non-face crops")
+    print(f"{'detector':<32}{'LFW bare':>10}{'LFW masked':>12}{'astro bare':>12}{'astro masked':>14}"
+          f"{'cameraman':>11}{'false: photos + crops':>23}")
+    camera, camera_box = cameraman()
+    for label, options in DETECTOR_CHOICES.items():
+        detector = build_detector(options)
+        cells = []
+        for masked in (False, True):
+            hits = [found(detector.detect(rgb), box, 0.3) for rgb, box in lfw_canvases(masked)]
+            cells.append(f"{sum(hits)}/{len(hits)}")
+        for masked in (False, True):
+            hits = [found(detector.detect(rgb), boxes[0]) for rgb, boxes in astronaut_scenes(masked)]
+            cells.append(f"{sum(hits)}/{len(hits)}")
+        cells.append("found" if found(detector.detect(camera), camera_box) else "missed")
+        false_photos = sum(len(detector.detect(rgb)) for _, rgb in photos)
+        false_crops = sum(len(detector.detect(rgb)) for rgb, _ in lfw_canvases(False, faces=False))
+        print(f"{label:<32}{cells[0]:>10}{cells[1]:>12}{cells[2]:>12}{cells[3]:>14}{cells[4]:>11}"
+              f"{f'{false_photos} + {false_crops}':>23}")
+
+
+def crowd_frame(count: int) -> np.ndarray:
+    """A 640x480 frame with ``count`` (4 or 12) heads in a grid, every other one masked."""
+    head, box = astronaut_head()
+    heads = [(paint_mask(head, box) if k % 2 else head, box) for k in range(count)]
+    columns, rows = (2, 2) if count <= 4 else (4, 3)
+    scale = min(640 / columns, 480 / rows) / 200 * (0.75 if count <= 4 else 0.95)
+    cell_w, cell_h = 640 // columns, 480 // rows
+    scene, _ = compose(plain_background(), heads, [(c * cell_w + 4, r * cell_h + 4, scale)
+                                                  for r in range(rows) for c in range(columns)][:count])
+    return scene
+
+
+def best_seconds(runs: dict, repeats: int, number: int) -> dict:
+    """Seconds per call of each function: the best of ``repeats`` rounds of ``number`` calls, the rounds of
+    all functions interleaved (timeit's rule: on a shared machine the minimum is the least disturbed)."""
+    for run in runs.values():
+        run()  # warm-up
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], timeit.timeit(run, number=number) / number)
+    return best
+
+
+def throughput(repeats: int = 20, number: int = 1) -> None:
+    from maskdet.detect import analyse, build_detector, classify_crops, face_crops
+    from maskdet.models import MaskClassifier
+
+    detector = build_detector({"name": "haar"})
+    print(f"\nThroughput on 640x480 frames (Haar detector, {torch.get_num_threads()} threads): frames/s, best of "
+          f"{repeats} rounds of {number} frames")
+    print(f"{'model':<26}{'faces':>6}{'detection only':>16}{'per-face loop':>16}{'maskdet (batched)':>20}{'ratio':>8}")
+    for architecture, size in (("custom_cnn", 32), ("mobilenet_v2", 224)):
+        model = MaskClassifier(architecture, num_classes=4, image_size=size, weights=None).eval()
+        for count in (4, 12):
+            frame = crowd_frame(count)
+
+            def per_face(model=model, size=size, frame=frame):
+                image = Image.fromarray(frame)
+                for face in detector.detect(frame):  # one crop, one forward pass per face
+                    classify_crops(model, face_crops(image, [face], size, detector.margin))
+
+            seconds = best_seconds({"detect": lambda frame=frame: detector.detect(frame), "per_face": per_face,
+                                    "batched": lambda model=model, frame=frame: analyse(model, detector, frame)},
+                                   repeats, number)
+            fps = {name: 1 / s for name, s in seconds.items()}
+            found = len(detector.detect(frame))
+            print(f"{architecture + f' at {size} px':<26}{found:>6}{fps['detect']:>16.1f}{fps['per_face']:>16.1f}"
+                  f"{fps['batched']:>20.1f}{fps['batched'] / fps['per_face']:>7.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", help="recall, throughput (default: both)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--number", type=int, default=1, help="frames per round")
+    args = parser.parse_args()
+    args.parts = args.parts or ["recall", "throughput"]
+    if set(args.parts) - {"recall", "throughput"}:
+        parser.error(f"unknown part {sorted(set(args.parts) - {'recall', 'throughput'})}: choose recall, throughput")
+    if "recall" in args.parts:
+        recall()
+    if "throughput" in args.parts:
+        throughput(args.repeats, args.number)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""Find the faces in photos and video frames, then classify each face with a checkpoint (no Hydra here).
+
+The classifiers are trained on face crops; people have group photos and videos. A detector (chosen by
+``build_detector``) turns an RGB frame into boxes; each box is widened by the detector's ``margin`` into a
+square crop framed like a training crop, preprocessed exactly as training images are (PIL RGB, bilinear
+resize to the checkpoint's image_size, as ``images.load_resized``), and all faces of a frame go through the
+classifier together, in batches. ``detect_and_classify`` does this for photo and video files, writes
+annotated copies, and returns one row per face, one summary row per analysed frame and the skipped files.
+
+Detectors (OpenCV, the optional ``detect`` extra; nothing is downloaded at run time):
+
+* ``haar``: the frontal-face Haar cascades that opencv-python-headless 4.x ships (``cv2.data.haarcascades``;
+  the 5.x wheels no longer ship them), optionally with the profile cascade. Trained on bare faces: it
+  misses many masked faces (benchmarks/detect.py measures how many).
+* ``onnx``: a YuNet face detector in ONNX format supplied by the user (``model_path``), run by
+  ``cv2.FaceDetectorYN``. Other ONNX detectors (RetinaFace exports and the like) have other outputs and
+  are refused with a message when they are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from maskdet.data.images import BadImageError, display_path, load_rgb, skip
+from maskdet.errors import ConfigError
+from maskdet.finite import require_finite
+
+INSTALL = "pip install 'maskdet[detect]'"
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv"}
+# What annotated videos are written with: these two encoders are in the FFmpeg that the
+# opencv-python-headless wheels bundle (H.264 is not); other containers are written as .mp4.
+VIDEO_WRITERS = {".avi": "MJPG", ".mp4": "mp4v"}
+UNMASKED = "without_mask"  # the class that counts as "no mask" in the masked share
+# On the CPU a forward pass gets at most this many input pixels (4 crops at 224 px): measured here
+# (benchmarks/detect.py), MobileNetV2 classifies 12 faces in 99 ms in batches of 4, in 187 ms in one batch of 12
+# (its activations no longer fit the CPU caches) and in 169 ms one by one. At 32 px this allows 196 crops.
+CPU_BATCH_PIXELS = 4 * 224 * 224
+
+
+def require_cv2():
+    """The cv2 module, or a ConfigError saying how to install it."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise ConfigError(f"detect=true needs OpenCV, which is an optional extra: {INSTALL} (it installs "
+                          f"opencv-python-headless 4.x). Importing cv2 failed: {err}") from None
+    return cv2
+
+
+@dataclass(frozen=True)
+class Face:
+    """A face box in pixels of the frame (x, y: top left) and the detector's score for it."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float
+
+
+class HaarDetector:
+    """OpenCV's Viola-Jones face cascades, as shipped in opencv-python-headless 4.x.
+
+    ``score`` is the number of raw detections merged into the box (``detectMultiScale2``): higher is surer;
+    ``min_neighbors`` is the least a box needs to be kept. ``profile`` adds the profile cascade, run on the
+    frame and its mirror image (it finds left-facing profiles only), for faces turned sideways.
+    """
+
+    CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt": "haarcascade_frontalface_alt.xml",
+                "alt2": "haarcascade_frontalface_alt2.xml", "alt_tree": "haarcascade_frontalface_alt_tree.xml"}
+
+    def __init__(self, cascade: str = "default", profile: bool = False, scale_factor: float = 1.1,
+                 min_neighbors: int = 5, min_size: int = 24, equalize: bool = False, margin: float = 0.5):
+        cv2 = self.cv2 = require_cv2()
+        if cascade not in self.CASCADES:
+            raise ConfigError(f"detector.cascade={cascade} is not a Haar face cascade; choose one of "
+                              f"{', '.join(self.CASCADES)}.")
+        folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        if not folder or not Path(folder, self.CASCADES[cascade]).is_file():
+            raise ConfigError(f"OpenCV {cv2.__version__} has no Haar cascade files (the 5.x wheels no longer ship "
+                              f"cv2.data.haarcascades): install a 4.x wheel with {INSTALL}, or use detector=onnx.")
+        self.frontal = cv2.CascadeClassifier(str(Path(folder, self.CASCADES[cascade])))
+        self.profile = cv2.CascadeClassifier(str(Path(folder, "haarcascade_profileface.xml"))) if profile else None
+        if scale_factor <= 1 or min_neighbors < 0 or min_size < 1:
+            raise ConfigError(f"detector: scale_factor={scale_factor} must be above 1, min_neighbors={min_neighbors} "
+                              f"at least 0 and min_size={min_size} at least 1.")
+        self.options = {"scaleFactor": float(scale_factor), "minNeighbors": int(min_neighbors),
+                        "minSize": (int(min_size), int(min_size))}
+        self.equalize = equalize
+        self.margin = float(margin)
+
+    def _run(self, cascade, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes, votes = cascade.detectMultiScale2(gray, **self.options)
+        return np.asarray(boxes, dtype=int).reshape(-1, 4), np.asarray(votes, dtype=float).reshape(-1)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        cv2 = self.cv2
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if self.equalize:
+            gray = cv2.equalizeHist(gray)
+        boxes, votes = self._run(self.frontal, gray)
+        if self.profile is not None:
+            left, left_votes = self._run(self.profile, gray)
+            right, right_votes = self._run(self.profile, np.ascontiguousarray(gray[:, ::-1]))
+            right[:, 0] = gray.shape[1] - right[:, 0] - right[:, 2]  # back from the mirror image
+            boxes = np.concatenate([boxes, left, right])
+            votes = np.concatenate([votes, left_votes, right_votes])
+            # a face seen by two cascades is one face: OpenCV's non-maximum suppression keeps the surer box
+            keep = cv2.dnn.NMSBoxes(boxes.tolist(), votes.tolist(), 0.0, 0.3) if len(boxes) else []
+            boxes, votes = boxes[np.asarray(keep, dtype=int)], votes[np.asarray(keep, dtype=int)]
+        return [Face(int(x), int(y), int(w), int(h), float(v)) for (x, y, w, h), v in zip(boxes, votes)]
+
+
+class YuNetDetector:
+    """A user-supplied YuNet face detector (ONNX) run by ``cv2.FaceDetectorYN``; ``score`` is its face
+    probability. The model is checked on a blank frame when it is loaded, so a wrong file stops the run
+    before anything is written."""
+
+    def __init__(self, model_path: str | None = None, score_threshold: float = 0.6, nms_threshold: float = 0.3,
+                 top_k: int = 5000, margin: float = 0.35):
+        cv2 = self.cv2 = require_cv2()
+        supported = ("detector=onnx runs YuNet face detectors in ONNX format through cv2.FaceDetectorYN (for "
+                     "example face_detection_yunet_2023mar.onnx from the OpenCV model zoo; maskdet downloads "
+                     "nothing), or use detector=haar, which needs no file")
+        if model_path in (None, "", "???"):
+            raise ConfigError(f"detector.model_path is not set: {supported}. Pass detector.model_path=<file.onnx>.")
+        path = Path(str(model_path)).expanduser()
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ConfigError(f"detector.model_path={display_path(model_path)} {what}: {supported}.")
+        self.path = path
+        try:
+            self.net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), float(score_threshold),
+                                                 float(nms_threshold), int(top_k))
+            self.detect(np.zeros((320, 320, 3), np.uint8))
+        except cv2.error as err:
+            reason = str(err).strip().partition("error: ")[2] or str(err).strip()  # without OpenCV's source path
+            raise ConfigError(f"detector.model_path={display_path(path)} cannot be used as a YuNet face detector "
+                              f"(OpenCV: {reason[:300]}). {supported}.") from None
+        self.margin = float(margin)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        cv2 = self.cv2
+        height, width = rgb.shape[:2]
+        self.net.setInputSize((width, height))
+        _, found = self.net.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        faces = []
+        for row in ([] if found is None else found):  # x, y, w, h, five landmarks (x, y), score
+            x, y = max(0, round(row[0])), max(0, round(row[1]))
+            w, h = min(width, round(row[0] + row[2])) - x, min(height, round(row[1] + row[3])) - y
+            if w > 0 and h > 0:
+                faces.append(Face(int(x), int(y), int(w), int(h), float(row[14])))
+        return faces
+
+
+DETECTORS = {"haar": HaarDetector, "onnx": YuNetDetector}
+
+
+def build_detector(options: dict):
+    """The detector named by ``options["name"]`` with the other options as its settings.
+
+    A name, not Hydra's ``_target_``: ``instantiate`` would wrap the constructors' ConfigErrors in its
+    own exception, and the user would get a traceback instead of the message.
+    """
+    if not options:
+        raise ConfigError("detect=true needs a detector: detector=haar (built in) or detector=onnx "
+                          "detector.model_path=<YuNet .onnx file>.")
+    options = dict(options)
+    name = options.pop("name", None)
+    if name not in DETECTORS:
+        raise ConfigError(f"detector.name={name} is not a face detector; choose detector=haar or detector=onnx.")
+    try:
+        return DETECTORS[name](**options)
+    except TypeError as err:  # a setting the detector does not have
+        raise ConfigError(f"detector={name}: {err}.") from None
+
+
+def crop_box(face: Face, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
+    """The square crop (left, top, right, bottom) around ``face``, its side (1 + 2 * margin) times the box's,
+    moved (not padded) to stay inside the frame, since training crops have no padded borders."""
+    side = min(round(max(face.w, face.h) * (1 + 2 * margin)), width, height)
+    left = int(np.clip(round(face.x + face.w / 2 - side / 2), 0, width - side))
+    top = int(np.clip(round(face.y + face.h / 2 - side / 2), 0, height - side))
+    return left, top, left + side, top + side
+
+
+def face_crops(image: Image.Image, faces: Sequence[Face], size: int, margin: float) -> np.ndarray:
+    """The faces' crops as uint8 NHWC, each resized exactly as ``images.load_resized`` resizes a file."""
+    crops = []
+    for face in faces:
+        crop = image.crop(crop_box(face, image.width, image.height, margin))
+        if crop.size != (size, size):
+            crop = crop.resize((size, size), Image.BILINEAR)
+        crops.append(np.asarray(crop, dtype=np.uint8))
+    return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+
+
+def classify_crops(model, crops: np.ndarray, batch_size: int = 64, what: str = "faces") -> np.ndarray:
+    """Class probabilities (N x classes) for uint8 NHWC crops, ``batch_size`` crops per forward pass (fewer
+    on the CPU for large crops, see CPU_BATCH_PIXELS)."""
+    if not len(crops):
+        return np.zeros((0, len(model.hparams.class_names)), np.float32)
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        batch_size = min(batch_size, max(1, CPU_BATCH_PIXELS // crops.shape[1] ** 2))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            batch = torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            out.append(model(batch).float().softmax(1).cpu().numpy())
+    probs = np.concatenate(out)
+    require_finite(probs, f"class probabilities of {what}")
+    return probs
+
+
+@dataclass
+class FrameResult:
+    """The faces found in one frame and their class probabilities (same order)."""
+
+    faces: list[Face]
+    probs: np.ndarray
+
+
+def analyse(model, detector, rgb: np.ndarray, batch_size: int = 64, what: str = "a frame") -> FrameResult:
+    """Detect the faces in an RGB (HWC uint8) frame and classify each."""
+    faces = detector.detect(rgb)
+    crops = face_crops(Image.fromarray(rgb), faces, int(model.hparams.image_size), detector.margin)
+    return FrameResult(faces, classify_crops(model, crops, batch_size, f"the faces in {what}"))
+
+
+def _palette(names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """Red for faces without a mask, distinct greens and blues for the mask classes."""
+    others = [(40, 200, 80), (40, 140, 255), (255, 170, 20), (190, 80, 230), (20, 200, 200)]
+    masked = [n for n in names if n != UNMASKED]
+    return {UNMASKED: (230, 30, 30), **{n: others[i % len(others)] for i, n in enumerate(masked)}}
+
+
+def draw(image: Image.Image, result: FrameResult, names: Sequence[str]) -> Image.Image:
+    """``image`` with a coloured box and a "class confidence" label for every face (drawn in place)."""
+    colours = _palette(names)
+    pen = ImageDraw.Draw(image)
+    for face, p in zip(result.faces, result.probs):
+        name, colour = names[int(p.argmax())], colours[names[int(p.argmax())]]
+        width = max(2, round(face.w / 40))
+        pen.rectangle([face.x, face.y, face.x + face.w - 1, face.y + face.h - 1], outline=colour, width=width)
+        font = ImageFont.load_default(size=max(11, min(28, round(face.w / 7))))
+        text = f"{name} {p.max():.2f}"
+        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        label_w, label_h = right - left + 4, bottom - top + 4
+        x = max(0, min(face.x, image.width - label_w))  # above the box, inside the image
+        y = face.y - label_h if face.y >= label_h else min(face.y + face.h, image.height - label_h)
+        pen.rectangle([x, y, x + label_w, y + label_h], fill=colour)
+        pen.text((x + 2 - left, y + 2 - top), text, fill=(0, 0, 0) if sum(colour) > 400 else (255, 255, 255), font=font)
+    return image
+
+
+def _face_rows(source: str, frame: int, result: FrameResult, names: Sequence[str]) -> list[dict]:
+    return [{"source": source, "frame": frame, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "detector_score": f.score,
+             "prediction": names[int(p.argmax())], "confidence": float(p.max()),
+             **{f"prob_{n}": float(v) for n, v in zip(names, p)}}
+            for f, p in zip(result.faces, result.probs)]
+
+
+def _frame_row(source: str, frame: int, time_s: float, result: FrameResult, names: Sequence[str]) -> dict:
+    predicted = [names[int(p.argmax())] for p in result.probs]
+    row = {"source": source, "frame": frame, "time_s": round(time_s, 3), "faces": len(predicted)}
+    if UNMASKED in names:  # a checkpoint with other class names has no notion of "masked"
+        masked = sum(n != UNMASKED for n in predicted)
+        row.update(masked=masked, masked_share=masked / len(predicted) if predicted else float("nan"))
+    return {**row, **{f"n_{n}": predicted.count(n) for n in names}}
+
+
+@dataclass
+class Scenes:
+    """What ``detect_and_classify`` found: faces (one row per face), frames (one row per analysed frame
+    or photo, with zero faces too), skipped (path, reason)."""
+
+    faces: pd.DataFrame
+    frames: pd.DataFrame
+    skipped: list[dict]
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def annotated_video_path(folder: Path, index: int, source: Path) -> Path:
+    suffix = source.suffix.lower() if source.suffix.lower() in VIDEO_WRITERS else ".mp4"
+    return folder / f"{index:05d}_{source.stem}{suffix}"
+
+
+def _video(model, detector, path: Path, index: int, every_n: int, batch_size: int, folder: Path | None,
+           progress: Progress) -> tuple[list[dict], list[dict], list[dict]]:
+    """Faces and frame rows of one video, and its skip entries; every ``every_n``-th frame is analysed and
+    the frames between keep the last boxes in the annotated copy, which has every frame of the input."""
+    cv2 = require_cv2()
+    names = list(model.hparams.class_names)
+    capture = cv2.VideoCapture(str(path))
+    faces, frames, writer = [], [], None
+    try:
+        ok, bgr = capture.read() if capture.isOpened() else (False, None)
+        if not ok:
+            return [], [], [skip(path, "cannot be read as a video: OpenCV (FFmpeg) could not open it or decode a "
+                                       "frame; it may be damaged or use a codec this OpenCV build lacks")]
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if folder is not None:
+            target = annotated_video_path(folder, index, path)
+            writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*VIDEO_WRITERS[target.suffix]), fps,
+                                     (bgr.shape[1], bgr.shape[0]))
+            if not writer.isOpened():
+                raise ConfigError(f"OpenCV cannot write the annotated video {target} with the "
+                                  f"{VIDEO_WRITERS[target.suffix]} codec; run with annotate=false to skip annotated copies.")
+        task = progress.add_task(path.name, total=expected or None)
+        number, result = 0, FrameResult([], np.zeros((0, len(names))))
+        while ok:
+            if number % every_n == 0:
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                result = analyse(model, detector, rgb, batch_size, f"{display_path(path)} frame {number}")
+                faces += _face_rows(str(path), number, result, names)
+                frames.append(_frame_row(str(path), number, number / fps, result, names))
+            if writer is not None:
+                image = draw(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), result, names)
+                writer.write(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
+            number += 1
+            progress.advance(task)
+            ok, bgr = capture.read()
+        progress.remove_task(task)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    skipped = []
+    if number < expected:  # the container promised more frames than could be decoded
+        skipped.append(skip(path, f"only {number} of its {expected} frames could be decoded (damaged or cut "
+                                  f"short); the rest were not analysed"))
+    return faces, frames, skipped
+
+
+def detect_and_classify(model, detector, files: Iterable[Path], batch_size: int = 64, every_n_frames: int = 1,
+                        annotate_dir: Path | None = None, progress: bool = True) -> Scenes:
+    """Faces found and classified in photo and video ``files``; annotated copies into ``annotate_dir``.
+
+    Photos are turned upright by their EXIF orientation (as ``load_rgb`` does for training), so box
+    coordinates are those of the upright photo. A file that cannot be read is skipped with its reason.
+    """
+    if int(every_n_frames) < 1:
+        raise ConfigError(f"every_n_frames={every_n_frames} must be 1 or more (1 analyses every frame).")
+    names = list(model.hparams.class_names)
+    model.eval()
+    if annotate_dir is not None:
+        annotate_dir.mkdir(parents=True, exist_ok=True)
+    faces, frames, skipped = [], [], []
+    files = list(files)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=True, disable=not progress) as bar:
+        task = bar.add_task("photos and videos", total=len(files))
+        for index, path in enumerate(files):
+            if is_video(path):
+                rows, summary, problems = _video(model, detector, path, index, int(every_n_frames), batch_size,
+                                                 annotate_dir, bar)
+                faces += rows
+                frames += summary
+                skipped += problems
+            else:
+                try:
+                    image = load_rgb(path)
+                except BadImageError as err:
+                    skipped.append(skip(path, str(err)))
+                    bar.advance(task)
+                    continue
+                result = analyse(model, detector, np.asarray(image), batch_size, display_path(path))
+                faces += _face_rows(str(path), 0, result, names)
+                frames.append(_frame_row(str(path), 0, 0.0, result, names))
+                if annotate_dir is not None:
+                    draw(image, result, names).save(annotate_dir / f"{index:05d}_{path.stem}.jpg", quality=90)
+            bar.advance(task)
+    face_columns = ["source", "frame", "x", "y", "w", "h", "detector_score", "prediction", "confidence",
+                    *[f"prob_{n}" for n in names]]
+    frame_columns = ["source", "frame", "time_s", "faces", *(["masked", "masked_share"] if UNMASKED in names else []),
+                     *[f"n_{n}" for n in names]]
+    return Scenes(pd.DataFrame(faces, columns=face_columns), pd.DataFrame(frames, columns=frame_columns), skipped)
