@@ -128,7 +128,8 @@ def _execute(notebook: str, parameter: str, cwd):
     nb = nbformat.read(REPO / "notebooks" / notebook, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
     name = nb.cells[0].source.split("=")[0].strip()
-    nb.cells[0].source = f"{name} = {parameter!r}"
+    if parameter is not None:  # None: run the notebook as shipped
+        nb.cells[0].source = f"{name} = {parameter!r}"
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
@@ -148,3 +149,23 @@ def test_notebooks_run_top_to_bottom_on_a_fresh_run(tiny_dataset, cache_dir, tmp
     outputs = [o for c in report.cells for o in c.get("outputs", [])]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 6  # confusion, bias, gradcam, galleries...
     assert not any("is missing" in o.get("text", "") for o in outputs)
+
+
+@pytest.mark.slow
+def test_the_run_report_notebook_as_shipped_opens_the_latest_run_or_a_sweep(tiny_dataset, cache_dir, tmp_path):
+    from maskdet.compare import main as compare
+    from maskdet.evaluation.cv import write_summary
+    from maskdet.train import train
+    from tests.conftest import compose_train
+
+    sweep = tmp_path / "outputs" / "train" / "multiruns" / "s"
+    for fold in (0, 1):
+        train(compose_train(["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", f"data.fold={fold}",
+                             "trainer.max_epochs=1", "~logger", "callbacks.explanations=null"],
+                            sweep / str(fold), cache_dir))
+    write_summary(sweep)
+    compare([str(sweep)])
+    shipped = _execute("run_report.ipynb", None, tmp_path)  # RUN_DIR = "latest": the sweep, newest under ./outputs
+    text = "".join(o.get("text", "") for c in shipped.cells for o in c.get("outputs", []))
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for c in shipped.cells for o in c.get("outputs", []))
+    assert "sweep outputs/train/multiruns/s" in text and "fold" in markdown
