@@ -240,8 +240,8 @@ def load_rgb(path: str | Path) -> Image.Image:
 def load_resized(path: str | Path, size: int) -> np.ndarray:
     """Decode and resize to ``size x size`` with PIL's antialiased bilinear filter; return uint8 HWC.
 
-    This is exactly what the seeds' ``Resize((s, s))`` did on PIL images, so the cached tensors equal the
-    seed-style path's input.
+    This is exactly what both source studies' ``Resize((s, s))`` did on PIL images, so the cached tensors
+    equal the per-item PIL path's input.
     """
     img = load_rgb(path)
     if img.size != (size, size):
