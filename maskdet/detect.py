@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from maskdet.data.augment import to_float
 from maskdet.data.images import BadImageError, display_path, load_rgb, skip
 from maskdet.errors import ConfigError
 from maskdet.finite import require_finite
@@ -214,7 +215,7 @@ def classify_crops(model, crops: np.ndarray, batch_size: int = 64, what: str = "
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):
-            batch = torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            batch = to_float(torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2))
             out.append(model(batch).float().softmax(1).cpu().numpy())
     probs = np.concatenate(out)
     require_finite(probs, f"class probabilities of {what}")

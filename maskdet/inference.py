@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from PIL import ImageDraw
 
+from maskdet.data.augment import to_float
 from maskdet.data.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -29,6 +30,7 @@ from maskdet.data.images import (
     skip,
 )
 from maskdet.errors import ConfigError
+from maskdet.finite import require_finite
 
 
 def list_inputs(spec: str, extensions: Collection[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[dict]]:
@@ -81,8 +83,9 @@ def predict_files(model, files: Sequence[Path], batch_size: int = 64, workers: i
             skipped += [skip(p, a) for p, a in zip(batch, loaded) if isinstance(a, str)]
             if not good:
                 continue
-            images = torch.from_numpy(np.stack([a for _, a in good])).to(device).float().div_(255)
+            images = to_float(torch.from_numpy(np.stack([a for _, a in good])).to(device))
             probs = model(images).float().softmax(1).cpu().numpy()
+            require_finite(probs, f"The checkpoint's probabilities for {good[0][0]} and the rest of its batch")
             for (path, _), p in zip(good, probs):
                 rows.append({"path": str(path), "prediction": names[int(p.argmax())], "confidence": float(p.max()),
                              **{f"prob_{n}": float(v) for n, v in zip(names, p)}})

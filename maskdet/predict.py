@@ -1,6 +1,6 @@
 """Classify face crops with a trained checkpoint.
 
-    python -m maskdet.predict ckpt_path=<run>/checkpoints/last.ckpt input=/photos/crops
+    python -m maskdet.predict ckpt_path=<run>/checkpoints/best.ckpt input=/photos/crops
     python -m maskdet.predict ckpt_path=... input='shots/*.png' annotate=true
 
 Writes predictions.csv (path, prediction, confidence, one probability column per class) and

@@ -15,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (as decoded and cached) to float in [0, 1], the input every maskdet model takes; the
+    one place this conversion is written (datamodule batches, predict, explain, feature caches, detect)."""
+    return images.float().div_(255)
+
+
 class BatchAugment(nn.Module):
     """Flip with probability ``flip``, rotate by U(-rotation, rotation) degrees, scale brightness and
     contrast by U(1-j, 1+j); input and output are float images in [0, 1], shape B x 3 x H x W.

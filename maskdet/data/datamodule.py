@@ -29,7 +29,8 @@ from torch.utils.data import (
 
 from maskdet.data import cache, sources
 from maskdet.data import duplicates as dups
-from maskdet.data.demographics import DEFAULT_AGE_BINS, age_groups, normalise_group
+from maskdet.data.augment import to_float
+from maskdet.data.demographics import DEFAULT_AGE_BINS, GROUP_COLUMNS, age_groups, normalise_group
 from maskdet.data.images import load_resized
 from maskdet.data.report import build_report
 from maskdet.data.splits import assign_splits, cap_per_class, read_splits_file, select_subset, splits_table
@@ -148,7 +149,7 @@ class MaskDataModule(L.LightningDataModule):
             raise ConfigError(f"data.fold={fold} is out of range for data.num_folds={num_folds} (0..{num_folds - 1}).")
         if not 0 < test_size < 1:
             raise ConfigError(f"data.test_size={test_size} must be a fraction between 0 and 1 (e.g. 0.3).")
-        groups = ("gender", "race", "age_group")
+        groups = GROUP_COLUMNS
         balance_by = [balance_by] if isinstance(balance_by, str) else list(balance_by or [])
         unknown = [str(c) for c in balance_by if c not in groups]
         if unknown:
@@ -386,7 +387,7 @@ class MaskDataModule(L.LightningDataModule):
         """uint8 -> float in [0, 1] on the device; augment training batches only."""
         if "image" not in batch:  # cached backbone features
             return batch
-        images = batch["image"].float().div_(255)
+        images = to_float(batch["image"])
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             images = self.augment(images)
         return {**batch, "image": images}

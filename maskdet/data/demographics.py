@@ -13,6 +13,10 @@ from collections.abc import Sequence
 import pandas as pd
 
 UNKNOWN = "unknown"
+# The one list of demographic columns: parsed from names (gender, race), binned from age (age_group).
+NAME_ATTRIBUTES = ("gender", "race")
+GROUP_COLUMNS = (*NAME_ATTRIBUTES, "age_group")
+DEMOGRAPHIC_COLUMNS = ("age", *GROUP_COLUMNS)
 GENDERS = {0: "male", 1: "female"}
 RACES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
 DEFAULT_AGE_BINS = (0, 13, 20, 40, 60, 120)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.jsonfile import write_json
-
-GROUP_COLUMNS = ("gender", "race", "age_group")
 
 
 def _nested_counts(frame: pd.DataFrame, columns: list[str]) -> dict:
@@ -43,7 +42,7 @@ def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str
             **{f"split_class_{g}": _nested_counts(used, ["split", "label_name", g]) for g in GROUP_COLUMNS},
         },
         "groups": {g: _nested_counts(used, [g]) for g in GROUP_COLUMNS},
-        "unknown_demographics": int((used["gender"] == "unknown").sum()),
+        "unknown_demographics": int((used["gender"] == UNKNOWN).sum()),
         **(leakage or {}),
         "skipped": list(skipped),
     }

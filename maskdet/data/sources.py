@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskdet.data.demographics import UNKNOWN, normalise_group, parse_utkface_name
+from maskdet.data.demographics import NAME_ATTRIBUTES, UNKNOWN, normalise_group, parse_utkface_name
 from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
 from maskdet.data.synthetic import CLASSES
 from maskdet.errors import DataError
 
-INDEX_COLUMNS = ["path", "label_name", "age", "gender", "race"]
+INDEX_COLUMNS = ["path", "label_name", "age", *NAME_ATTRIBUTES]
 SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 BINARY_LABELS = {
     "without_mask": "without_mask",
@@ -188,7 +188,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
             continue
         row = _row(path.resolve(), label)
         try:
-            for attribute in ("gender", "race"):
+            for attribute in NAME_ATTRIBUTES:
                 if record.get(attribute, "") != "":
                     row[attribute] = normalise_group(attribute, record[attribute])
         except ValueError as err:

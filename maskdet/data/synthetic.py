@@ -35,6 +35,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from maskdet.data.demographics import NAME_ATTRIBUTES
+
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 COMP6721_COUNTS = (2160, 2103, 2162, 2180)  # the COMP6721 study's class counts (8,605 images)
 GENERATOR_VERSION = 6  # bump when drawing changes, so cached datasets are regenerated
@@ -94,7 +96,7 @@ def make_spec(
     if size < 32:
         raise ValueError(f"data.synthetic.size must be at least 32 pixels, got {size}.")
     knob = bias if isinstance(bias, BiasKnob) else BiasKnob(**(dict(bias) if bias else {}))
-    if knob.attribute not in ("gender", "race"):
+    if knob.attribute not in NAME_ATTRIBUTES:
         raise ValueError(f"data.synthetic.bias.attribute must be 'gender' or 'race', got {knob.attribute!r}.")
     shared = 1 if shared_faces in (None, 0) else shared_faces
     if isinstance(shared, bool) or not isinstance(shared, int) or not 1 <= shared <= len(CLASSES):
@@ -368,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="one count for all classes or four counts (default: the COMP6721 study's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--bias-attribute", choices=["gender", "race"], default="race")
+    parser.add_argument("--bias-attribute", choices=list(NAME_ATTRIBUTES), default="race")
     parser.add_argument("--bias-group", type=int, default=1, help="code of the disadvantaged group")
     parser.add_argument("--bias-strength", type=float, default=0.0, help="0 = off, 1 = strongest")
     parser.add_argument("--shared-faces", type=int, default=1, help="draw each face under this many mask classes")

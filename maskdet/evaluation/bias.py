@@ -24,10 +24,10 @@ from fairlearn.metrics import MetricFrame, demographic_parity_difference, equali
 from scipy.stats import binomtest, norm  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score, recall_score  # noqa: E402
 
+from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.jsonfile import write_json
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
-UNKNOWN = "unknown"
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -56,7 +56,10 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarray:
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     """ECE over equal-width confidence bins; vectorised over leading axes (rows = bootstrap samples)."""
     confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(float)
     edges = np.linspace(0, 1, bins + 1)
@@ -96,7 +99,7 @@ def _bootstrap(y_true, y_pred, confidence, num_classes, n_boot, rng) -> dict[str
 
 def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     frame = predictions.copy()
-    for column in ("gender", "race", "age_group"):
+    for column in GROUP_COLUMNS:
         frame[column] = frame[column].fillna(UNKNOWN).astype(str) if column in frame else UNKNOWN
     frame["gender_x_race"] = np.where((frame["gender"] == UNKNOWN) | (frame["race"] == UNKNOWN), UNKNOWN,
                                       frame["gender"] + "/" + frame["race"])

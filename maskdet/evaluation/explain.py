@@ -22,7 +22,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from maskdet.data.augment import to_float
 from maskdet.errors import ConfigError  # noqa: E402
+from maskdet.evaluation.bias import ECE_BINS, expected_calibration_error
 from maskdet.finite import require_finite
 
 
@@ -139,9 +141,11 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
     return fig
 
 
-def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = 10) -> plt.Figure:
+def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_BINS) -> plt.Figure:
+    """Accuracy per confidence bin against the diagonal, with the ECE of the same bins in the title."""
     confidence = predictions["confidence"].to_numpy()
     correct = (predictions["label"] == predictions["prediction"]).to_numpy()
+    ece = float(expected_calibration_error(confidence, correct, bins)[0])
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
@@ -154,7 +158,7 @@ def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = 10) -
             ax.text(edges[b] + 0.5 / bins, 0.02, str(n), ha="center", fontsize=6, rotation=90)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram (test split; counts at the bottom)", fontsize=9)
+    ax.set_title(f"Reliability diagram, ECE {ece:.3f} ({bins} bins; test split; counts at the bottom)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -237,7 +241,7 @@ def predict_split(model: nn.Module, datamodule, split: str = "test") -> tuple[to
     device = next(model.parameters()).device
     images, labels, rows, probs = [], [], [], []
     for batch in loader:
-        x = batch["image"].to(device).float().div(255)
+        x = to_float(batch["image"].to(device))
         images.append(x.cpu())
         labels.append(batch["label"].cpu())  # batches are gathered on the GPU when the split lives there
         rows.append(batch["row"].cpu())

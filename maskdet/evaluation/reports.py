@@ -13,10 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
+from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
-
-DEMOGRAPHIC_COLUMNS = ["age", "gender", "race", "age_group"]
 
 
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
