@@ -5,17 +5,24 @@ training. The cache holds uint8 ``N x 3 x H x W`` in ``images.npy`` (memory-mapp
 ``meta.parquet``, each file's content digest and the reason it could not be decoded, if any. It is built
 in a temporary folder and renamed into place, so two processes building it at once both end with a
 complete cache and a half-built one is never read. The space a cache file needs is checked and
-reserved before it is written, and the temporary folders of interrupted builds are removed.
+reserved before it is written, and the temporary folders of interrupted builds are removed. Rows are
+written with ``os.pwrite`` in chunks, so building the cache of any number of files holds a bounded
+amount of memory, and a long build reports its progress.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from maskdet.data.images import BadImageError, load_resized, load_rgb
 from maskdet.errors import DataError
 
 CACHE_VERSION = 2  # 2: images are turned upright by their EXIF orientation; truncated PNGs refused
+log = logging.getLogger("maskdet.data")
 
 
 @dataclass
@@ -50,8 +58,8 @@ def fingerprint(paths: pd.Series, image_size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode_into(images: np.ndarray | None, i: int, path: str, size: int) -> tuple[str, str]:
-    """Decode file ``i`` into ``images[i]`` (or only check it when ``images`` is None)."""
+def _decode_into(images: _RowWriter | None, i: int, path: str, size: int) -> tuple[str, str]:
+    """Decode file ``i`` into row ``i`` of ``images`` (or only check it when ``images`` is None)."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -61,21 +69,30 @@ def _decode_into(images: np.ndarray | None, i: int, path: str, size: int) -> tup
         if images is None:
             load_rgb(path)
         else:
-            images[i] = load_resized(path, size).transpose(2, 0, 1)
+            images.write(i, load_resized(path, size).transpose(2, 0, 1))
     except BadImageError as err:
         return str(err), digest
     return "", digest
 
 
-def _decode_all(images: np.ndarray | None, paths: pd.Series, size: int, workers: int | None) -> list[tuple[str, str]]:
-    # PIL releases the GIL while decoding and resizing, so threads use every core without copying arrays.
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda a: _decode_into(images, a[0], a[1], size), enumerate(paths)))
+def _decode_all(images: _RowWriter | None, paths: pd.Series, size: int, workers: int | None,
+                what: str) -> list[tuple[str, str]]:
+    """(error, digest) of every file, decoded by threads: PIL releases the GIL while decoding and resizing,
+    so threads use every core without copying arrays. Files are handed out in chunks, because
+    ``ThreadPoolExecutor.map`` queues a task per item at once (about 2 kB each: 200 MB for 100k files)."""
+    paths, results = list(paths), []
+    chunk = min(4096, max(256, len(paths) // 20))
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, _progress(what, len(paths)) as advance:
+        for start in range(0, len(paths), chunk):
+            part = range(start, min(start + chunk, len(paths)))
+            results += pool.map(lambda i: _decode_into(images, i, paths[i], size), part)
+            advance(len(part))
+    return results
 
 
 def validate(paths: pd.Series, workers: int | None = None) -> DecodedImages:
     """Decode every file once without keeping pixels (the streaming path), to refuse bad files up front."""
-    results = _decode_all(None, paths, 0, workers)
+    results = _decode_all(None, paths, 0, workers, f"checking {len(paths):,} images")
     return DecodedImages(None, pd.Series([r[0] for r in results]), pd.Series([r[1] for r in results]), None)
 
 
@@ -105,6 +122,60 @@ def _reserve(path: Path, size: int, what: str, remedy: str) -> None:
         os.close(fd)
 
 
+class _RowWriter:
+    """Rows of a new ``.npy`` file (header written, disk space reserved), written with ``os.pwrite``.
+
+    A writable memory map would do the same, but every page written stays in the process's resident
+    memory until the map is closed (the whole file by the end of the build); ``pwrite`` leaves the
+    written pages to the operating system's page cache, so the process holds one row per thread.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, what: str, remedy: str):
+        dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        with open(path, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                          "fortran_order": False, "shape": tuple(shape)})
+            self.offset = handle.tell()
+            handle.truncate(self.offset + shape[0] * self.row_bytes)  # unwritten rows read as zeros
+        _reserve(path, self.offset + shape[0] * self.row_bytes, what, remedy)
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data)
+        if os.pwrite(self.fd, data, self.offset + row * self.row_bytes) != self.row_bytes:  # only on a full disk
+            raise OSError(errno.ENOSPC, "short write")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@contextmanager
+def _progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Report a long build: a rich progress bar when stderr is a terminal, otherwise a log line (logger
+    ``maskdet.data``) at about every 10 %. Yields ``advance(n)``, to call as items are done."""
+    start, done, reported = time.perf_counter(), 0, 0
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(what, total=total)
+            yield lambda n: bar.advance(task, n)
+    else:
+        log.info("%s ...", what)
+
+        def advance(n: int) -> None:
+            nonlocal done, reported
+            done += n
+            if done * 10 // max(total, 1) > reported and done < total:
+                reported = done * 10 // max(total, 1)
+                log.info("%s: %d %% (%s of %s)", what, 100 * done // total, f"{done:,}", f"{total:,}")
+
+        yield advance
+    log.info("%s: done in %.1f s", what, time.perf_counter() - start)
+
+
 def remove_orphans(folder: Path) -> None:
     """Remove the temporary files and folders (``.<final name>-<random>``) that interrupted builds left
     in ``folder``. One is an orphan when nobody holds the lock of its final name: a live build holds it
@@ -127,13 +198,14 @@ def build(paths: pd.Series, image_size: int, folder: Path, workers: int | None =
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         n = len(paths)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(n, 3, image_size, image_size))
-        _reserve(tmp / "images.npy", os.path.getsize(tmp / "images.npy"), f"the decoded cache of {n} images at "
-                 f"{image_size} px in {folder.parent}", "set data.cache_dir=<a folder on a larger disk> or data.decoded_cache=false")
-        results = _decode_all(images, paths, image_size, workers)
-        images.flush()
-        del images
+        images = _RowWriter(tmp / "images.npy", (n, 3, image_size, image_size), np.uint8, f"the decoded cache of "
+                            f"{n} images at {image_size} px in {folder.parent}", "set data.cache_dir=<a folder on a "
+                            "larger disk> or data.decoded_cache=false")
+        try:
+            results = _decode_all(images, paths, image_size, workers,
+                                  f"decoding {n:,} images at {image_size} px into {folder}")
+        finally:
+            images.close()
         meta = pd.DataFrame({"path": list(paths), "error": [r[0] for r in results], "digest": [r[1] for r in results]})
         meta.to_parquet(tmp / "meta.parquet", index=False)
         try:
@@ -183,24 +255,34 @@ def load_or_build_features(decoded: DecodedImages, key: str, extract, batch_size
 
 
 def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int) -> None:
+    """Features batch by batch into a temporary file renamed into place: images are read with a RowReader
+    and features written with a _RowWriter, so memory holds one batch whatever the dataset's size. Rows of
+    undecodable images stay zero."""
     import torch
 
+    from maskdet.data.augment import to_float
+
     valid = np.flatnonzero(decoded.errors.to_numpy() == "")
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(valid), batch_size):
-            rows = valid[start:start + batch_size]
-            images = torch.from_numpy(np.ascontiguousarray(decoded.images[rows])).float().div_(255)
-            chunks.append(extract(images).float().cpu().numpy())
-    features = np.zeros((len(decoded.errors), chunks[0].shape[1]), dtype=np.float32)
-    features[valid] = np.concatenate(chunks)
+    reader, out = RowReader(decoded.images), None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=decoded.folder)  # the name remove_orphans expects
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            _reserve(Path(tmp), features.nbytes + 4096, f"the backbone features {path}",  # 4096: the .npy header
-                     "set data.cache_dir=<a folder on a larger disk> or data.feature_cache=false")
-            np.save(handle, features)
-            handle.truncate()  # drop the unused part of the reservation
+        try:
+            with _progress(f"computing backbone features of {len(valid):,} images", len(valid)) as advance, \
+                    torch.inference_mode():
+                for start in range(0, len(valid), batch_size):
+                    rows = valid[start:start + batch_size]
+                    features = extract(to_float(torch.from_numpy(reader.read(rows)))).float().cpu().numpy()
+                    if out is None:  # the width is known from the first batch
+                        out = _RowWriter(Path(tmp), (len(decoded.errors), features.shape[1]), np.float32,
+                                         f"the backbone features {path}", "set data.cache_dir=<a folder on a "
+                                         "larger disk> or data.feature_cache=false")
+                    for row, feature in zip(rows, features):
+                        out.write(int(row), feature)
+                    advance(len(rows))
+        finally:
+            if out is not None:
+                out.close()
         os.replace(tmp, path)  # atomic: a reader sees the old state or the whole file
     finally:
         Path(tmp).unlink(missing_ok=True)
