@@ -149,3 +149,24 @@ class RunFolderCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "sweep")
+
+
+def checkpoint_and_data(cfg: DictConfig):
+    """The checkpoint's model and a set-up datamodule for the data it was trained on (the run's own data
+    config with this command's ``data.*`` overrides, see ``checkpoints.run_data_config``), at the
+    checkpoint's image size and without augmentation; shared by evaluate, explain and export."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from maskdet.checkpoints import load_classifier, run_data_config
+    from maskdet.config import check_keys
+
+    task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
+    data_overrides = [o for o in task if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
+    model = load_classifier(cfg.ckpt_path)
+    data_cfg = run_data_config(cfg.ckpt_path, data_overrides, cfg.data)
+    check_keys(data_cfg, "data")
+    datamodule = instantiate(data_cfg, image_size=model.hparams.image_size, augment=None)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return model, datamodule, data_cfg

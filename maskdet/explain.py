@@ -12,10 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from maskdet.cli import entry_point
+from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import exit_on_error
-from maskdet.evaluate import checkpoint_and_data
 from maskdet.evaluation.explain import write_explanations
 from maskdet.preflight import check_config
 

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from maskdet.cli import entry_point
+from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import MaskdetError, exit_on_error
-from maskdet.evaluate import checkpoint_and_data
-from maskdet.evaluation.explain import predict_split
 from maskdet.evaluation.model_card import model_card
 from maskdet.finite import require_finite
+from maskdet.inference import predict_split
 from maskdet.jsonfile import write_json
 from maskdet.preflight import check_config
 

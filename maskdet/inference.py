@@ -104,3 +104,20 @@ def annotate(predictions: pd.DataFrame, folder: Path) -> None:
         draw.rectangle([0, 0, box[2] + 2, box[3] + 2], fill=(0, 0, 0))
         draw.text((2, 2), text, fill=(255, 255, 255))
         img.save(folder / f"{i:05d}_{Path(row.path).stem}.jpg", quality=90)
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, datamodule, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (float, [0, 1]), labels, index rows and probabilities of one split, on the model's device."""
+    loader = datamodule.image_dataloader(split)
+    device = next(model.parameters()).device
+    images, labels, rows, probs = [], [], [], []
+    for batch in loader:
+        x = to_float(batch["image"].to(device))
+        images.append(x.cpu())
+        labels.append(batch["label"].cpu())  # batches are gathered on the GPU when the split lives there
+        rows.append(batch["row"].cpu())
+        probs.append(model(x).float().softmax(1).cpu())
+    probs = torch.cat(probs)
+    require_finite(probs, f"The model's probabilities on the {split} split")
+    return torch.cat(images), torch.cat(labels), torch.cat(rows), probs

@@ -25,10 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
+from maskdet.checkpoints import load_classifier
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.errors import exit_on_error
-from maskdet.evaluate import load_classifier
 from maskdet.inference import annotate, list_inputs, predict_files
 from maskdet.preflight import check_config
 

@@ -152,8 +152,8 @@ def test_evaluate_reproduces_the_run_and_evaluates_subsets(trained_run, small_da
 def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):
     import torch
 
+    from maskdet.checkpoints import load_classifier
     from maskdet.errors import ConfigError
-    from maskdet.evaluate import load_classifier
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_classifier(tmp_path / "nope.ckpt")

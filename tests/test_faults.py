@@ -188,7 +188,7 @@ def test_no_prediction_is_derived_from_nan_probabilities(trained, tiny_dataset, 
 
 def test_export_parity_fails_on_non_finite_output(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from maskdet.evaluate import load_classifier
+    from maskdet.checkpoints import load_classifier
     from maskdet.export import check_parity, export_onnx
     from maskdet.finite import DivergedError
 

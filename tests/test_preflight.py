@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import cli_env, compose_train
 
+from maskdet.checkpoints import load_classifier
 from maskdet.errors import ConfigError
-from maskdet.evaluate import load_classifier
 from maskdet.models import MaskClassifier
 from maskdet.preflight import check_config, writable_problem
 from maskdet.train import main as train_main

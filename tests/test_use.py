@@ -62,7 +62,7 @@ def test_predict_a_folder_with_good_and_bad_files(cnn_ckpt, tiny_dataset, cache_
 def test_a_prediction_equals_what_evaluate_gives(cnn_ckpt):
     from pathlib import Path
 
-    from maskdet.evaluate import load_classifier
+    from maskdet.checkpoints import load_classifier
     from maskdet.inference import predict_files
 
     run = Path(cnn_ckpt).parent.parent

@@ -22,10 +22,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from maskdet.data.augment import to_float
 from maskdet.errors import ConfigError  # noqa: E402
 from maskdet.evaluation.bias import ECE_BINS, expected_calibration_error
-from maskdet.finite import require_finite
+from maskdet.inference import predict_split
 
 
 def find_target_layer(model: nn.Module, image_size: int, name: str | None = None) -> str:
@@ -232,23 +231,6 @@ def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return fig
-
-
-@torch.no_grad()
-def predict_split(model: nn.Module, datamodule, split: str = "test") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images (float, [0, 1]), labels, index rows and probabilities of one split, on the model's device."""
-    loader = datamodule.image_dataloader(split)
-    device = next(model.parameters()).device
-    images, labels, rows, probs = [], [], [], []
-    for batch in loader:
-        x = to_float(batch["image"].to(device))
-        images.append(x.cpu())
-        labels.append(batch["label"].cpu())  # batches are gathered on the GPU when the split lives there
-        rows.append(batch["row"].cpu())
-        probs.append(model(x).float().softmax(1).cpu())
-    probs = torch.cat(probs)
-    require_finite(probs, f"The model's probabilities on the {split} split")
-    return torch.cat(images), torch.cat(labels), torch.cat(rows), probs
 
 
 def write_explanations(model, datamodule, output_dir: str | Path, per_class: int = 3, low_confidence: float = 0.6,

@@ -1,0 +1,54 @@
+"""A trained checkpoint and the data it was trained on, for every command that uses a finished run
+(evaluate, explain, export, predict). OmegaConf only: the entry points pass in their command-line overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from maskdet.errors import ConfigError
+from maskdet.models import MaskClassifier
+from maskdet.preflight import read_checkpoint
+
+log = logging.getLogger("maskdet.checkpoints")
+
+
+def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
+    """Load a maskdet checkpoint safely (``weights_only``); refuse anything else with a clear message."""
+    checkpoint = read_checkpoint(ckpt_path)
+    hparams = checkpoint["hyper_parameters"]
+    model = MaskClassifier(**{**hparams, "weights": None})  # the state dict below replaces any initial weights
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        first = " ".join([line.strip() for line in str(err).splitlines() if line.strip()][:2]).rstrip(".")
+        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit the model its hyper-parameters describe "
+                          f"({hparams['architecture']}, {len(hparams['class_names'])} classes, "
+                          f"{hparams['image_size']} px): {first}. The file was changed after maskdet.train wrote "
+                          "it; use a checkpoint as written by maskdet.train.") from None
+    return model.eval()
+
+
+def run_data_config(ckpt_path: str | Path, data_overrides: list[str], fallback: DictConfig) -> DictConfig:
+    """The data config of the run that wrote ``ckpt_path`` (``<run>/.hydra/config.yaml``), so the split is
+    the one the model was trained with, with this command's ``data.*`` overrides applied on top;
+    ``fallback`` (the command's own ``data``) when a ``data=<source>`` override replaces it or the run's
+    config is missing. The cache folder is always the command's."""
+    run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    if any(o.startswith("data=") for o in data_overrides) or not run_config.is_file():
+        if not run_config.is_file():
+            log.warning("%s not found: using data settings from the command line and defaults", run_config)
+        return fallback
+    data = OmegaConf.load(run_config).data
+    OmegaConf.set_struct(data, False)
+    for override in data_overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if override.startswith("~"):
+            OmegaConf.update(data, key.removeprefix("~data."), None, force_add=True)
+        else:
+            OmegaConf.update(data, key.removeprefix("data."), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
+    OmegaConf.update(data, "cache_dir", fallback.cache_dir)
+    return data
