@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
+from maskdet.console import summary
 from maskdet.data.report import write_report
 from maskdet.errors import ConfigError, exit_on_error
 from maskdet.evaluation.reports import write_metrics
@@ -45,6 +46,9 @@ def evaluate(cfg: DictConfig) -> dict:
                "data": OmegaConf.to_container(data_cfg, resolve=True)}
     write_metrics(metrics, output_dir)
     log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
+    summary("run folder: %s", output_dir)
+    summary("test acc %.4f, macro-F1 %.4f on %d images", metrics["test"]["test/acc"], metrics["test"]["test/f1"],
+            int((datamodule.index["selected"] & (datamodule.index["split"] == "test")).sum()))
     return metrics
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
+from maskdet.console import summary
 from maskdet.errors import exit_on_error
 from maskdet.evaluation.explain import write_explanations
 from maskdet.preflight import check_config
@@ -25,7 +26,7 @@ register_resolvers()
 def explain(cfg: DictConfig) -> dict:
     model, datamodule, _ = checkpoint_and_data(cfg)
     result = write_explanations(model, datamodule, Path(cfg.paths.output_dir), **cfg.explain)
-    log.info("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)
+    summary("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)
     for note in result["notes"]:
         log.warning("%s", note)
     return result

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
+from maskdet.console import summary
 from maskdet.errors import MaskdetError, exit_on_error
 from maskdet.evaluation.model_card import model_card
 from maskdet.finite import require_finite
@@ -102,7 +103,7 @@ def export(cfg: DictConfig) -> dict:
                "checkpoint": str(ckpt_path), "parity": parity}
     write_json(out / "model.json", sidecar)
     (out / "model_card.md").write_text(model_card(model, ckpt_path, sidecar))
-    log.info("exported %s (parity on %d test images: max diff %.1e)", onnx_path, parity["images"], parity["max_abs_diff"])
+    summary("exported %s (parity on %d test images: max diff %.1e)", onnx_path, parity["images"], parity["max_abs_diff"])
     return sidecar
 
 

@@ -28,7 +28,8 @@ from rich.progress import track
 from maskdet.checkpoints import load_classifier
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
-from maskdet.errors import exit_on_error
+from maskdet.console import summary
+from maskdet.errors import DataError, exit_on_error
 from maskdet.inference import annotate, list_inputs, predict_files
 from maskdet.preflight import check_config
 
@@ -57,9 +58,12 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
     if cfg.annotate:
         annotate(predictions, out / "annotated")
-    log.info("%d images predicted, %d skipped; %s", len(predictions), len(skipped), out / "predictions.csv")
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
+    summary("%d images predicted, %d skipped; %s", len(predictions), len(skipped), out / "predictions.csv")
+    if predictions.empty:
+        raise DataError(f"None of the files named by input={cfg.input} could be classified ({len(skipped)} skipped, "
+                        f"each with its reason in {out / 'skipped.csv'}).")
     return predictions
 
 
@@ -77,10 +81,13 @@ def predict_scenes(cfg: DictConfig, model, detector) -> pd.DataFrame:
     scenes.faces.to_csv(out / "predictions.csv", index=False)
     scenes.frames.to_csv(out / "frames.csv", index=False)
     pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
-    log.info("%d faces in %d photos or video frames, %d files skipped; %s", len(scenes.faces), len(scenes.frames),
-             len(skipped), out / "predictions.csv")
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
+    summary("%d faces in %d photos or video frames, %d files skipped; %s", len(scenes.faces), len(scenes.frames),
+            len(skipped), out / "predictions.csv")
+    if scenes.frames.empty:
+        raise DataError(f"None of the files named by input={cfg.input} could be read ({len(skipped)} skipped, "
+                        f"each with its reason in {out / 'skipped.csv'}).")
     return scenes.faces
 
 

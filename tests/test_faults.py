@@ -268,3 +268,14 @@ def test_a_fixed_split_source_without_test_images_is_refused_before_training_unl
     assert untested.returncode == 0, untested.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert json.loads((run / "metrics.json").read_text())["test"] == {} and not (run / "predictions.csv").exists()
+
+
+def test_predict_with_no_readable_input_fails_instead_of_writing_an_empty_result(trained, tmp_path, cache_dir):
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = subprocess.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
+                             f"input={tmp_path / 'crops'}"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "None of the files" in result.stderr and "broken.jpg" in result.stdout + result.stderr
+    (skipped,) = (tmp_path / "outputs").rglob("skipped.csv")
+    assert "broken.jpg" in skipped.read_text()
