@@ -82,3 +82,13 @@ def test_cli_writes_dataset(tmp_path, capsys):
 def test_bad_spec_is_explained():
     with pytest.raises(ValueError, match="per_class must be a positive int or 4"):
         make_spec(per_class=[1, 2])
+
+
+def test_generation_reports_its_progress(tmp_path, caplog):
+    from maskdet.data.synthetic import generate, make_spec
+
+    with caplog.at_level("INFO", logger="maskdet.data"):
+        generate(make_spec(per_class=300, seed=3, size=32), tmp_path / "faces", workers=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "maskdet.data"]
+    assert lines[0].startswith("generating 1,200 embedded images") and any(" % (" in line for line in lines)
+    assert "done in" in lines[-1] and len(list((tmp_path / "faces").rglob("*.jpg"))) == 1200

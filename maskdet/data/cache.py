@@ -17,12 +17,8 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from maskdet.data.images import BadImageError, load_resized, load_rgb
 from maskdet.errors import DataError
+from maskdet.progress import progress
 
 CACHE_VERSION = 2  # 2: images are turned upright by their EXIF orientation; truncated PNGs refused
 log = logging.getLogger("maskdet.data")
@@ -82,7 +79,7 @@ def _decode_all(images: _RowWriter | None, paths: pd.Series, size: int, workers:
     ``ThreadPoolExecutor.map`` queues a task per item at once (about 2 kB each: 200 MB for 100k files)."""
     paths, results = list(paths), []
     chunk = min(4096, max(256, len(paths) // 20))
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, _progress(what, len(paths)) as advance:
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, progress(what, len(paths)) as advance:
         for start in range(0, len(paths), chunk):
             part = range(start, min(start + chunk, len(paths)))
             results += pool.map(lambda i: _decode_into(images, i, paths[i], size), part)
@@ -148,32 +145,6 @@ class _RowWriter:
 
     def close(self) -> None:
         os.close(self.fd)
-
-
-@contextmanager
-def _progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Report a long build: a rich progress bar when stderr is a terminal, otherwise a log line (logger
-    ``maskdet.data``) at about every 10 %. Yields ``advance(n)``, to call as items are done."""
-    start, done, reported = time.perf_counter(), 0, 0
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(what, total=total)
-            yield lambda n: bar.advance(task, n)
-    else:
-        log.info("%s ...", what)
-
-        def advance(n: int) -> None:
-            nonlocal done, reported
-            done += n
-            if done * 10 // max(total, 1) > reported and done < total:
-                reported = done * 10 // max(total, 1)
-                log.info("%s: %d %% (%s of %s)", what, 100 * done // total, f"{done:,}", f"{total:,}")
-
-        yield advance
-    log.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
 def remove_orphans(folder: Path) -> None:
@@ -268,7 +239,7 @@ def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int
     os.close(fd)
     try:
         try:
-            with _progress(f"computing backbone features of {len(valid):,} images", len(valid)) as advance, \
+            with progress(f"computing backbone features of {len(valid):,} images", len(valid)) as advance, \
                     torch.inference_mode():
                 for start in range(0, len(valid), batch_size):
                     rows = valid[start:start + batch_size]

@@ -36,6 +36,7 @@ from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from maskdet.data.demographics import NAME_ATTRIBUTES
+from maskdet.progress import progress
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 COMP6721_COUNTS = (2160, 2103, 2162, 2180)  # the COMP6721 study's class counts (8,605 images)
@@ -307,28 +308,35 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
     return f"{age}_{gender}_{race}_{stamp}_{n}.jpg", buf.getvalue()
 
 
-def _write_class(args: tuple[SyntheticSpec, int, str]) -> int:
-    spec, class_index, out = args
+def _write_images(args: tuple[SyntheticSpec, int, int, int, str]) -> int:
+    """Images ``start..stop`` of one class (each image has its own random stream, so chunks give the same
+    bytes in any order)."""
+    spec, class_index, start, stop, out = args
     folder = Path(out) / CLASSES[class_index]
     folder.mkdir(parents=True, exist_ok=True)
-    for n in range(spec.per_class[class_index]):
+    for n in range(start, stop):
         name, data = draw_image(spec, class_index, n)
         (folder / name).write_bytes(data)
-    return spec.per_class[class_index]
+    return stop - start
 
 
 def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -> Path:
-    """Write the dataset into ``out`` (which must not exist yet), one process per class."""
+    """Write the dataset into ``out`` (which must not exist yet), in chunks over worker processes."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose a new --out folder.")
-    jobs = [(spec, c, str(out)) for c in range(len(CLASSES))]
+    chunk = 250
+    jobs = [(spec, c, start, min(start + chunk, count), str(out))
+            for c, count in enumerate(spec.per_class) for start in range(0, count, chunk)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers == 1:
-        list(map(_write_class, jobs))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_class, jobs))
+    with progress(f"generating {sum(spec.per_class):,} embedded images into {out}", sum(spec.per_class)) as advance:
+        if workers == 1:
+            for job in jobs:
+                advance(_write_images(job))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for done in pool.map(_write_images, jobs):
+                    advance(done)
     return out
 
 
