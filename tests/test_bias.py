@@ -94,6 +94,79 @@ def test_binary_tasks_get_parity_and_equalized_odds():
     assert 0 <= gender["demographic_parity_difference"] <= 1
 
 
+def test_bias_figure_puts_every_panel_on_one_accuracy_axis_with_the_overall_accuracy(tmp_path):
+    from matplotlib.text import Text
+    from PIL import Image
+
+    from maskdet.evaluation.bias import plot
+
+    predictions = _predictions({("male", "white"): 300, ("female", "black"): 200, ("female", "others"): 12},
+                               {"male": 0.95, "female": 0.55}).assign(age_group=lambda f: np.where(f.index % 2, "0-19", "60+"))
+    report = audit(predictions, CLASSES, n_bootstrap=20)
+    fig = plot(report, tmp_path / "bias.png")
+    axes = fig.axes
+    assert [ax.get_title(loc="left") for ax in axes] == ["gender", "race", "age group", "gender × race"]
+    limits = {ax.get_xlim() for ax in axes}
+    assert len(limits) == 1  # one shared accuracy axis, whatever each attribute's spread
+    (low, high), = limits
+    assert low <= min(r["accuracy_low"] for r in report["groups"]) and high >= 1.0
+    overall = (predictions["label"] == predictions["prediction"]).mean()
+    for ax in axes:  # the overall accuracy as a vertical reference line in every panel
+        assert any(list(line.get_xdata()) == pytest.approx([overall, overall]) for line in ax.get_lines()), ax.get_title()
+    (legend,) = fig.legends
+    entries = [t.get_text() for t in legend.get_texts()]
+    assert len(entries) == 3 and "not ranked" in entries[1] and f"overall accuracy ({overall:.3f})" == entries[2]
+    # readable at paper size: a 6.5 in text width, no text under 8 pt, and the file is that size at 200 dpi
+    assert fig.get_figwidth() == 6.5
+    texts = [t for t in fig.findobj(Text) if t.get_text() and t.get_visible()]
+    assert min(t.get_fontsize() for t in texts) >= 8
+    assert Image.open(tmp_path / "bias.png").size[0] == 1300
+
+
+def test_confusion_matrix_counts_and_row_normalised_fractions(tmp_path):
+    from maskdet.evaluation.reports import confusion_matrix_figure, save_confusion_matrix
+
+    classes = ["a", "b", "c"]  # 'c' has no test image: its row of fractions is empty, not zeros
+    predictions = pd.DataFrame({"label": ["a"] * 4 + ["b"] * 2, "prediction": ["a", "a", "a", "b", "b", "c"]})
+    counts = save_confusion_matrix(predictions, classes, tmp_path)
+    saved = pd.read_csv(tmp_path / "confusion_matrix.csv", index_col=0)
+    assert saved.index.name == "true" and list(saved.columns) == classes
+    assert saved.to_numpy().tolist() == counts.tolist() == [[3, 1, 0], [0, 1, 1], [0, 0, 0]]
+    fig = confusion_matrix_figure(counts, classes)
+    left, right = fig.axes
+    assert "counts" in left.get_title() and "row-normalised" in right.get_title()
+    fractions = right.get_images()[0].get_array()
+    assert fractions[0].tolist() == [0.75, 0.25, 0.0] and fractions[1].tolist() == [0.0, 0.5, 0.5]
+    assert [t.get_text() for t in right.texts][-3:] == ["no images"] * 3
+    assert [t.get_text() for t in left.texts][:3] == ["3", "1", "0"]
+
+
+def test_report_figures_reach_tensorboard_downscaled_to_a_card_width(tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from maskdet.evaluation.reports import save_confusion_matrix
+    from maskdet.evaluation.testing import TENSORBOARD_WIDTH, _log_to_tensorboard, tensorboard_image
+
+    predictions = _predictions({("male", "white"): 60, ("female", "white"): 60}, {"male": 0.9, "female": 0.7})
+    report = write_bias_report(predictions, CLASSES, tmp_path, n_bootstrap=20)
+    save_confusion_matrix(predictions, CLASSES, tmp_path)
+    logger = TensorBoardLogger(tmp_path / "tb")
+    trainer = L.Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    _log_to_tensorboard(trainer, report, tmp_path)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()
+    for tag in ("bias", "confusion_matrix"):
+        (image,) = events.Images(tag)
+        width, height = Image.open(tmp_path / f"{tag}.png").size
+        assert width > TENSORBOARD_WIDTH  # drawn for print, so it must be scaled down for the card
+        assert image.width == TENSORBOARD_WIDTH and image.height == round(height * TENSORBOARD_WIDTH / width)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (300, 200), "white").save(small)
+    assert tensorboard_image(small).shape == (200, 300, 3)  # small pictures are not blown up
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strength, expect_gap", [(1.0, True), (0.0, False)])
 def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(strength, expect_gap, cache_dir, tmp_path):

@@ -81,6 +81,19 @@ def test_models_without_convolutions_and_wrong_layer_names_are_explained():
         find_target_layer(MaskClassifier("resnet18", num_classes=2), 64, "net.layer9")
 
 
+def test_weight_histograms_and_filters_are_labelled(tmp_path):
+    from maskdet.evaluation.explain import first_layer_filters, weight_histograms
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    fig = weight_histograms(model, tmp_path / "weight_histograms.png")
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in shown] == ["0 (600 weights)", "3 (256 weights)"]
+    assert all(ax.get_xlabel() == "weight value" and ax.get_ylabel() == "count" for ax in shown)
+    fig = first_layer_filters(model, tmp_path / "first_layer_filters.png")
+    title = fig.get_suptitle()
+    assert "8 filters of 5x5" in title and "(0)" in title and "((" not in title
+
+
 @pytest.mark.slow
 def test_training_run_writes_explanations_and_logs_them_to_tensorboard(tiny_dataset, cache_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -96,6 +109,9 @@ def test_training_run_writes_explanations_and_logs_them_to_tensorboard(tiny_data
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "histograms": 0}).Reload()
     images = set(events.Tags()["images"])
     assert {"explain/gradcam", "explain/misclassified", "confusion_matrix", "bias"} <= images
+    from maskdet.evaluation.testing import TENSORBOARD_WIDTH
+
+    assert max(events.Images(tag)[-1].width for tag in images) == TENSORBOARD_WIDTH  # wide figures scaled to fit
     assert any(tag.startswith("weights/net.conv_layer") for tag in events.Tags()["histograms"])
 
 

@@ -127,3 +127,20 @@ def test_parity_failure_is_loud(tmp_path, monkeypatch):
         model.net.fc_layer[6].bias[0] += 5.0  # the PyTorch model no longer matches the exported one
     with pytest.raises(ExportError, match="ONNX parity failed"):
         check_parity(model, tmp_path / "m.onnx", torch.rand(8, 3, 32, 32), 1e-4)
+
+
+def test_model_card_names_how_the_weights_started(tmp_path):
+    import torch
+
+    from maskdet.evaluation.model_card import model_card
+    from maskdet.models import MaskClassifier
+
+    sidecar = {"parity": {"images": 8, "max_abs_diff": 1e-7}}
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"  # a run folder with no reports: the card says so
+    model = MaskClassifier("custom_cnn", num_classes=4, image_size=32)
+    card = model_card(model, ckpt, sidecar)
+    assert "trained from random initialisation (no pretrained weights)" in card
+    assert "`None`" not in card and "No test metrics were found" in card
+    torch.save(model.net.state_dict(), tmp_path / "start.pth")
+    started = MaskClassifier("custom_cnn", num_classes=4, image_size=32, weights=str(tmp_path / "start.pth"))
+    assert f"weights initialised from the file `{tmp_path / 'start.pth'}`" in model_card(started, ckpt, sidecar)

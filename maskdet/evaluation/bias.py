@@ -202,27 +202,49 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict, path: Path) -> plt.Figure:
+    """``bias.png``, sized for a paper's text width (6.5 in, text of 8 pt or more): one panel per attribute,
+    each group's accuracy with its Wilson interval, every panel on the same accuracy axis and with the
+    overall accuracy as a dashed reference line. Returns the figure (closed) for inspection."""
     attributes = [g["attribute"] for g in report["gaps"]]
     if not attributes:
-        fig, ax = plt.subplots(figsize=(6, 1.5))
-        ax.text(0.5, 0.5, "no demographic information", ha="center", va="center")
+        fig, ax = plt.subplots(figsize=(6.5, 1.0))
+        ax.text(0.5, 0.5, "no demographic information", ha="center", va="center", fontsize=10)
         ax.axis("off")
-    else:
-        fig, axes = plt.subplots(len(attributes), 1, figsize=(8, 1.2 + 0.45 * len(report["groups"])), squeeze=False)
-        for ax, attribute in zip(axes[:, 0], attributes):
-            rows = [r for r in report["groups"] if r["attribute"] == attribute]
-            for y, r in enumerate(rows):
-                colour = "tab:blue" if r["ranked"] else "tab:gray"
-                ax.errorbar(r["accuracy"], y, xerr=[[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]],
-                            fmt="o", color=colour, capsize=3)
-            acc = np.array([r["accuracy"] for r in rows])
-            ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['n']})" for r in rows])
-            ax.set_title(f"accuracy by {attribute} (95 % Wilson intervals; grey: not ranked)", fontsize=9)
-            ax.set_xlim(max(0.0, acc.min() - 0.25), 1.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=200)
+        plt.close(fig)
+        return fig
+    panels = [[r for r in report["groups"] if r["attribute"] == a] for a in attributes]
+    # Each attribute splits the same test images ('unknown' is a group too), so any one panel sums to the whole.
+    overall = sum(r["correct"] for r in panels[0]) / sum(r["n"] for r in panels[0])
+    lowest = min(r["accuracy_low"] for rows in panels for r in rows)
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, layout="constrained",
+                             figsize=(6.5, 0.8 + sum(0.45 + 0.2 * len(rows) for rows in panels)),
+                             gridspec_kw={"height_ratios": [len(rows) + 1.5 for rows in panels]})
+    handles = {}
+    for ax, attribute, rows in zip(axes[:, 0], attributes, panels):
+        for y, r in enumerate(rows):
+            key = "ranked" if r["ranked"] else "not ranked"
+            handles[key] = ax.errorbar(r["accuracy"], y, xerr=[[r["accuracy"] - r["accuracy_low"]],
+                                                                [r["accuracy_high"] - r["accuracy"]]],
+                                       fmt="o", markersize=4, capsize=2,
+                                       color="tab:blue" if r["ranked"] else "tab:gray")
+        handles["overall"] = ax.axvline(overall, color="black", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['n']})" for r in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # first group on top
+        ax.set_title(attribute.replace("_x_", " × ").replace("_", " "), loc="left", fontsize=9, fontweight="bold")
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0, 0].set_xlim(max(0.0, math.floor(lowest * 20) / 20 - 0.05), 1.01)  # shared: all panels follow
+    axes[-1, 0].set_xlabel("accuracy on the test split, with 95 % Wilson interval", fontsize=9)
+    labels = {"ranked": f"group of ≥ {report['min_group_size']} images (ranked in the gap test)",
+              "not ranked": f"group not ranked (< {report['min_group_size']} images, or unknown)",
+              "overall": f"overall accuracy ({overall:.3f})"}
+    fig.legend([handles[k] for k in labels if k in handles], [labels[k] for k in labels if k in handles],
+               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=200)
     plt.close(fig)
+    return fig
 
 
 def write_bias_report(predictions: pd.DataFrame, class_names: Sequence[str], folder: str | Path, **options) -> dict:

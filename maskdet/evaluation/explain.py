@@ -165,7 +165,9 @@ def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_B
 
 
 def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+    """The filters of the first convolution on the RGB input, each scaled to its own range."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
+                      (None, None))
     if conv is None:
         return None
     weights = conv.weight.detach().cpu()
@@ -178,7 +180,8 @@ def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
         ax.axis("off")
     for ax, w in zip(axes.flat, weights):
         ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
-    fig.suptitle(f"first-layer filters ({tuple(conv.weight.shape)})", fontsize=9)
+    fig.suptitle(f"First-layer filters ({name}): {conv.out_channels} filters of "
+                 f"{conv.kernel_size[0]}x{conv.kernel_size[1]} on RGB, each scaled to its own range", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
@@ -216,18 +219,22 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str], p
 
 
 def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
+    """One histogram of weight values per convolution and linear layer (each on its own scale)."""
     layers = [(n, m.weight.detach().cpu().flatten().numpy()) for n, m in model.named_modules()
               if isinstance(m, nn.Conv2d | nn.Linear)]
     columns = 4
     rows = (len(layers) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, weights) in zip(axes.flat, layers):
         ax.axis("on")
         ax.hist(weights, bins=50, color="tab:blue")
-        ax.set_title(f"{name} ({weights.size:,})", fontsize=7)
-        ax.tick_params(labelsize=6)
+        ax.set_title(f"{name} ({weights.size:,} weights)", fontsize=8)
+        ax.set_xlabel("weight value", fontsize=8)
+        ax.set_ylabel("count", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.locator_params(axis="x", nbins=5)  # long tick labels (-0.015) would run into each other
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return fig
@@ -284,8 +291,11 @@ def write_explanations(model, datamodule, output_dir: str | Path, per_class: int
         layers = list(feature_layers) if feature_layers else [first_conv, layer]
         figures["feature_maps"] = feature_maps(model, images[0].to(device), layers, output_dir / "feature_maps.png")
     if tensorboard is not None:
-        for name, fig in figures.items():
-            tensorboard.add_figure(f"explain/{name}", fig, global_step=step)
+        from maskdet.evaluation.testing import tensorboard_image
+
+        for name in figures:  # the saved PNG, as for the test reports, rather than add_figure's 100-dpi render
+            tensorboard.add_image(f"explain/{name}", tensorboard_image(output_dir / f"{name}.png"), step,
+                                  dataformats="HWC")
         for name, param in model.named_parameters():
             tensorboard.add_histogram(f"weights/{name}", param.detach().cpu(), global_step=step)
         tensorboard.flush()

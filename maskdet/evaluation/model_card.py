@@ -16,6 +16,15 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.suffix == ".json" else path.read_text()
 
 
+def _initialisation(weights: str | None) -> str:
+    """Where training started, in words (``model.weights``: null, a torchvision weights name, or a file)."""
+    if weights is None:
+        return "trained from random initialisation (no pretrained weights)"
+    if Path(weights).suffix in (".pth", ".pt", ".ckpt", ".bin") or Path(weights).exists():
+        return f"weights initialised from the file `{weights}`"
+    return f"weights initialised from torchvision's pretrained `{weights}`"
+
+
 def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
     run = ckpt_path.resolve().parent.parent
     data = _read(run / "data_report.json") or {}
@@ -25,7 +34,7 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
     lines = [f"# Model card: {hp.architecture} face-mask classifier", "",
              "## Model", "",
              f"- Architecture: `{hp.architecture}` ({sum(p.numel() for p in model.parameters()):,} parameters), "
-             f"weights initialised from `{hp.weights}`, backbone freeze: `{hp.freeze}`.",
+             f"{_initialisation(hp.weights)}, backbone freeze: `{hp.freeze}`.",
              f"- Input: RGB face crop resized to {hp.image_size}x{hp.image_size} (PIL bilinear), values in [0, 1]; "
              f"normalisation (mean {list(hp.mean)}, std {list(hp.std)}) is part of the model.",
              f"- Output: probabilities over {len(hp.class_names)} classes: {', '.join(hp.class_names)}.",

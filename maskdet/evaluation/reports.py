@@ -43,24 +43,39 @@ def classification_report_text(predictions: pd.DataFrame, class_names: Sequence[
 
 
 def save_confusion_matrix(predictions: pd.DataFrame, class_names: Sequence[str], folder: Path) -> np.ndarray:
-    """Write ``confusion_matrix.csv`` (rows: true class, columns: predicted) and ``confusion_matrix.png``."""
+    """Write ``confusion_matrix.csv`` (counts; rows: true class, columns: predicted) and
+    ``confusion_matrix.png`` (counts, and each row as fractions of its true class); return the counts."""
     names = list(class_names)
     matrix = confusion_matrix(predictions["label"], predictions["prediction"], labels=names)
     pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names).to_csv(folder / "confusion_matrix.csv")
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 1.2 * len(names) + 2.5))
-    ax.imshow(matrix, cmap="Reds")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("Predicted label")
-    ax.set_ylabel("True label")
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
-    ax.set_title("Confusion matrix (test split)")
-    fig.tight_layout()
+    fig = confusion_matrix_figure(matrix, names)
     fig.savefig(folder / "confusion_matrix.png", dpi=120)
     plt.close(fig)
     return matrix
+
+
+def confusion_matrix_figure(matrix: np.ndarray, names: Sequence[str]) -> plt.Figure:
+    """Counts beside the row-normalised matrix (recall on the diagonal). Drawn here rather than with
+    sklearn's ConfusionMatrixDisplay because sklearn turns a class with no test images into a row of
+    zeros; here that row stays empty and reads "no images"."""
+    totals = matrix.sum(1, keepdims=True)
+    fractions = np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
+    n = len(names)
+    fig, axes = plt.subplots(1, 2, sharey=True, layout="constrained", figsize=(2 * (0.75 * n + 1) + 2, 0.75 * n + 2.2))
+    panels = ((matrix, matrix.max(initial=0) or 1, "counts", lambda v: f"{v:d}"),
+              (fractions, 1.0, "row-normalised: fraction of each true class", lambda v: "no images" if np.isnan(v) else f"{v:.2f}"))
+    for ax, (values, top, title, text) in zip(axes, panels):
+        ax.imshow(values, cmap="Reds", vmin=0, vmax=top)
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, text(value), ha="center", va="center", fontsize=9,
+                    color="white" if value > top / 2 else "black")
+        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=9)
+        ax.set_yticks(range(n), names, fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("true class")
+    fig.suptitle(f"Confusion matrix, test split ({int(matrix.sum())} images)", fontsize=11)
+    return fig
 
 
 def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], folder: str | Path) -> str:

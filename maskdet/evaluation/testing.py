@@ -15,6 +15,20 @@ from maskdet.evaluation.reports import predictions_frame, write_test_reports
 log = logging.getLogger("maskdet.evaluation")
 
 
+# TensorBoard shrinks an image to fit its card and shows it 1:1 with the card's "actual size" toggle; at
+# this width 1:1 fits a laptop screen without sideways scrolling. Wider PNGs (bias.png is drawn at 1300 px
+# for print, feature_maps.png at 1700) are downscaled to it.
+TENSORBOARD_WIDTH = 960
+
+
+def tensorboard_image(path: Path, width: int = TENSORBOARD_WIDTH) -> np.ndarray:
+    """The PNG at ``path`` as an H x W x 3 array for ``add_image``, downscaled to ``width`` pixels if wider."""
+    image = Image.open(path).convert("RGB")
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
 def bias_summary(report: dict) -> dict[str, float]:
     """Flat figures for metrics.json and sweep summaries: each group's accuracy and each largest gap."""
     out = {f"{r['attribute']}/{r['group']}": r["accuracy"] for r in report["groups"]}
@@ -53,6 +67,6 @@ def _log_to_tensorboard(trainer: L.Trainer, report: dict, output_dir: Path) -> N
             if "gap" in gap:
                 experiment.add_scalar(f"bias/{gap['attribute']}/largest_gap", gap["gap"], trainer.global_step)
         for name in ("bias.png", "confusion_matrix.png"):
-            image = np.asarray(Image.open(output_dir / name).convert("RGB"))
-            experiment.add_image(name.removesuffix(".png"), image, trainer.global_step, dataformats="HWC")
+            experiment.add_image(name.removesuffix(".png"), tensorboard_image(output_dir / name), trainer.global_step,
+                                 dataformats="HWC")
         experiment.flush()
