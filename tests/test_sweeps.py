@@ -170,7 +170,7 @@ def test_optuna_search_optimises_a_cross_validated_score(tiny_dataset, cache_dir
                                  "data.num_folds=2", "trainer.max_epochs=1", "~logger")
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == {"model.optimizer.lr", "data.batch_size", "model.freeze"}
+    assert set(best["best_params"]) == {"model.optimizer.lr", "data.batch_size"}  # no freezing for the custom CNN
     trial_dirs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())  # 0_lr=...,batch_size=...
     assert [p.name.split("_")[0] for p in trial_dirs] == ["0", "1"] and "lr=" in trial_dirs[0].name
     for trial in trial_dirs:
@@ -211,3 +211,16 @@ def test_slurm_launcher_and_ddp_compose():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 4
     assert (cfg.trainer.strategy, cfg.trainer.devices, cfg.trainer.num_nodes) == ("ddp", 4, 2)
     assert cfg.trainer.use_distributed_sampler is False and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_each_search_space_offers_only_what_its_models_have():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        plain = compose(config_name="train", return_hydra_config=True, overrides=["hparams_search=optuna"])
+        transfer = compose(config_name="train", return_hydra_config=True,
+                           overrides=["hparams_search=optuna_transfer", "+experiment=resnet18_frozen"])
+    assert set(plain.hydra.sweeper.params) == {"model.optimizer.lr", "data.batch_size"}
+    assert set(transfer.hydra.sweeper.params) == {"model.optimizer.lr", "data.batch_size", "model.freeze"}
