@@ -181,6 +181,8 @@ def test_the_run_report_notebook_as_shipped_opens_the_latest_run_or_a_sweep(tiny
                             sweep / str(fold), cache_dir))
     write_summary(sweep)
     compare([str(sweep)])
+    tour = _execute("dataset_tour.ipynb", None, tmp_path)  # DATA_ROOT = "embedded": a small embedded sample
+    assert "200 images in 4 classes" in "".join(o.get("text", "") for c in tour.cells for o in c.get("outputs", []))
     shipped = _execute("run_report.ipynb", None, tmp_path)  # RUN_DIR = "latest": the sweep, newest under ./outputs
     text = "".join(o.get("text", "") for c in shipped.cells for o in c.get("outputs", []))
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for c in shipped.cells for o in c.get("outputs", []))
