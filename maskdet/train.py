@@ -28,7 +28,7 @@ from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
 from maskdet.data.report import format_report, write_report
-from maskdet.errors import DataError, MaskdetError
+from maskdet.errors import ConfigError, DataError, MaskdetError
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
     loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
+    say_what_does_not_apply(cfg, datamodule, trainer, callbacks)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.ckpt_path if resume else None)
@@ -150,6 +151,21 @@ def require_splits(datamodule, test: bool) -> None:
         raise DataError(f"The test split is empty for {where} (a Roboflow export without test/, a manifest "
                         "without split=test rows, or a subset with no test images), so the run could not be "
                         "tested after training. Add test images, or pass test=false to train without testing.")
+
+
+def say_what_does_not_apply(cfg: DictConfig, datamodule, trainer: L.Trainer, callbacks: dict) -> None:
+    """Options that cannot be honoured on this path are refused or announced, never silently ignored."""
+    if datamodule.balance_by and (not datamodule.decoded_cache or trainer.world_size > 1):
+        raise ConfigError(f"data.balance_by={list(datamodule.balance_by)} balances training batches only on the "
+                          "cached single-process path; it cannot be honoured with data.decoded_cache=false or under "
+                          "DDP (several devices). Drop data.balance_by, or train on one device with the cache.")
+    if trainer.world_size > 1:
+        log.warning("DDP over %d processes: data.batch_size=%d is per process (effective batch %d).",
+                    trainer.world_size, datamodule.batch_size, datamodule.batch_size * trainer.world_size)
+        if cfg.get("bias_study"):
+            log.warning("bias_study is skipped under DDP: run the study with trainer.devices=1.")
+        if callbacks.get("explanations") is not None:
+            log.warning("explanations are skipped under DDP: run python -m maskdet.explain ckpt_path=<best.ckpt>.")
 
 
 class TrainingFailed(MaskdetError):

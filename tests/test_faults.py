@@ -279,3 +279,14 @@ def test_predict_with_no_readable_input_fails_instead_of_writing_an_empty_result
     assert result.returncode == 1 and "None of the files" in result.stderr and "broken.jpg" in result.stdout + result.stderr
     (skipped,) = (tmp_path / "outputs").rglob("skipped.csv")
     assert "broken.jpg" in skipped.read_text()
+
+
+def test_balancing_that_cannot_be_honoured_is_refused_not_ignored(tiny_dataset, cache_dir, tmp_path):
+    from maskdet.errors import ConfigError
+    from maskdet.train import train
+
+    cfg = compose_train(["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=1",
+                         "data.balance_by=[gender]", "data.decoded_cache=false", "~logger"], tmp_path, cache_dir)
+    with pytest.raises(ConfigError, match="data.balance_by=.*cannot be honoured with data.decoded_cache=false"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
