@@ -91,37 +91,6 @@ def test_mixed_sweep_with_a_failing_job_summarises_the_rest(tiny_dataset, cache_
     assert (bad["status"] == "failed").all() and bad["error"].str.contains("Invalid learning rate").all()
 
 
-@pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_checkpoint_and_finishes(tiny_dataset, cache_dir, tmp_path):
-    import signal
-    import time
-
-    args = [sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
-            "trainer.max_epochs=25", "task_name=resume"]
-    env = cli_env(cache_dir, tmp_path)
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    runs = tmp_path / "outputs" / "resume" / "runs"
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    (run,) = runs.iterdir()
-    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
-    import torch
-
-    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
-    assert killed_at < 24
-    result = subprocess.run([*args, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run / "metrics.json").read_text())  # finished in the original run folder
-    assert metrics["epochs_trained"] == 25
-    for name in ("predictions.csv", "classification_report.txt", "confusion_matrix.png"):
-        assert (run / name).is_file()
-
-
 def test_two_seeded_deterministic_runs_give_identical_metrics(tiny_dataset, cache_dir, tmp_path):
     from maskdet.train import train
     from tests.conftest import compose_train
