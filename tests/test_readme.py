@@ -69,7 +69,7 @@ COMPOSE_ONLY = {
     "python -m maskdet.predict ckpt_path=... input=group.jpg detect=true":
         "photos run in tests/test_detect.py::test_predict_detect_on_photos_and_a_video; the video line runs here",
     "python -m maskdet.train ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt":
-        "a killed run resumed: tests/test_sweeps.py::test_a_killed_run_resumes_from_its_last_checkpoint_and_finishes",
+        "a killed run resumed: tests/test_faults.py::test_a_run_killed_between_epochs_resumes_to_exactly_the_uninterrupted_result",
     "maskdet-train --config-dir my_conf +experiment=my_exp":
         "the same experiment runs with data=folder (the next line) from an installed wheel in tests/test_install.py",
     "maskdet-train --config-dir my_conf +experiment=my_exp data=folder data.root=/data/faces":
