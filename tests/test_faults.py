@@ -113,7 +113,10 @@ def test_best_checkpoint_is_refused_for_resuming_and_a_finished_run_resumes_to_t
     overrides = [*DETERMINISTIC, f"data.root={tiny_dataset}", "trainer.max_epochs=2"]
     with pytest.raises(ConfigError, match="holds no training state"):
         train(compose_train([*overrides, f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}"], run, cache_dir))
+    last_written = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     again = train(compose_train([*overrides, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run, cache_dir))
+    assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == last_written, "no epoch may be trained again"
+    assert again.get("resumed_from_epoch") == 1
     assert again["val"] == first["val"] and again["val"]["val/acc_best"] >= again["val"]["val/acc"]
     assert again["test"] == first["test"] and again["epochs_trained"] == 2
 

@@ -43,6 +43,8 @@ def test_checkpoint_prefers_last_then_newest(tmp_path):
     assert gpu_check.find_checkpoint(tmp_path).name == "last.ckpt"
     (folder / "last.ckpt").unlink()
     assert gpu_check.find_checkpoint(tmp_path).name == "best.ckpt"
+    os.utime(folder / "epoch_001.ckpt", (2_000_000, 2_000_000))  # now the newest: chosen over best.ckpt
+    assert gpu_check.find_checkpoint(tmp_path).name == "epoch_001.ckpt"
     (folder / "best.ckpt").unlink()
     (folder / "epoch_001.ckpt").unlink()
     with pytest.raises(gpu_check.StepFailed, match="no checkpoint"):

@@ -73,4 +73,7 @@ def test_wandb_offline_writes_a_syncable_run_without_network(tiny_dataset, cache
 
 def test_no_logger_trains_and_writes_every_report(tiny_dataset, cache_dir, tmp_path):
     run, metrics = _train("null", tiny_dataset, cache_dir, tmp_path)
-    assert not (run / "tensorboard").exists() and (run / "predictions.csv").is_file() and metrics["test"]
+    assert not (run / "tensorboard").exists() and metrics["test"]
+    for name in ("predictions.csv", "bias_report.json", "confusion_matrix.csv", "classification_report.txt",
+                 "data_report.json", "splits.csv", "checkpoints/best.ckpt"):
+        assert (run / name).is_file(), name

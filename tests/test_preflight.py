@@ -207,14 +207,9 @@ def test_train_cli_refuses_bad_bias_setting(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-needs_entry_point = pytest.mark.skipif(
-    not getattr(train_main, "maskdet_entry_point", False),
-    reason="maskdet/train.py's main is still @hydra.main, not @entry_point('train') (maskdet.cli)")
-
-
 @pytest.mark.slow
-@needs_entry_point
 def test_train_cli_key_hint_and_no_logger(tmp_path):
+    assert getattr(train_main, "maskdet_entry_point", False), "train.main must use maskdet.cli.entry_point"
     result = run_cli("train", ["data.batchsize=64"], tmp_path)
     assert_refused(result, "Did you mean data.batch_size")
     result = run_cli("train", ["logger=null", "data.synthetic.per_class=10", "data.num_folds=2", "trainer.max_epochs=1",

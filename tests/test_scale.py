@@ -44,13 +44,17 @@ def test_a_cut_short_cache_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("experiment", [[], ["+experiment=resnet18_frozen", "model.weights=null",
                                               "data.image_size=32", "data.augment=null"]])
-def test_reading_batches_from_the_cache_file_gives_the_in_memory_result(experiment, tiny_dataset, cache_dir, tmp_path):
+def test_reading_batches_from_the_cache_file_gives_the_in_memory_result(experiment, tiny_dataset, cache_dir, tmp_path,
+                                                                        caplog):
     from maskdet.train import train
 
     base = [*experiment, "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=2",
             "trainer.deterministic=true", "seed=2", "~logger", "callbacks.explanations=null"]
     in_memory = train(compose_train(base, tmp_path / "ram", cache_dir))
-    from_file = train(compose_train([*base, "data.cache_memory_gb=0"], tmp_path / "file", cache_dir))
+    with caplog.at_level("INFO", logger="maskdet.data.datamodule"):
+        from_file = train(compose_train([*base, "data.cache_memory_gb=0"], tmp_path / "file", cache_dir))
+    read_from_file = [r.getMessage() for r in caplog.records if "batches are read from" in r.getMessage()]
+    assert {m.split()[0] for m in read_from_file} >= {"train", "val", "test"}, read_from_file
     assert from_file["val"] == in_memory["val"] and from_file["test"] == in_memory["test"]
     assert (tmp_path / "ram" / "predictions.csv").read_bytes() == (tmp_path / "file" / "predictions.csv").read_bytes()
 
