@@ -58,11 +58,12 @@ class Resume:
     global_step: int
 
 
-def _flatten(node, prefix: str) -> dict[str, object]:
+def flatten(node, prefix: str) -> dict[str, object]:
+    """A nested dict as ``{"prefix.key.sub": value}`` (an empty dict stays a value of its own)."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}"))
+            out.update(flatten(value, f"{prefix}.{key}"))
         return out or {prefix: {}}
     return {prefix: node}
 
@@ -74,7 +75,7 @@ def differing_settings(saved: DictConfig, current: DictConfig) -> list[str]:
         for section in COMPARED:
             value = OmegaConf.select(cfg, section, default=None)
             container = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            out.update(_flatten(container, section))
+            out.update(flatten(container, section))
         return {k: v for k, v in out.items() if k not in IGNORED}
 
     before, after = settings(saved), settings(current)

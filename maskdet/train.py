@@ -36,7 +36,7 @@ from maskdet.evaluation.testing import test_and_report
 from maskdet.jsonfile import dumps, write_json
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train
-from maskdet.resume import Resume, check_resume, register_resume_resolvers, run_folder_of
+from maskdet.resume import Resume, check_resume, flatten, register_resume_resolvers, run_folder_of
 
 log = logging.getLogger("maskdet.train")
 register_resolvers()
@@ -211,7 +211,7 @@ def hparams_of(cfg: DictConfig) -> dict:
     """The settings that tell runs apart, flat (``model.optimizer.lr``...), for TensorBoard's HParams tab."""
     flat = {}
     for section in ("data", "model", "trainer"):
-        for key, value in _flatten(OmegaConf.to_container(cfg[section], resolve=True), section).items():
+        for key, value in flatten(OmegaConf.to_container(cfg[section], resolve=True), section).items():
             if key.endswith("_target_") or key in ("data.cache_dir", "data.root", "trainer.default_root_dir"):
                 continue
             if isinstance(value, (int, float, str, bool)):
@@ -220,12 +220,6 @@ def hparams_of(cfg: DictConfig) -> dict:
                 flat[key] = str(value)
     flat["seed"] = cfg.seed
     return flat
-
-
-def _flatten(node, prefix: str) -> dict:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}.{key}").items()}
-    return {prefix: node}
 
 
 def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:

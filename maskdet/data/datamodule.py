@@ -304,9 +304,8 @@ class MaskDataModule(L.LightningDataModule):
             log.info("%s split (%.2f GB) is above data.cache_memory_gb: batches are read from %s", name,
                      len(part) * reader.row_bytes / 2**30, reader.path)
             return CachedSplit(reader, labels, rows, key, cache_rows=part["cache_row"].to_numpy())
-        cache_rows = np.sort(part["cache_row"].to_numpy())
-        order = np.argsort(np.argsort(part["cache_row"].to_numpy()))  # sorted reads from the memmap
-        return CachedSplit(torch.from_numpy(np.ascontiguousarray(arrays[cache_rows])[order]), labels, rows, key)
+        # one copy in RAM, read in file order (a memmap gather then a reorder held the split twice)
+        return CachedSplit(torch.from_numpy(reader.read(part["cache_row"].to_numpy())), labels, rows, key)
 
     def use_backbone_features(self, extract, key: str) -> None:
         """Serve cached backbone features (batch key ``"features"``) instead of images, for training a head
