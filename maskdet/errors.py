@@ -21,13 +21,18 @@ class WeightsUnavailableError(MaskdetError):
     """Pretrained weights were asked for but cannot be downloaded or found."""
 
 
-def exit_on_error(function, *args):
+def exit_on_error(function, *args, on_error=None):
     """Run an entry point's work; a ``MaskdetError`` ends the process with its message and status 1,
-    not a traceback (anything else is a bug and keeps its traceback)."""
+    not a traceback (anything else is a bug and keeps its traceback). ``on_error(err)`` runs first for
+    either kind, for the entry point's own tidying (train removes a run folder that holds no result)."""
     import sys
 
     try:
         return function(*args)
-    except MaskdetError as err:
+    except Exception as err:
+        if on_error is not None:
+            on_error(err)
+        if not isinstance(err, MaskdetError):
+            raise
         print(f"\nmaskdet: {err}", file=sys.stderr)
         sys.exit(1)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -27,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
-from maskdet.data.report import format_report, write_report
-from maskdet.errors import ConfigError, DataError, MaskdetError
+from maskdet.data.datamodule import MaskDataModule
+from maskdet.data.prepare import DataSettings, PreparedData
+from maskdet.data.report import build_report, format_report, write_report
+from maskdet.data.splits import splits_table
+from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
@@ -69,19 +72,21 @@ def train(cfg: DictConfig) -> dict:
         log.info("resuming from %s (end of epoch %d): outputs go to %s", resume.ckpt_path, resume.epoch, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    settings = instantiate(cfg.data)
+    datamodule = MaskDataModule(settings)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    require_splits(datamodule, test=cfg.get("test", True))
+    data = datamodule.data
+    require_splits(data, settings, test=cfg.get("test", True))
     if rank_zero_only.rank == 0:
-        report = datamodule.report()
-        write_report(report, output_dir, datamodule.splits_table())
+        report = build_report(data, settings.source_name)
+        write_report(report, output_dir, splits_table(data.index, data.root))
         log.info("data report (%s):\n%s", output_dir / "data_report.json", format_report(report))
 
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
-                        image_size=datamodule.image_size)
-    if datamodule.feature_cache and datamodule.decoded_cache and model.hparams.freeze == "backbone" \
-            and datamodule.augment is None:
+                        image_size=settings.image_size)
+    if settings.feature_cache and settings.decoded_cache and model.hparams.freeze == "backbone" \
+            and settings.augment is None:
         log.info("frozen backbone without augmentation: training the head on cached backbone features")
         on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())
@@ -91,7 +96,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
     loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
-    say_what_does_not_apply(cfg, datamodule, trainer, callbacks)
+    say_what_does_not_apply(cfg, settings, trainer, callbacks)
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.ckpt_path if resume else None)
@@ -104,7 +109,7 @@ def train(cfg: DictConfig) -> dict:
 
         study = cfg.get("bias_study")
         if study and test_metrics and trainer.world_size == 1:
-            text = compare_subsets(trainer, model, lambda **kw: instantiate(cfg.data, **kw), study.subsets,
+            text = compare_subsets(trainer, model, lambda **kw: MaskDataModule(replace(settings, **kw)), study.subsets,
                                    study.compare, study.cap_per_class, output_dir)
             log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
             summary("bias study: %s", output_dir / "bias_study.md")
@@ -136,14 +141,14 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
         log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
-        summarise(output_dir, datamodule, metrics)
+        summarise(output_dir, data, metrics)
     return metrics
 
 
-def require_splits(datamodule, test: bool) -> None:
+def require_splits(data: PreparedData, settings: DataSettings, test: bool) -> None:
     """A split the run needs but the data does not have is said before training, not after it."""
-    used = datamodule.index[datamodule.index["selected"]]
-    where = f"data.source={datamodule.source} ({datamodule.dataset_root})"
+    used = data.used
+    where = f"data.source={settings.source_name} ({data.root})"
     if not (used["split"] == "val").any():
         raise DataError(f"The validation split is empty for {where}: a source with fixed splits needs "
                         "validation images (a Roboflow valid/ folder, manifest rows with split=val).")
@@ -153,15 +158,15 @@ def require_splits(datamodule, test: bool) -> None:
                         "tested after training. Add test images, or pass test=false to train without testing.")
 
 
-def say_what_does_not_apply(cfg: DictConfig, datamodule, trainer: L.Trainer, callbacks: dict) -> None:
+def say_what_does_not_apply(cfg: DictConfig, settings: DataSettings, trainer: L.Trainer, callbacks: dict) -> None:
     """Options that cannot be honoured on this path are refused or announced, never silently ignored."""
-    if datamodule.balance_by and (not datamodule.decoded_cache or trainer.world_size > 1):
-        raise ConfigError(f"data.balance_by={list(datamodule.balance_by)} balances training batches only on the "
+    if settings.balance_by and (not settings.decoded_cache or trainer.world_size > 1):
+        raise ConfigError(f"data.balance_by={list(settings.balance_by)} balances training batches only on the "
                           "cached single-process path; it cannot be honoured with data.decoded_cache=false or under "
                           "DDP (several devices). Drop data.balance_by, or train on one device with the cache.")
     if trainer.world_size > 1:
         log.warning("DDP over %d processes: data.batch_size=%d is per process (effective batch %d).",
-                    trainer.world_size, datamodule.batch_size, datamodule.batch_size * trainer.world_size)
+                    trainer.world_size, settings.batch_size, settings.batch_size * trainer.world_size)
         if cfg.get("bias_study"):
             log.warning("bias_study is skipped under DDP: run the study with trainer.devices=1.")
         if callbacks.get("explanations") is not None:
@@ -174,7 +179,7 @@ class TrainingFailed(MaskdetError):
     training_started = True
 
 
-def summarise(output_dir: Path, datamodule, metrics: dict) -> None:
+def summarise(output_dir: Path, data: PreparedData, metrics: dict) -> None:
     """The console's view of a run: three lines, or one per job in a sweep (reports are in the files)."""
     test, val = metrics["test"], metrics["val"]
     gaps = {k.removesuffix("/gap"): v for k, v in metrics["bias"].items() if k.endswith("/gap")}
@@ -187,10 +192,10 @@ def summarise(output_dir: Path, datamodule, metrics: dict) -> None:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         summary("job %s: %s; %s", output_dir.name, result, epochs)
         return
-    used = datamodule.index[datamodule.index["selected"]]["split"].value_counts()
+    used = data.used["split"].value_counts()
     summary("run folder: %s", output_dir)
     summary("data: %d images (train %d, val %d, test %d), %d files skipped (data_report.json)", int(used.sum()),
-            used.get("train", 0), used.get("val", 0), used.get("test", 0), len(datamodule.skipped))
+            used.get("train", 0), used.get("val", 0), used.get("test", 0), len(data.skipped))
     summary("trained %s; %s", epochs, result)
 
 
@@ -266,27 +271,27 @@ def train_cv(cfg: DictConfig) -> dict:
 
 @entry_point("train")
 def main(cfg: DictConfig) -> float | None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = train_cv(cfg) if cfg.get("cv_in_job") else train(cfg)
-    except Exception as err:  # noqa: BLE001 - reported, never swallowed silently
-        output_dir = Path(cfg.paths.output_dir)
-        if multirun:  # the sweep goes on; its summary lists this job with the error
+    job = train_cv if cfg.get("cv_in_job") else train
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        try:
+            metrics = job(cfg)
+        except Exception as err:  # noqa: BLE001 - the sweep goes on; its summary lists this job with the error
+            output_dir = Path(cfg.paths.output_dir)
             if not (output_dir / "failed.json").exists():
                 mark_failed(output_dir, err)
             log.exception("job failed; recorded in %s", output_dir / "failed.json")
             return None
-        if not getattr(err, "training_started", False) and run_folder_of(cfg.get("ckpt_path")) is None:
-            _remove_run_folder(output_dir)  # failed before training: nothing in it is a result
-        if isinstance(err, MaskdetError):
-            print(f"\nmaskdet: {err}", file=sys.stderr)
-            sys.exit(1)
-        raise
+    else:
+        metrics = exit_on_error(job, cfg, on_error=lambda err: _remove_unstarted_run(cfg, err))
     return metrics["val"].get(cfg.get("optimized_metric", "val/acc_best"))
 
 
-def _remove_run_folder(folder: Path) -> None:
-    """Close the log file Hydra opened inside ``folder``, then delete the folder."""
+def _remove_unstarted_run(cfg: DictConfig, err: BaseException) -> None:
+    """A run that failed before training (and is not a resume) holds no result: close the log file Hydra
+    opened inside its folder, then delete the folder. A failed run that trained keeps it, with failed.json."""
+    if getattr(err, "training_started", False) or run_folder_of(cfg.get("ckpt_path")) is not None:
+        return
+    folder = Path(cfg.paths.output_dir)
     for handler in list(logging.getLogger().handlers):
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(folder.resolve()):
             handler.close()

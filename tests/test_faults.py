@@ -128,6 +128,23 @@ def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path, cache_d
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def test_exit_on_error_tidies_first_then_exits_1_for_a_user_error_and_keeps_a_bug_s_traceback(capsys):
+    from maskdet.errors import DataError, exit_on_error
+
+    seen = []
+
+    def fail(err):
+        raise err
+
+    with pytest.raises(SystemExit) as done:
+        exit_on_error(fail, DataError("data.root=/x does not exist."), on_error=seen.append)
+    assert done.value.code == 1 and capsys.readouterr().err == "\nmaskdet: data.root=/x does not exist.\n"
+    with pytest.raises(ZeroDivisionError):  # a bug: re-raised as it is, so its traceback is shown
+        exit_on_error(fail, ZeroDivisionError("division by zero"), on_error=seen.append)
+    assert [type(e).__name__ for e in seen] == ["DataError", "ZeroDivisionError"]
+    assert exit_on_error(max, 2, 3, on_error=seen.append) == 3 and len(seen) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lr", ["1e30", "1e6"])
 def test_a_diverging_run_fails_loudly_and_writes_no_result(lr, tiny_dataset, cache_dir, tmp_path):
