@@ -28,8 +28,9 @@ from maskdet.inference import predict_split
 
 
 def find_target_layer(model: nn.Module, image_size: int, name: str | None = None) -> str:
-    """The last module producing a spatial (B x C x H x W, H > 1) output: the last convolutional block
-    (``layer4`` in a ResNet, ``features`` in MobileNetV2, ``conv_layer`` in the custom CNN)."""
+    """The last module outside the classification head producing a spatial (B x C x H x W, H > 1) output:
+    the last convolutional block (``layer4`` in a ResNet, ``features`` in MobileNetV2 and SqueezeNet,
+    ``conv_layer`` in the custom CNN)."""
     modules = dict(model.named_modules())
     if name is not None:
         if name not in modules:
@@ -47,7 +48,10 @@ def find_target_layer(model: nn.Module, image_size: int, name: str | None = None
     finally:
         for h in hooks:
             h.remove()
-    convs = [n for n in order if any(isinstance(m, nn.Conv2d) for m in modules[n].modules())]
+    head = getattr(model, "head", None)  # MaskClassifier's declared head (a conv in SqueezeNet's): not the backbone
+    in_head = set(head.modules()) if isinstance(head, nn.Module) else set()
+    convs = [n for n in order
+             if modules[n] not in in_head and any(isinstance(m, nn.Conv2d) for m in modules[n].modules())]
     if not convs:
         raise ConfigError("This model has no convolutional layer with a spatial output, so Grad-CAM and feature maps "
                           "do not apply; the galleries, reliability diagram and weight histograms are still written.")
