@@ -248,7 +248,7 @@ class Check:
         """A small training run; its outputs checked against the CPU reference run's."""
         run_dir = self.work / name.replace(" ", "_")
         args = self.train_args(run_dir, f"trainer={trainer or self.sizes.trainer}",
-                               f"data.synthetic.per_class={self.sizes.tiny_per_class}",
+                               f"data.source.per_class={self.sizes.tiny_per_class}",
                                f"trainer.max_epochs={self.sizes.tiny_epochs}",
                                *([] if explanations else ["callbacks.explanations=null"]), *overrides)
         output = self.run(args if peak else ["-m", "maskdet.train", *args], limit, peak=peak)
@@ -315,7 +315,7 @@ class Check:
 
     def dataset(self, limit: float, image_size: int) -> dict:
         out = self.work / f"dataset_{image_size}px"
-        per_class = [f"data.synthetic.per_class={self.sizes.full_per_class}"] if self.sizes.full_per_class else []
+        per_class = [f"data.source.per_class={self.sizes.full_per_class}"] if self.sizes.full_per_class else []
         self.run(["-m", "maskdet.data", f"data.image_size={image_size}", *per_class, f"hydra.run.dir={out}",
                   f"paths.cache_dir={self.cache}"], limit)
         return {"images": read_json(out / "data_report.json")["num_images"], "image size": image_size}
@@ -323,7 +323,7 @@ class Check:
     def study(self, name: str, limit: float, folds: int, epochs: int, note: str, *overrides: str) -> dict:
         """A whole cross-validation in one process (cv_in_job=true), timed; partial figures on a timeout."""
         run_dir = self.work / name.replace(" ", "_")
-        per_class = [f"data.synthetic.per_class={self.sizes.full_per_class}"] if self.sizes.full_per_class else []
+        per_class = [f"data.source.per_class={self.sizes.full_per_class}"] if self.sizes.full_per_class else []
         args = self.train_args(run_dir, f"trainer={self.sizes.trainer}", "cv_in_job=true", f"data.num_folds={folds}",
                                f"trainer.max_epochs={epochs}", "callbacks.explanations=null", *per_class, *overrides)
         start = time.monotonic()

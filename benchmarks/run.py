@@ -32,6 +32,8 @@ from torchvision import transforms as T
 
 from maskdet.data.augment import BatchAugment
 from maskdet.data.datamodule import MaskDataModule
+from maskdet.data.prepare import DataSettings
+from maskdet.data.sources import read_class_folders
 from maskdet.data.synthetic import generate, make_spec
 from maskdet.models import MaskClassifier
 
@@ -60,7 +62,7 @@ def pil_transform(size: int, augment: bool, norm) -> T.Compose:
 
 
 def datamodule(root: Path, cache: Path, size: int, **kw) -> MaskDataModule:
-    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache), image_size=size, **kw)
+    dm = MaskDataModule(DataSettings(read_class_folders, root=str(root), cache_dir=str(cache), image_size=size, **kw))
     dm.prepare_data()
     dm.setup()
     return dm

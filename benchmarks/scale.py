@@ -51,6 +51,8 @@ from maskdet.data import cache
 from maskdet.data.augment import to_float
 from maskdet.data.datamodule import MaskDataModule
 from maskdet.data.images import load_resized
+from maskdet.data.prepare import DataSettings, PreparedData
+from maskdet.data.sources import read_class_folders
 from maskdet.data.synthetic import generate, make_spec
 from maskdet.models import MaskClassifier
 
@@ -122,8 +124,9 @@ def train_split(n: int) -> np.ndarray:
 def cached_loader(npy: Path, rows: np.ndarray, size: int, budget_gb: float | None):
     """MaskDataModule's training loader for a split of ``npy``'s rows, built by the datamodule's own code
     with a hand-made index (scanning and hashing 133k files is not what is measured)."""
-    dm = MaskDataModule(source="folder", image_size=size, batch_size=32, cache_memory_gb=budget_gb)
-    dm.index = pd.DataFrame({"selected": True, "split": "train", "label": rows % 4, "cache_row": rows})
+    dm = MaskDataModule(DataSettings(read_class_folders, image_size=size, batch_size=32, cache_memory_gb=budget_gb))
+    index = pd.DataFrame({"selected": True, "split": "train", "label": rows % 4, "cache_row": rows})
+    dm.data = PreparedData(index, [], [str(c) for c in range(4)], None, None, {})
     split = dm._make_split("train", np.load(npy, mmap_mode="r"))
     dm._splits = {"train": split}
     return dm.train_dataloader, split.in_memory

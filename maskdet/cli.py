@@ -160,13 +160,14 @@ def checkpoint_and_data(cfg: DictConfig):
 
     from maskdet.checkpoints import load_classifier, run_data_config
     from maskdet.config import check_keys
+    from maskdet.data.datamodule import MaskDataModule
 
     task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
     data_overrides = [o for o in task if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
     model = load_classifier(cfg.ckpt_path)
     data_cfg = run_data_config(cfg.ckpt_path, data_overrides, cfg.data)
     check_keys(data_cfg, "data")
-    datamodule = instantiate(data_cfg, image_size=model.hparams.image_size, augment=None)
+    datamodule = MaskDataModule(instantiate(data_cfg, image_size=model.hparams.image_size, augment=None))
     datamodule.prepare_data()
     datamodule.setup("test")
     return model, datamodule, data_cfg

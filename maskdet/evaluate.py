@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
-from maskdet.data.report import write_report
+from maskdet.data.report import build_report, write_report
 from maskdet.errors import ConfigError, exit_on_error
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.testing import test_and_report
@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if datamodule.class_names != list(model.hparams.class_names):
         raise ConfigError(f"The data's classes {datamodule.class_names} differ from the checkpoint's "
                           f"{list(model.hparams.class_names)}: evaluate on data with the same classes (or data.label_map).")
-    write_report(datamodule.report(), output_dir)
+    write_report(build_report(datamodule.data, datamodule.settings.source_name), output_dir)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, None, cfg.get("bias"))
     metrics = {"test": {k: float(v) for k, v in test_metrics.items()}, "bias": bias, "checkpoint": str(ckpt_path),
@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
     summary("run folder: %s", output_dir)
     summary("test acc %.4f, macro-F1 %.4f on %d images", metrics["test"]["test/acc"], metrics["test"]["test/f1"],
-            int((datamodule.index["selected"] & (datamodule.index["split"] == "test")).sum()))
+            int((datamodule.data.used["split"] == "test").sum()))
     return metrics
 
 

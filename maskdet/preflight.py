@@ -30,10 +30,9 @@ def _required_message(key: str, task: str) -> str:
     if key == "input":
         return "maskdet.predict needs images to classify: pass input=<image file | folder | glob such as 'faces/*.jpg'>."
     if key == "data.source":
-        from maskdet.data.datamodule import SOURCES
-
+        layouts = sorted(p.stem for p in (Path(__file__).parent / "conf" / "data").glob("*.yaml") if p.stem != "default")
         return ("data=default is the base shared by the data configs, not a dataset: choose one with "
-                f"data={'|'.join(SOURCES)} (folder, roboflow and manifest also need data.root=<folder>).")
+                f"data={'|'.join(layouts)} (all but synthetic also need data.root=<folder>).")
     return f"{key} has no value (??? in the config): set it on the command line with {key}=<value>."
 
 
@@ -95,7 +94,7 @@ def check_writable(cfg: DictConfig) -> None:
                               "paths.log_dir=<a writable folder> (or MASKDET_ROOT=<folder>), or "
                               "paths.output_dir=<folder> when calling from Python.")
     data = cfg.get("data")
-    if isinstance(data, DictConfig) and (data.get("decoded_cache", True) or data.get("source") == "synthetic"):
+    if isinstance(data, DictConfig):  # every source writes duplicate fingerprints there, most also decoded images
         cache_dir = _resolved(data, "cache_dir")
         problem = writable_problem(cache_dir) if cache_dir else None
         if problem:
@@ -105,17 +104,23 @@ def check_writable(cfg: DictConfig) -> None:
 
 
 def check_data_values(data: DictConfig) -> None:
-    """Build the datamodule from its settings without touching any file: its constructor checks every
-    value (batch size, cap, balance and subset columns ...). Only maskdet's own datamodule is built here,
-    since another class's constructor might do work."""
-    from maskdet.data.datamodule import MaskDataModule
+    """Build the data settings without touching any file: ``DataSettings`` checks every value (batch size,
+    cap, balance and subset columns ...). The reader and the augmentation are left as they are (their keys
+    are checked against their own ``_target_``)."""
+    from maskdet.data.prepare import DataSettings
 
-    if import_target(data._target_) is not MaskDataModule:
+    if import_target(data._target_) is not DataSettings:
         return
     kwargs = OmegaConf.to_container(data, resolve=True)
     kwargs.pop("_target_")
-    kwargs.pop("augment", None)  # a module: its keys are checked against its own _target_
-    MaskDataModule(**kwargs)
+    kwargs.pop("augment", None)
+    if isinstance(kwargs.get("source"), dict):  # a reader node; anything else is refused by DataSettings
+        kwargs["source"] = _reader_placeholder
+    DataSettings(**kwargs)
+
+
+def _reader_placeholder(root=None):
+    """Stands for ``data.source`` while the other data settings are checked."""
 
 
 def _positive_int(cfg: DictConfig, key: str, where: str = "", why: str = "") -> None:

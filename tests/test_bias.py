@@ -38,6 +38,35 @@ def test_wilson_interval_matches_the_textbook_value():
     assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
 
 
+def test_macro_f1_is_sklearn_s_and_torchmetrics_and_the_same_on_a_batch_of_resamples():
+    import torch
+    from sklearn.metrics import f1_score
+    from torchmetrics.classification import MulticlassF1Score
+
+    from maskdet.evaluation.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    absent_from_both = only_predicted = 0
+    for trial in range(40):
+        n, classes = int(rng.integers(1, 30)), 5
+        # classes 3 and 4 are rare or absent: some draws lack a class in the labels, the predictions or both
+        y_true = rng.choice(classes, size=n, p=[0.4, 0.3, 0.2, 0.1, 0.0] if trial % 2 else [0.3, 0.3, 0.2, 0.1, 0.1])
+        y_pred = np.where(rng.random(n) < 0.6, y_true, rng.choice(classes, size=n, p=[0.3, 0.3, 0.3, 0.1, 0.0]))
+        expected = f1_score(y_true, y_pred, average="macro", zero_division=0)
+        assert macro_f1(y_true, y_pred)[0] == pytest.approx(expected, abs=1e-12)
+        trained = MulticlassF1Score(classes, average="macro")(torch.from_numpy(y_pred), torch.from_numpy(y_true))
+        assert macro_f1(y_true, y_pred)[0] == pytest.approx(float(trained), abs=1e-6)
+        names = np.array(CLASSES + ["no_face"])  # class names give the same figure as indices
+        assert macro_f1(names[y_true], names[y_pred])[0] == pytest.approx(expected, abs=1e-12)
+        resamples = rng.integers(0, n, size=(25, n))
+        batch = macro_f1(y_true[resamples], y_pred[resamples])
+        one_by_one = [f1_score(y_true[r], y_pred[r], average="macro", zero_division=0) for r in resamples]
+        np.testing.assert_allclose(batch, one_by_one, atol=1e-12)
+        absent_from_both += len(np.union1d(y_true, y_pred)) < classes
+        only_predicted += len(np.setdiff1d(y_pred, y_true)) > 0
+    assert absent_from_both >= 10 and only_predicted >= 5  # both kinds of absent class were tried
+
+
 def _predictions(n_per_group: dict, accuracy: dict, seed=0, classes=CLASSES) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
@@ -170,8 +199,8 @@ def test_report_figures_reach_tensorboard_downscaled_to_a_card_width(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strength, expect_gap", [(1.0, True), (0.0, False)])
 def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(strength, expect_gap, cache_dir, tmp_path):
-    cfg = compose_train(["data.synthetic.per_class=400", "data.synthetic.size=40", "data.synthetic.seed=5",  # seed 4 drew a weak planted effect (gap 0.04-0.09); 5 and 6: 0.16, 0.19
-                         f"data.synthetic.bias={{attribute: gender, group: 1, strength: {strength}}}",
+    cfg = compose_train(["data.source.per_class=400", "data.source.size=40", "data.source.seed=5",  # seed 4 drew a weak planted effect (gap 0.04-0.09); 5 and 6: 0.16, 0.19
+                         f"data.source.bias={{attribute: gender, group: 1, strength: {strength}}}",
                          "data.num_folds=5", "trainer.max_epochs=10", "~logger", "bias.n_bootstrap=200"],
                         tmp_path, cache_dir)
     train(cfg)

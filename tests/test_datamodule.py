@@ -11,24 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from maskdet.data import MaskDataModule
 from maskdet.data.augment import BatchAugment
 from maskdet.data.cache import load_or_build
 from tests.conftest import REPO, cli_env
-
-
-def _dm(root, cache_dir, **kw):
-    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3, **kw)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+from tests.helpers.data import datamodule
 
 
 def test_subset_evaluation_never_sees_a_training_image(small_dataset, cache_dir):
-    full = _dm(small_dataset, cache_dir)
+    full = datamodule(small_dataset, cache_dir)
     train_paths = set(full.index.loc[full.index["split"] == "train", "path"])
     for subset in ({"gender": "female"}, {"race": ["white", "black"]}, {"gender": "male", "race": "asian"}):
-        sub = _dm(small_dataset, cache_dir, subset=subset, cap_per_class=5)
+        sub = datamodule(small_dataset, cache_dir, subset=subset, cap_per_class=5)
         test_rows = sub._splits["test"].rows.numpy()
         test_paths = set(sub.index.loc[test_rows, "path"])
         assert test_paths and not test_paths & train_paths
@@ -43,11 +36,11 @@ def test_training_never_runs_on_zero_images(small_dataset, cache_dir):
     from maskdet.errors import DataError
 
     with pytest.raises(DataError, match="training split is empty"):
-        _dm(small_dataset, cache_dir, subset={"age_group": "150-199"})
+        datamodule(small_dataset, cache_dir, subset={"age_group": "150-199"})
 
 
 def test_balanced_sampler_evens_out_label_by_group(small_dataset, cache_dir):
-    dm = _dm(small_dataset, cache_dir, balance_by=["race"], batch_size=64)
+    dm = datamodule(small_dataset, cache_dir, balance_by=["race"], batch_size=64)
     torch.manual_seed(0)
     rows = torch.cat([b["row"] for _ in range(20) for b in dm.train_dataloader()]).numpy()
     drawn = dm.index.loc[rows].groupby(["label", "race"]).size()
@@ -76,8 +69,8 @@ def test_cache_equals_the_pil_path_and_is_reused(tiny_dataset, tmp_path):
 
 
 def test_cache_and_streaming_paths_give_identical_batches(tiny_dataset, cache_dir):
-    cached = _dm(tiny_dataset, cache_dir)
-    streamed = _dm(tiny_dataset, cache_dir, decoded_cache=False, num_workers=0)
+    cached = datamodule(tiny_dataset, cache_dir)
+    streamed = datamodule(tiny_dataset, cache_dir, decoded_cache=False, num_workers=0)
     a, b = next(iter(cached.test_dataloader())), next(iter(streamed.test_dataloader()))
     order_a, order_b = a["row"].argsort(), b["row"].argsort()
     assert torch.equal(a["row"][order_a], b["row"][order_b])
@@ -98,7 +91,7 @@ def test_augmentation_draws_parameters_per_sample():
 def test_augmentation_applies_to_training_batches_only(tiny_dataset, cache_dir):
     import lightning as L
 
-    dm = _dm(tiny_dataset, cache_dir, augment=BatchAugment())
+    dm = datamodule(tiny_dataset, cache_dir, augment=BatchAugment())
     dm.trainer = L.Trainer(accelerator="cpu", logger=False)
     dm.trainer.validating = True
     batch = next(iter(dm.val_dataloader()))

@@ -30,6 +30,7 @@ from maskdet.data.sources import read_class_folders, read_manifest, read_roboflo
 from maskdet.data.splits import assign_splits
 from maskdet.errors import ConfigError, DataError
 from maskdet.inference import list_inputs
+from tests.helpers.data import report_of, settings
 
 BAD_NAME = b"bad\xff.jpg"  # not valid UTF-8
 
@@ -244,10 +245,10 @@ def test_test_size_too_small_for_the_class_count_names_the_minimum():
 # ------------------------------------------------------------------ end to end
 def test_data_report_lists_every_hostile_file_and_uses_the_rest(tmp_path):
     root = hostile_class_folders(tmp_path / "d", tmp_path / "elsewhere")
-    dm = MaskDataModule(source="folder", root=str(root), image_size=32, num_folds=3, cache_dir=str(tmp_path / "cache"))
+    dm = MaskDataModule(settings(root, tmp_path / "cache", image_size=32))
     dm.prepare_data()
     dm.setup()
-    report = dm.report()
+    report = report_of(dm)
     reasons = reasons_by_name(report["skipped"])
     for name, why in [("bad\\xff.jpg", "not valid UTF-8"), ("dangling.jpg", "broken symbolic link"),
                       ("escape.png", "outside"), (".hidden.png", "hidden file"), (".thumbs", "hidden folder"),
@@ -257,7 +258,7 @@ def test_data_report_lists_every_hostile_file_and_uses_the_rest(tmp_path):
     used = dm.index.set_index(dm.index["path"].map(lambda p: Path(p).name))
     assert not set(reasons) & set(used.index)
     # The rotated photo was cached upright: the white quarter is on top, not on the left.
-    cached = dm._decoded.images[used.loc["rotated.jpg", "cache_row"]]
+    cached = dm.data.decoded.images[used.loc["rotated.jpg", "cache_row"]]
     assert cached[:, :6].mean() > 220 and cached[:, -6:, :6].mean() < 30
 
 

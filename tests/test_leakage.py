@@ -6,6 +6,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +15,15 @@ import pytest
 import yaml
 from PIL import Image, ImageEnhance
 
-from maskdet.data import MaskDataModule
 from maskdet.data.duplicates import parse_group_by
 from maskdet.data.report import format_report, write_report
-from maskdet.data.splits import assign_splits
+from maskdet.data.sources import read_manifest, read_synthetic
+from maskdet.data.splits import assign_splits, splits_table
 from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, draw_image, generate, make_spec
 from maskdet.errors import ConfigError, DataError
 from maskdet.evaluation.leakage import write_leakage_study
 from tests.conftest import REPO, cli_env
-
-
-def _dm(root, cache_dir, **kw):
-    dm = MaskDataModule(source=kw.pop("source", "folder"), root=str(root), cache_dir=str(cache_dir),
-                        num_folds=kw.pop("num_folds", 3), **kw)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+from tests.helpers.data import datamodule, report_of, settings
 
 
 def _assert_groups_kept_together(split, fold_of, groups):
@@ -76,9 +70,9 @@ def test_bad_group_settings_are_explained(tiny_dataset, cache_dir):
     with pytest.raises(ConfigError, match="not a valid regular expression"):
         parse_group_by({"regex": "(unclosed"})
     with pytest.raises(ConfigError, match="data.duplicates='maybe'"):
-        MaskDataModule(source="folder", root=str(tiny_dataset), duplicates="maybe")
+        settings(tiny_dataset, cache_dir, duplicates="maybe")
     with pytest.raises(ConfigError, match="no 'group' column"):
-        _dm(tiny_dataset, cache_dir, group_by="manifest")
+        datamodule(tiny_dataset, cache_dir, group_by="manifest")
 
 
 # ------------------------------------------------------------------------------------ duplicates
@@ -113,7 +107,7 @@ def planted(tiny_dataset, tmp_path_factory):
 
 def test_known_copies_are_found_and_unrelated_images_are_not(planted, cache_dir):
     root, copies, conflict = planted
-    dm = _dm(root, cache_dir)
+    dm = datamodule(root, cache_dir)
     index = dm.index
     grouped = index[index["dup_group"] >= 0]
     found = {frozenset(part["path"]) for _, part in grouped.groupby("dup_group")}
@@ -124,20 +118,20 @@ def test_known_copies_are_found_and_unrelated_images_are_not(planted, cache_dir)
     assert all(index.loc[index["path"] == c, "duplicate_of"].item() == o for c, o in copies.items())
     _assert_groups_kept_together(index["split"], index["fold"], index["split_group"])
     # identical files under two classes are still refused as label conflicts
-    reasons = {s["path"]: s["reason"] for s in dm.skipped}
+    reasons = {s["path"]: s["reason"] for s in dm.data.skipped}
     assert reasons[conflict].startswith("label conflict")
-    report = dm.report()
+    report = report_of(dm)
     assert report["duplicates"]["groups"] == 5 and report["duplicates"]["groups_crossing_splits"] == 0
     assert "exact group" in format_report(report) and "near group" in format_report(report)
 
 
 def test_drop_keeps_one_copy_and_lists_the_others(planted, cache_dir):
     root, copies, _ = planted
-    dm = _dm(root, cache_dir, duplicates="drop")
+    dm = datamodule(root, cache_dir, duplicates="drop")
     assert not set(copies) & set(dm.index["path"])
-    reasons = {s["path"]: s["reason"] for s in dm.skipped}
+    reasons = {s["path"]: s["reason"] for s in dm.data.skipped}
     assert all(reasons[c] == f"duplicate of {o}" for c, o in copies.items())
-    assert dm.report()["duplicates"]["copies_dropped"] == 5
+    assert report_of(dm)["duplicates"]["copies_dropped"] == 5
 
 
 def test_keep_warns_how_many_groups_cross_splits(tiny_dataset, cache_dir, tmp_path, caplog):
@@ -147,12 +141,12 @@ def test_keep_warns_how_many_groups_cross_splits(tiny_dataset, cache_dir, tmp_pa
         for path in sorted((root / c).glob("*.jpg")):
             shutil.copyfile(path, path.with_name(f"copy_{path.name}"))
     with caplog.at_level(logging.WARNING, logger="maskdet.data.datamodule"):
-        dm = _dm(root, cache_dir, duplicates="keep")
-    crossing = dm.report()["duplicates"]["groups_crossing_splits"]
+        dm = datamodule(root, cache_dir, duplicates="keep")
+    crossing = report_of(dm)["duplicates"]["groups_crossing_splits"]
     assert crossing > 20
     assert f"data.duplicates=keep: {crossing} of 120 duplicate groups cross splits" in caplog.text
-    grouped = _dm(root, cache_dir, duplicates="group")
-    assert grouped.report()["duplicates"]["groups_crossing_splits"] == 0
+    grouped = datamodule(root, cache_dir, duplicates="group")
+    assert report_of(grouped)["duplicates"]["groups_crossing_splits"] == 0
 
 
 # ------------------------------------------------------------------------------------ named groups
@@ -179,12 +173,12 @@ def test_shared_faces_share_the_photo_and_differ_in_the_mask():
 
 
 def test_source_photo_keeps_each_photograph_in_one_split(shared_faces, cache_dir):
-    leaky = _dm(shared_faces, cache_dir, duplicates="keep")
+    leaky = datamodule(shared_faces, cache_dir, duplicates="keep")
     photo = leaky.index["path"].str.extract(r"/([^/]+)$")[0]
     test_photos = set(photo[leaky.index["split"] == "test"])
     assert test_photos & set(photo[leaky.index["split"] == "train"])  # the image-level split leaks
-    dm = _dm(shared_faces, cache_dir, group_by="source_photo", duplicates="keep")
-    groups = dm.report()["split_groups"]
+    dm = datamodule(shared_faces, cache_dir, group_by="source_photo", duplicates="keep")
+    groups = report_of(dm)["split_groups"]
     assert groups["groups_of_several_images"] == 24 and groups["largest"] == 4 and groups["groups_crossing_splits"] == 0
     _assert_groups_kept_together(dm.index["split"], dm.index["fold"], photo)
     assert set(dm.index.loc[dm.index["split"] == "test", "label_name"]) == set(CLASSES)
@@ -196,10 +190,10 @@ def test_manifest_and_regex_groups(tiny_dataset, cache_dir, tmp_path):
                              "label": [p.parent.name for p in paths],
                              "group": [f"person{i % 17}" for i in range(len(paths))]})
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    dm = _dm(tiny_dataset, cache_dir, source="manifest", manifest=str(tmp_path / "manifest.csv"), group_by="manifest")
+    dm = datamodule(tiny_dataset, cache_dir, source=partial(read_manifest, manifest=str(tmp_path / "manifest.csv")), group_by="manifest")
     _assert_groups_kept_together(dm.index["split"], dm.index["fold"], dm.index["group"])
-    assert dm.report()["split_groups"]["groups_of_several_images"] == 17
-    by_age = _dm(tiny_dataset, cache_dir, group_by={"regex": r"^(\d+)_"})
+    assert report_of(dm)["split_groups"]["groups_of_several_images"] == 17
+    by_age = datamodule(tiny_dataset, cache_dir, group_by={"regex": r"^(\d+)_"})
     age = by_age.index["path"].str.extract(r"/(\d+)_[^/]*$")[0]
     _assert_groups_kept_together(by_age.index["split"], by_age.index["fold"], age)
 
@@ -207,8 +201,8 @@ def test_manifest_and_regex_groups(tiny_dataset, cache_dir, tmp_path):
 # ------------------------------------------------------------------------------------ the split as a file
 def test_splits_csv_round_trips_through_splits_file(planted, cache_dir, tmp_path):
     root, copies, _ = planted
-    dm = _dm(root, cache_dir, seed=0)
-    write_report(dm.report(), tmp_path, dm.splits_table())
+    dm = datamodule(root, cache_dir, seed=0)
+    write_report(report_of(dm), tmp_path, splits_table(dm.data.index, dm.data.root))
     table = pd.read_csv(tmp_path / "splits.csv")
     assert list(table.columns) == ["path", "label", "split", "fold", "group", "duplicate_of", "selected"]
     assert not table["path"].str.startswith("/").any()  # relative to the dataset root: the file travels
@@ -217,14 +211,14 @@ def test_splits_csv_round_trips_through_splits_file(planted, cache_dir, tmp_path
     row = table[table["path"] == str(Path(copy).resolve().relative_to(root.resolve()))]
     assert row["duplicate_of"].item() == str(Path(copies[copy]).resolve().relative_to(root.resolve()))
     assert row["group"].notna().item()
-    again = _dm(root, cache_dir, seed=7, splits_file=str(tmp_path / "splits.csv"))
+    again = datamodule(root, cache_dir, seed=7, splits_file=str(tmp_path / "splits.csv"))
     assert (again.index["split"] == dm.index["split"]).all() and (again.index["fold"] == dm.index["fold"]).all()
-    other_fold = _dm(root, cache_dir, seed=7, fold=2, splits_file=str(tmp_path / "splits.csv"))
+    other_fold = datamodule(root, cache_dir, seed=7, fold=2, splits_file=str(tmp_path / "splits.csv"))
     assert (other_fold.index["split"] == "val").sum() == (dm.index["fold"] == 2).sum()
     assert (other_fold.index["split"] == "test").equals(dm.index["split"] == "test")
     table.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataError, match=r"does not match the dataset: 1 of its \d+ images are not in the file"):
-        _dm(root, cache_dir, splits_file=str(tmp_path / "short.csv"))
+        datamodule(root, cache_dir, splits_file=str(tmp_path / "short.csv"))
 
 
 def test_cli_writes_splits_csv(tiny_dataset, cache_dir, tmp_path):
@@ -264,7 +258,7 @@ def test_leakage_table_gives_intervals_and_the_inflation(tmp_path):
 @pytest.mark.slow
 def test_leakage_study_experiment_runs_both_policies(tmp_path, cache_dir):
     result = subprocess.run([sys.executable, "-m", "maskdet.train", "+experiment=leakage_study",
-                             "data.synthetic.per_class=24", "data.synthetic.size=64", "data.num_folds=3",
+                             "data.source.per_class=24", "data.source.size=64", "data.num_folds=3",
                              "trainer.max_epochs=1", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"],
                             cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -279,9 +273,7 @@ def test_leakage_study_experiment_runs_both_policies(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_default_dataset_has_no_duplicates_and_keeps_the_comp6721_table(cache_dir):
-    dm = MaskDataModule(source="synthetic", cache_dir=str(cache_dir))
-    dm.prepare_data()
-    dm.setup()
-    assert dm.leakage["duplicates"]["groups"] == 0  # no exact copies and no false near-duplicates
+    dm = datamodule(None, cache_dir, source=read_synthetic, num_folds=10)
+    assert dm.data.leakage["duplicates"]["groups"] == 0  # no exact copies and no false near-duplicates
     test = dm.index[dm.index["split"] == "test"]
     assert test.groupby("label").size().tolist() == [648, 631, 649, 654]

@@ -89,7 +89,7 @@ REFUSED = [
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not accepted: lightning.pytorch.Trainer takes "
                                  "max_epochs as an integer or null"),
     (["trainer.precision=31"], "trainer.precision=31 is not accepted"),
-    (["data=default"], "data=synthetic|folder|roboflow|manifest"),
+    (["data=default"], "data=folder|manifest|roboflow|synthetic"),
     (["+data.subset.gender=femal"], "data.subset.gender: Unknown gender value 'femal'"),
     (["+data.subset.colour=red"], "data.subset.colour: no such column"),
     (["data.age_bins=[20,10]"], "data.age_bins=[20, 10] must be at least two increasing ages"),
@@ -102,7 +102,7 @@ REFUSED = [
 @pytest.mark.parametrize(("overrides", "message"), REFUSED, ids=[o[0] for o, _ in REFUSED])
 def test_train_refuses_before_any_data_work(tmp_path, overrides, message):
     output_dir, cache = tmp_path / "run", tmp_path / "cache"
-    tiny = [] if any(o.startswith("data=") for o in overrides) else ["data.synthetic.per_class=10"]
+    tiny = [] if any(o.startswith("data=") for o in overrides) else ["data.source.per_class=10"]
     cfg = compose_train([*tiny, *overrides], output_dir, cache)
     with pytest.raises(ConfigError) as refused:
         train(cfg)
@@ -137,7 +137,7 @@ def test_unreadable_or_foreign_resume_checkpoint_leaves_the_run_untouched(tmp_pa
         ckpt = run / "checkpoints" / name
         ckpt.parent.mkdir(exist_ok=True)
         make(ckpt)
-        cfg = compose_train([f"ckpt_path={ckpt}", "data.synthetic.per_class=10"], tmp_path / "new_run", cache)
+        cfg = compose_train([f"ckpt_path={ckpt}", "data.source.per_class=10"], tmp_path / "new_run", cache)
         with pytest.raises(ConfigError, match="ckpt_path=") as refused:
             train(cfg)
         assert message in str(refused.value), name
@@ -185,7 +185,7 @@ def test_cli_refusals_before_any_data_work(tmp_path):
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}"], tmp_path),
                    f"ckpt_path={ckpt}: its weights do not fit the model")
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}", "data=default", "bias.n_bootstrap=0"], tmp_path),
-                   "data=default is the base shared by the data configs", "data=synthetic|folder|roboflow|manifest")
+                   "data=default is the base shared by the data configs", "data=folder|manifest|roboflow|synthetic")
     assert_refused(run_cli("explain", [f"ckpt_path={ckpt}", "+explain.colour=1"], tmp_path),
                    "Unknown config key explain.colour")
     assert not (tmp_path / "cache").exists()
@@ -202,7 +202,7 @@ def test_read_only_run_and_cache_folders(tmp_path, read_only_dir):
 
 @pytest.mark.slow
 def test_train_cli_refuses_bad_bias_setting(tmp_path):
-    assert_refused(run_cli("train", ["bias.attributes=[colour]", "data.synthetic.per_class=10"], tmp_path),
+    assert_refused(run_cli("train", ["bias.attributes=[colour]", "data.source.per_class=10"], tmp_path),
                    "colour is not an attribute the bias audit knows")
     assert not (tmp_path / "cache").exists()
 
@@ -212,7 +212,7 @@ def test_train_cli_key_hint_and_no_logger(tmp_path):
     assert getattr(train_main, "maskdet_entry_point", False), "train.main must use maskdet.cli.entry_point"
     result = run_cli("train", ["data.batchsize=64"], tmp_path)
     assert_refused(result, "Did you mean data.batch_size")
-    result = run_cli("train", ["logger=null", "data.synthetic.per_class=10", "data.num_folds=2", "trainer.max_epochs=1",
+    result = run_cli("train", ["logger=null", "data.source.per_class=10", "data.num_folds=2", "trainer.max_epochs=1",
                                "~callbacks.progress_bar", "~callbacks.explanations", "trainer.enable_progress_bar=false",
                                "bias.n_bootstrap=10"], tmp_path)
     assert result.returncode == 0, result.stderr

@@ -44,7 +44,7 @@ FILES = readme_files(README)  # e.g. my_conf/experiment/my_exp.yaml, written int
 
 # Commands whose run would repeat a run here or a named test elsewhere in the suite: composed, not run.
 COMPOSE_ONLY = {
-    "python -m maskdet.train data.synthetic.per_class=200 trainer.max_epochs=3":
+    "python -m maskdet.train data.source.per_class=200 trainer.max_epochs=3":
         "with tiny sizes it is the default run, `python -m maskdet.train`, which runs",
     "python -m maskdet.train +experiment=mobilenetv2_finetune trainer.max_epochs=10":
         "every experiment trains in tests/test_train.py::test_experiment_fast_dev_run; the transfer path runs "
@@ -362,7 +362,7 @@ class Workspace:
         sizes: dict = {}
         if cmd.entry in ("train", "data"):
             if cfg.data.source == "synthetic":
-                sizes |= {"data.synthetic.per_class": 20, "data.synthetic.size": 48}
+                sizes |= {"data.source.per_class": 20, "data.source.size": 48}
         if cmd.entry == "train":
             sizes |= {"trainer.max_epochs": 1, "data.image_size": 32, "data.num_folds": 2 if cmd.multirun else 3,
                       "callbacks.explanations": "null"}

@@ -14,6 +14,7 @@ from maskdet.data import MaskDataModule
 from maskdet.data.images import BadImageError, load_rgb
 from maskdet.data.sources import read_class_folders, read_manifest, read_roboflow
 from maskdet.errors import DataError
+from tests.helpers.data import report_of, settings
 
 
 def face(path: Path, mode="RGB", size=(40, 40), colour=(200, 120, 90), fmt=None):
@@ -78,10 +79,10 @@ def test_bad_files_are_skipped_and_reported_with_reasons(tmp_path, cache_dir):
     face(bad / "rgba.png", mode="RGBA")
     face(bad / "palette.png", mode="P")
 
-    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3)
+    dm = MaskDataModule(settings(root, cache_dir))
     dm.prepare_data()
     dm.setup()
-    reasons = {Path(s["path"]).name: s["reason"] for s in dm.report()["skipped"]}
+    reasons = {Path(s["path"]).name: s["reason"] for s in report_of(dm)["skipped"]}
     print(reasons)  # shown when an assertion below fails
     assert "empty file" in reasons["zero.jpg"]
     assert "not a readable image" in reasons["corrupt.jpg"] or "corrupt" in reasons["corrupt.jpg"]
@@ -99,9 +100,9 @@ def test_same_content_under_two_classes_is_a_reported_conflict(tmp_path, cache_d
     root = make_folder_dataset(tmp_path / "d", classes=("a", "b"), per_class=20)
     original = sorted((root / "a").glob("*.jpg"))[0]
     shutil.copy(original, root / "b" / "copy_of_a.jpg")
-    dm = MaskDataModule(source="folder", root=str(root), cache_dir=str(cache_dir), num_folds=3)
+    dm = MaskDataModule(settings(root, cache_dir))
     dm.setup()
-    conflicts = [s for s in dm.skipped if "label conflict" in s["reason"]]
+    conflicts = [s for s in dm.data.skipped if "label conflict" in s["reason"]]
     assert {Path(s["path"]).name for s in conflicts} == {original.name, "copy_of_a.jpg"}
     assert len(dm.index) == 41 - 2
 
@@ -139,7 +140,7 @@ def test_roboflow_export_keeps_splits_and_reports_ambiguous_rows(tmp_path, cache
     reasons = {Path(s["path"]).name: s["reason"] for s in scan.skipped}
     assert "several class columns are 1 (mask, no-mask)" in reasons["both.jpg"]
     assert "no class column is 1" in reasons["none.jpg"]
-    dm = MaskDataModule(source="roboflow", root=str(root), cache_dir=str(cache_dir))
+    dm = MaskDataModule(settings(root, cache_dir, read_roboflow, num_folds=10))
     dm.setup()
     assert dm.class_names == ["mask", "no-mask"]
     assert (dm.index.groupby("split").size() == pd.Series({"test": 6, "train": 20, "val": 6})).all()
@@ -166,7 +167,7 @@ def test_manifest_reads_demographics_and_refuses_paths_outside_root(tmp_path, ca
 
 
 def test_binary_label_map_merges_the_mask_kinds(tiny_dataset, cache_dir):
-    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), label_map="binary", num_folds=3)
+    dm = MaskDataModule(settings(tiny_dataset, cache_dir, label_map="binary"))
     dm.setup()
     assert dm.class_names == ["without_mask", "with_mask"]
     assert dm.index.groupby("label_name").size().to_dict() == {"with_mask": 90, "without_mask": 30}

@@ -10,6 +10,7 @@ import yaml
 
 from maskdet.evaluation.cv import collect_runs, summarise, write_summary
 from tests.conftest import REPO, cli_env
+from tests.helpers.data import settings
 
 
 def _job(sweep, num, overrides, metrics=None, error=None):
@@ -123,7 +124,7 @@ def test_ddp_with_two_cpu_processes_matches_single_process_evaluation(tiny_datas
     from maskdet.models import MaskClassifier
 
     model = MaskClassifier.load_from_checkpoint(metrics["best_checkpoint"], weights=None)
-    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), num_folds=3)
+    dm = MaskDataModule(settings(tiny_dataset, cache_dir))
     single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).test(model, dm, verbose=False)[0]
     assert single["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
     assert single["test/f1"] == pytest.approx(metrics["test"]["test/f1"], abs=1e-6)
@@ -157,7 +158,7 @@ def test_joblib_launcher_runs_folds_in_parallel_on_one_shared_cache(cache_dir, t
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     fresh_cache = tmp_path / "cache"  # nothing built yet: the parallel jobs race to build it
     result, (sweep,) = _multirun(tmp_path, fresh_cache, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                 "data.synthetic.per_class=20", "data.synthetic.size=48", "data.num_folds=2",
+                                 "data.source.per_class=20", "data.source.size=48", "data.num_folds=2",
                                  "data.fold=0,1", "trainer.max_epochs=1", "~logger")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = pd.read_csv(sweep / "cv_summary.csv")

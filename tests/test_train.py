@@ -26,7 +26,7 @@ def test_experiment_composes(experiment):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
     assert cfg.task_name == experiment
-    assert cfg.data._target_ == "maskdet.data.MaskDataModule" and cfg.model._target_ == "maskdet.models.MaskClassifier"
+    assert cfg.data._target_ == "maskdet.data.DataSettings" and cfg.model._target_ == "maskdet.models.MaskClassifier"
     if cfg.model.architecture == "custom_cnn":
         assert cfg.data.image_size == 32 and cfg.model.architecture == "custom_cnn" and cfg.data.augment is None
     else:
@@ -41,7 +41,7 @@ def test_default_config_is_the_comp6721_protocol():
     assert cfg.model.architecture == "custom_cnn" and cfg.model.optimizer.lr == 0.001
     assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.test_size, cfg.data.num_folds, cfg.data.fold,
             cfg.data.seed) == (32, 32, 0.3, 10, 0, 0)
-    assert list(cfg.data.synthetic.per_class) == [2160, 2103, 2162, 2180]
+    assert list(cfg.data.source.per_class) == [2160, 2103, 2162, 2180]
     assert cfg.trainer.max_epochs == 20 and cfg.trainer.accelerator == "auto"
 
 

@@ -7,7 +7,11 @@ def __getattr__(name: str):
         from maskdet.data.datamodule import MaskDataModule
 
         return MaskDataModule
+    if name == "DataSettings":
+        from maskdet.data.prepare import DataSettings
+
+        return DataSettings
     raise AttributeError(name)
 
 
-__all__ = ["MaskDataModule"]
+__all__ = ["DataSettings", "MaskDataModule"]

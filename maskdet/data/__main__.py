@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from maskdet.config import check_keys, register_resolvers
-from maskdet.data.report import format_report, write_report
+from maskdet.data.prepare import build_caches, prepare
+from maskdet.data.report import build_report, format_report, write_report
+from maskdet.data.splits import splits_table
 from maskdet.errors import exit_on_error
 
 log = logging.getLogger("maskdet.data")
@@ -23,9 +25,10 @@ register_resolvers()
 
 def _report(cfg: DictConfig) -> tuple[dict, pd.DataFrame]:
     check_keys(cfg.data, "data")
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    return datamodule.report(), datamodule.splits_table()
+    settings = instantiate(cfg.data)
+    build_caches(settings)
+    data = prepare(settings)
+    return build_report(data, settings.source_name), splits_table(data.index, data.root)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="data_report")

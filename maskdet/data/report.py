@@ -4,11 +4,15 @@ group crosses splits), and every file that was refused and why. ``splits.csv`` b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.jsonfile import write_json
+
+if TYPE_CHECKING:
+    from maskdet.data.prepare import PreparedData
 
 
 def _nested_counts(frame: pd.DataFrame, columns: list[str]) -> dict:
@@ -25,17 +29,16 @@ def _nested_counts(frame: pd.DataFrame, columns: list[str]) -> dict:
     return out
 
 
-def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str], source: str, root: str | None,
-                 leakage: dict | None = None) -> dict:
-    """Counts of the images in use (after subsets and caps), duplicates and groups (``leakage``, from
+def build_report(data: PreparedData, source: str) -> dict:
+    """Counts of the images in use (after subsets and caps), duplicates and groups (``data.leakage``, from
     ``maskdet.data.duplicates.summarise``) and the full list of skipped files."""
-    used = index[index["selected"]]
+    used = data.used
     return {
         "source": source,
-        "root": root,
+        "root": data.root,
         "num_images": int(len(used)),
-        "num_images_before_subset": int(len(index)),
-        "classes": list(class_names),
+        "num_images_before_subset": int(len(data.index)),
+        "classes": list(data.class_names),
         "counts": {
             "split": _nested_counts(used, ["split"]),
             "split_class": _nested_counts(used, ["split", "label_name"]),
@@ -43,8 +46,8 @@ def build_report(index: pd.DataFrame, skipped: list[dict], class_names: list[str
         },
         "groups": {g: _nested_counts(used, [g]) for g in GROUP_COLUMNS},
         "unknown_demographics": int((used["gender"] == UNKNOWN).sum()),
-        **(leakage or {}),
-        "skipped": list(skipped),
+        **data.leakage,
+        "skipped": list(data.skipped),
     }
 
 
@@ -101,7 +104,7 @@ def _format_leakage(report: dict, shown: int = 20) -> list[str]:
 
 
 def write_report(report: dict, folder: str | Path, splits: pd.DataFrame | None = None) -> Path:
-    """Write ``data_report.json`` and, given the split table (``MaskDataModule.splits_table()``),
+    """Write ``data_report.json`` and, given the split table (``maskdet.data.splits.splits_table``),
     ``splits.csv`` beside it; return the report's path."""
     path = write_json(Path(folder) / "data_report.json", report)
     if splits is not None:

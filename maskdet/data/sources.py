@@ -1,5 +1,16 @@
 """Readers that turn a dataset on disk into the *index*: one DataFrame row per image.
 
+A data layout is one reader function here (or in any importable module) plus one YAML in
+``maskdet/conf/data/`` whose ``source`` names it as a Hydra partial::
+
+    source:
+      _target_: maskdet.data.sources.read_manifest
+      _partial_: true
+      manifest: null        # the reader's own options: data.source.manifest=<csv>
+
+``scan`` calls the reader with ``root`` (``data.root``) and/or ``cache_dir`` (``data.cache_dir``), those
+of the two its signature names, plus the options given in the YAML.
+
 Columns: ``path`` (absolute), ``label_name``, ``age``, ``gender``, ``race`` and, where the source fixes it,
 ``split`` (train / val / test). Readers only list and parse names, they never decode, so scanning
 10,000 files takes well under a second; decoding happens once, in the decoded cache. Files that cannot be
@@ -10,8 +21,9 @@ silently; so are hidden folders and linked folders, which are not searched.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +31,7 @@ import pandas as pd
 
 from maskdet.data.demographics import NAME_ATTRIBUTES, UNKNOWN, normalise_group, parse_utkface_name
 from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
-from maskdet.data.synthetic import CLASSES
+from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, ensure_dataset, make_spec
 from maskdet.errors import DataError
 
 INDEX_COLUMNS = ["path", "label_name", "age", *NAME_ATTRIBUTES]
@@ -39,6 +51,22 @@ class Scan:
 
     index: pd.DataFrame
     skipped: list[dict] = field(default_factory=list)
+    root: str | None = None  # the folder the index's paths are under (reports and splits.csv name paths from it)
+
+
+Reader = Callable[..., Scan]
+
+
+def source_name(reader: Reader) -> str:
+    """A reader's short name for reports and messages: ``read_manifest`` -> ``manifest``."""
+    return getattr(reader, "func", reader).__name__.removeprefix("read_")
+
+
+def scan(reader: Reader, root: str | Path | None, cache_dir: str | Path) -> Scan:
+    """Run ``reader`` with the context it asks for by name (``root``, ``cache_dir``)."""
+    wanted = inspect.signature(reader).parameters
+    context = {"root": root, "cache_dir": cache_dir}
+    return reader(**{k: v for k, v in context.items() if k in wanted})
 
 
 def class_order(names: Iterable[str]) -> list[str]:
@@ -115,7 +143,18 @@ def read_class_folders(root: str | Path) -> Scan:
                 f"Class folder {class_dir} holds no image files that can be used{example}. Add images to it or "
                 f"remove the folder (image extensions: .jpg .jpeg .png .bmp .gif .webp .tif .tiff)."
             )
-    return Scan(_frame(rows), skipped)
+    return Scan(_frame(rows), skipped, str(root))
+
+
+def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6721_COUNTS, seed: int = 0,
+                   size: int = 128, bias: Mapping | None = None, shared_faces: int = 1) -> Scan:
+    """The embedded dataset (``maskdet.data.synthetic``), generated into ``cache_dir`` on first use; the
+    options are ``synthetic.make_spec``'s."""
+    try:
+        spec = make_spec(per_class, seed, size, bias, shared_faces)
+    except (TypeError, ValueError) as err:
+        raise DataError(str(err)) from None
+    return read_class_folders(ensure_dataset(spec, cache_dir))
 
 
 def read_roboflow(root: str | Path) -> Scan:
@@ -152,7 +191,7 @@ def read_roboflow(root: str | Path) -> Scan:
                 problem = path_problem(path, root)
                 skipped.append(skip(path, problem if problem and not problem.startswith("not an image")
                                     else f"not listed in {folder / '_classes.csv'}"))
-    return Scan(_frame(rows, ["split"]), skipped)
+    return Scan(_frame(rows, ["split"]), skipped, str(root))
 
 
 def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
@@ -211,7 +250,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
             row["split"] = split
         rows.append(row)
     extra = (["split"] if has_split else []) + (["group"] if "group" in table.columns else [])
-    return Scan(_frame(rows, extra), skipped)
+    return Scan(_frame(rows, extra), skipped, str(root))
 
 
 def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | None) -> pd.DataFrame:

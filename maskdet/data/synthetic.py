@@ -91,17 +91,17 @@ def make_spec(
     counts = (int(per_class),) * len(CLASSES) if isinstance(per_class, int) else tuple(int(c) for c in per_class)
     if len(counts) != len(CLASSES) or min(counts) < 1:
         raise ValueError(
-            f"data.synthetic.per_class must be a positive int or {len(CLASSES)} positive ints "
+            f"data.source.per_class must be a positive int or {len(CLASSES)} positive ints "
             f"(one per class: {', '.join(CLASSES)}), got {per_class!r}."
         )
     if size < 32:
-        raise ValueError(f"data.synthetic.size must be at least 32 pixels, got {size}.")
+        raise ValueError(f"data.source.size must be at least 32 pixels, got {size}.")
     knob = bias if isinstance(bias, BiasKnob) else BiasKnob(**(dict(bias) if bias else {}))
     if knob.attribute not in NAME_ATTRIBUTES:
-        raise ValueError(f"data.synthetic.bias.attribute must be 'gender' or 'race', got {knob.attribute!r}.")
+        raise ValueError(f"data.source.bias.attribute must be 'gender' or 'race', got {knob.attribute!r}.")
     shared = 1 if shared_faces in (None, 0) else shared_faces
     if isinstance(shared, bool) or not isinstance(shared, int) or not 1 <= shared <= len(CLASSES):
-        raise ValueError(f"data.synthetic.shared_faces must be a whole number from 1 (off) to {len(CLASSES)} (each "
+        raise ValueError(f"data.source.shared_faces must be a whole number from 1 (off) to {len(CLASSES)} (each "
                          f"face under that many mask classes), got {shared_faces!r}.")
     return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob, shared_faces=shared)
 

@@ -1,0 +1,260 @@
+"""From the ``data.*`` settings to the index with its splits: plain functions, no Lightning.
+
+``DataSettings`` is the whole ``data`` config (``_target_: maskdet.data.DataSettings``), checked when it is
+built, before any file is read or written. ``prepare(settings)`` runs source -> index -> decoded cache ->
+duplicates and groups -> splits -> subsets and returns ``PreparedData``; ``MaskDataModule`` only turns
+that into batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from maskdet.data import cache, sources
+from maskdet.data import duplicates as dups
+from maskdet.data.demographics import DEFAULT_AGE_BINS, GROUP_COLUMNS, age_groups, normalise_group
+from maskdet.data.splits import assign_splits, cap_per_class, read_splits_file, select_subset
+from maskdet.errors import ConfigError, DataError
+
+log = logging.getLogger("maskdet.data")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Every ``data.*`` key (see ``maskdet/conf/data/default.yaml`` for what each means)."""
+
+    source: sources.Reader
+    root: str | None = None
+    image_size: int = 32
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    test_size: float = 0.3
+    num_folds: int = 10
+    fold: int = 0
+    seed: int = 0
+    label_map: str | Mapping[str, str] | None = None
+    subset: Mapping[str, object] = field(default_factory=dict)
+    cap_per_class: int | None = None
+    balance_by: Sequence[str] = ()
+    age_bins: Sequence[int] = DEFAULT_AGE_BINS
+    augment: torch.nn.Module | None = None
+    decoded_cache: bool = True
+    feature_cache: bool = True
+    num_workers: int = 2
+    cache_dir: str = ".cache/maskdet"
+    cache_memory_gb: float | None = None
+    duplicates: str = "group"
+    group_by: str | Mapping | None = None
+    splits_file: str | None = None
+
+    def __post_init__(self):
+        # Every value is checked here, before any file is read or written (maskdet.preflight builds the
+        # settings first for exactly this), so a wrong value never costs a cache build.
+        if not callable(self.source):
+            raise ConfigError(f"data.source={self.source!r} is not a reader: choose a layout with data=<name> "
+                              "(maskdet/conf/data/), or name a reader function with data.source._target_=<module.function> "
+                              "and data.source._partial_=true.")
+        whole = _require_whole
+        whole("image_size", self.image_size, 8, " (pixels)")
+        whole("batch_size", self.batch_size, 1)
+        if self.eval_batch_size is not None:
+            whole("eval_batch_size", self.eval_batch_size, 1, ", or null for max(batch_size, 256)")
+        if self.cap_per_class is not None:
+            whole("cap_per_class", self.cap_per_class, 1, " (images per class in each split); use "
+                  "data.cap_per_class=null for no cap")
+        whole("num_folds", self.num_folds, 2)
+        whole("num_workers", self.num_workers, 0)
+        if not 0 <= self.fold < self.num_folds:
+            raise ConfigError(f"data.fold={self.fold} is out of range for data.num_folds={self.num_folds} "
+                              f"(0..{self.num_folds - 1}).")
+        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int | float) or not 0 < self.test_size < 1:
+            raise ConfigError(f"data.test_size={self.test_size!r} must be a fraction between 0 and 1 (e.g. 0.3).")
+        balance_by = [self.balance_by] if isinstance(self.balance_by, str) else list(self.balance_by or [])
+        unknown = [str(c) for c in balance_by if c not in GROUP_COLUMNS]
+        if unknown:
+            raise ConfigError(f"data.balance_by: {', '.join(unknown)} is not a demographic column: balance training "
+                              f"batches over any of {', '.join(GROUP_COLUMNS)} (e.g. data.balance_by=[gender]), or [] "
+                              "for none.")
+        for attribute, wanted in dict(self.subset or {}).items():
+            if attribute not in (*GROUP_COLUMNS, "label_name"):
+                raise ConfigError(f"data.subset.{attribute}: no such column; use one of {', '.join(GROUP_COLUMNS)}, "
+                                  "label_name.")
+            for value in [wanted] if isinstance(wanted, str | int) or wanted is None else list(wanted):
+                try:
+                    normalise_group(attribute, value)
+                except ValueError as err:
+                    raise ConfigError(f"data.subset.{attribute}: {err}") from None
+        if not (self.label_map is None or self.label_map in ("none", "binary") or isinstance(self.label_map, Mapping)):
+            raise ConfigError(f"data.label_map={self.label_map!r} is unknown: use null, binary or a mapping "
+                              "{old_class: new_class}.")
+        edges = list(self.age_bins)
+        if len(edges) < 2 or any(not isinstance(b, int | float) or isinstance(b, bool) for b in edges) \
+                or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"data.age_bins={edges} must be at least two increasing ages, e.g. [0, 13, 20, 40, 60, 120].")
+        memory = self.cache_memory_gb
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 0):
+            raise ConfigError(f"data.cache_memory_gb={memory!r} must be a size in GB (0: always read batches from "
+                              "the cache file), or null for half the memory available.")
+        if self.duplicates not in dups.POLICIES:
+            raise ConfigError(f"data.duplicates={self.duplicates!r} is unknown: use group (copies stay in one split), "
+                              "drop (keep one copy) or keep (no grouping; warns when copies cross splits).")
+        dups.parse_group_by(self.group_by)  # refuses a malformed rule
+        # normalised forms (frozen: set through object.__setattr__)
+        object.__setattr__(self, "balance_by", tuple(balance_by))
+        object.__setattr__(self, "subset", dict(self.subset or {}))
+        object.__setattr__(self, "age_bins", tuple(edges))
+        object.__setattr__(self, "eval_batch_size", int(self.eval_batch_size or max(self.batch_size, 256)))
+        object.__setattr__(self, "cache_dir", str(self.cache_dir))
+
+    @property
+    def source_name(self) -> str:
+        return sources.source_name(self.source)
+
+
+def _require_whole(key: str, value, least: int, advice: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"data.{key}={value!r} must be a whole number of at least {least}{advice}.")
+
+
+@dataclass
+class PreparedData:
+    """The outcome of ``prepare``: one ``index`` row per usable image (path, label, demographics,
+    ``split``, ``fold``, ``selected`` by data.subset / cap), and everything refused, with reasons."""
+
+    index: pd.DataFrame
+    skipped: list[dict]
+    class_names: list[str]
+    root: str | None
+    decoded: cache.DecodedImages
+    leakage: dict
+
+    @property
+    def used(self) -> pd.DataFrame:
+        """The images the run uses (after data.subset and data.cap_per_class)."""
+        return self.index[self.index["selected"]]
+
+
+def scan_source(settings: DataSettings) -> sources.Scan:
+    return sources.scan(settings.source, settings.root, settings.cache_dir)
+
+
+def build_caches(settings: DataSettings) -> None:
+    """The disk work, once (``LightningDataModule.prepare_data``): generate or list the source, decode the cache."""
+    found = scan_source(settings)
+    if settings.decoded_cache and len(found.index):
+        cache.load_or_build(found.index["path"], settings.image_size, settings.cache_dir)
+
+
+def prepare(settings: DataSettings) -> PreparedData:
+    """index -> duplicates and groups -> splits -> subsets, each step a plain function of
+    maskdet.data.duplicates / splits."""
+    index, skipped, decoded, class_names, root = usable_index(settings)
+    index, dropped, removed, unnamed = duplicates_and_groups(index, settings)
+    index["split"], index["fold"] = split_of(index, settings, class_names, root)
+    group_rule = dups.parse_group_by(settings.group_by)
+    leakage = dups.summarise(index, dropped, settings.duplicates, group_rule[0] if group_rule else None, unnamed)
+    _warn_about_leaks(leakage, settings.duplicates)
+    selected = select_subset(index, settings.subset)
+    if settings.cap_per_class:
+        selected &= cap_per_class(index[selected], settings.cap_per_class, settings.seed).reindex(index.index,
+                                                                                                fill_value=False)
+    index["selected"] = selected
+    if not (selected & (index["split"] == "train")).any():
+        raise DataError(f"The training split is empty after data.subset={settings.subset} and "
+                        f"data.cap_per_class={settings.cap_per_class}: loosen the subset; no run trains on zero images.")
+    return PreparedData(index, skipped + removed, class_names, root, decoded, leakage)
+
+
+def usable_index(settings: DataSettings) -> tuple[pd.DataFrame, list[dict], cache.DecodedImages, list[str], str | None]:
+    """Scan the source, decode (or validate) every file, refuse the unusable ones, number the classes."""
+    found = scan_source(settings)
+    index = sources.apply_label_map(sources.fill_unknown(found.index), settings.label_map)
+    skipped = list(found.skipped)
+    decoded = cache.load_or_build(index["path"], settings.image_size, settings.cache_dir) if settings.decoded_cache \
+        else cache.validate(index["path"])
+    index = index.assign(cache_row=np.arange(len(index)), error=decoded.errors.values, digest=decoded.digests.values)
+    index, refused = _drop_unusable(index)
+    skipped += refused
+    if index.empty:
+        raise DataError(f"No usable images found under {found.root}; see the skipped files listed above.")
+    class_names = sources.class_order(index["label_name"].unique())
+    if len(class_names) < 2:
+        raise DataError(f"Only one class ({class_names[0]}) has usable images in {found.root}; "
+                        "a classifier needs at least two.")
+    index["label"] = index["label_name"].map({n: i for i, n in enumerate(class_names)}).astype(int)
+    index["age_group"] = age_groups(index["age"], settings.age_bins)
+    return index.reset_index(drop=True), skipped, decoded, class_names, found.root
+
+
+def duplicates_and_groups(index: pd.DataFrame, settings: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], int]:
+    """Find copies (data.duplicates), drop them under ``drop``, and give every image its ``split_group``:
+    copies (unless ``keep``) and data.group_by's groups, merged.
+    Returns (index, dropped rows, skipped entries, number of images no group rule matched)."""
+    hashes, thumbs = dups.load_or_compute(index["path"], index["digest"], settings.cache_dir)
+    index = dups.find_duplicates(index, hashes, thumbs)
+    dropped, removed = index.iloc[:0], []
+    if settings.duplicates == "drop":
+        index, dropped, removed = dups.drop_copies(index)
+        index = index.reset_index(drop=True)
+    rule = dups.parse_group_by(settings.group_by)
+    rule_name = rule[0] if rule else None
+    if "group" in index.columns and rule_name != "manifest":
+        log.warning("the manifest has a 'group' column but data.group_by is %s: its groups are not used; pass "
+                    "data.group_by=manifest to keep each group inside one split", rule_name)
+    keys = dups.group_keys(index, rule)
+    unnamed = int((keys == "").sum()) if rule else 0
+    if unnamed:
+        log.warning("%d of %d images have no group under data.group_by=%s (their names do not match); each is "
+                    "a group of its own", unnamed, len(index), rule_name)
+    index["split_group"] = dups.split_groups(index, keys, with_duplicates=settings.duplicates != "keep")
+    return index, dropped, removed, unnamed
+
+
+def split_of(index: pd.DataFrame, settings: DataSettings, class_names: list[str],
+             root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The split and fold of every image: read from data.splits_file, fixed by the source, or assigned
+    (grouped when images share a split_group)."""
+    if settings.splits_file:
+        log.info("reusing the split of %s", settings.splits_file)
+        return read_splits_file(settings.splits_file, index, root, settings.fold)
+    if "split" in index.columns and index["split"].notna().all():
+        log.info("keeping the splits fixed by the %s source", settings.source_name)
+        return index["split"].to_numpy(), np.full(len(index), -1)
+    return assign_splits(index["label"].to_numpy(), settings.test_size, settings.num_folds, settings.fold,
+                         settings.seed, class_names, groups=index["split_group"].to_numpy())
+
+
+def _warn_about_leaks(leakage: dict, policy: str) -> None:
+    """Say when copies or groups cross splits: under ``keep`` by choice, otherwise because the split was
+    fixed by the source or a splits file, which maskdet does not change."""
+    crossing = leakage["duplicates"]["groups_crossing_splits"]
+    if crossing and policy == "keep":
+        log.warning("data.duplicates=keep: %d of %d duplicate groups cross splits (train/val/test or folds), so test "
+                    "images have copies in training and the test accuracy can be inflated; data.duplicates=group "
+                    "keeps each group inside one split", crossing, leakage["duplicates"]["groups"])
+    groups = leakage["split_groups"]["groups_crossing_splits"]
+    if groups:
+        log.warning("%d groups of images (copies or data.group_by) cross the splits fixed by the source or "
+                    "data.splits_file, which maskdet does not change; see data_report.json", groups)
+
+
+def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Remove images that did not decode, and files whose identical bytes appear under two classes."""
+    skipped = [{"path": p, "reason": e} for p, e in zip(index["path"], index["error"]) if e]
+    index = index[index["error"] == ""]
+    labels_per_digest = index.groupby("digest")["label_name"].nunique()
+    conflicting = set(labels_per_digest[labels_per_digest > 1].index)
+    if conflicting:
+        clash = index[index["digest"].isin(conflicting)]
+        for _, group in clash.groupby("digest"):
+            for path, label in zip(group["path"], group["label_name"]):
+                others = ", ".join(f"{p} ({lab})" for p, lab in zip(group["path"], group["label_name"]) if p != path)
+                skipped.append({"path": path, "reason": f"label conflict: class '{label}' but the same file content is {others}"})
+        index = index[~index["digest"].isin(conflicting)]
+    return index.drop(columns=["error"]), skipped
