@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from maskdet.data.datamodule import MaskDataModule
+from maskdet.data.images import path_problem, skip
 from maskdet.data.prepare import DataSettings
 from maskdet.data.report import build_report
-from maskdet.data.sources import read_class_folders
+from maskdet.data.sources import INDEX_COLUMNS, Scan, read_class_folders
 
 
 def settings(root: Path | None, cache_dir: Path, source=read_class_folders, **overrides) -> DataSettings:
@@ -27,3 +30,18 @@ def datamodule(root: Path | None, cache_dir: Path, source=read_class_folders, **
 def report_of(dm: MaskDataModule) -> dict:
     """The data report a run writes for this datamodule (data_report.json)."""
     return build_report(dm.data, dm.settings.source_name)
+
+
+def read_flat_folder(root, separator: str = "__") -> Scan:
+    """A layout that is not shipped, added as a user would (one function + one config node): every image
+    directly in ``root``, its class the part of its name before ``separator`` (``with_mask__0001.png``)."""
+    root = Path(root)
+    rows, skipped = [], []
+    for path in sorted(root.iterdir()):
+        label, found, _ = path.name.partition(separator)
+        problem = path_problem(path, root)
+        if problem or not found:
+            skipped.append(skip(path, problem or f"no '{separator}' in the name to give the class"))
+        else:
+            rows.append({"path": str(path), "label_name": label})
+    return Scan(pd.DataFrame(rows, columns=INDEX_COLUMNS), skipped, str(root))
