@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -103,13 +104,11 @@ def test_augmentation_applies_to_training_batches_only(tiny_dataset, cache_dir):
 
 @pytest.mark.slow
 def test_data_report_cli(tiny_dataset, cache_dir, tmp_path):
-    (tiny_dataset.parent / "faces" / "with_cloth_mask" / "notes.txt").write_text("x")
-    try:
-        result = subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={tiny_dataset}",
-                                 "data.num_folds=3"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
-                                capture_output=True, text=True, timeout=120)
-    finally:
-        (tiny_dataset / "with_cloth_mask" / "notes.txt").unlink()
+    faces = shutil.copytree(tiny_dataset, tmp_path / "faces")  # a copy: the session's dataset stays as it is
+    (faces / "with_cloth_mask" / "notes.txt").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={faces}",
+                             "data.num_folds=3"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "120 images in 4 classes" in result.stdout and "notes.txt: not an image file" in result.stdout
     (report_path,) = (tmp_path / "outputs" / "data_report" / "runs").glob("*/data_report.json")
@@ -117,7 +116,7 @@ def test_data_report_cli(tiny_dataset, cache_dir, tmp_path):
     assert report["num_images"] == 120 and report["classes"][0] == "without_mask"
     assert report["counts"]["split_class"]["test"] == {c: 9 for c in report["classes"]}
     assert sum(report["groups"]["gender"].values()) == 120
-    assert report["skipped"] == [{"path": str(tiny_dataset / "with_cloth_mask" / "notes.txt"),
+    assert report["skipped"] == [{"path": str(faces / "with_cloth_mask" / "notes.txt"),
                                   "reason": "not an image file (extension '.txt')"}]
 
 
