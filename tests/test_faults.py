@@ -278,7 +278,7 @@ def test_a_fixed_split_source_without_test_images_is_refused_before_training_unl
         for i, image in enumerate(sorted(class_dir.iterdir())):
             rows.append(f"{image.relative_to(tiny_dataset)},{class_dir.name},{'train' if i < 20 else 'val'}")
     (tmp_path / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    args = ["data=manifest", f"data.root={tiny_dataset}", f"data.manifest={tmp_path / 'manifest.csv'}",
+    args = ["data=manifest", f"data.root={tiny_dataset}", f"data.source.manifest={tmp_path / 'manifest.csv'}",
             "trainer.max_epochs=1", "callbacks.explanations=null"]
     env = cli_env(cache_dir, tmp_path)
     refused = _cli(args, env)

@@ -102,7 +102,7 @@ def _require_root(root: str | Path | None, layout: str) -> Path:
 
 def _read_table(path: Path, **options) -> pd.DataFrame:
     """``pd.read_csv`` with a one-paragraph DataError for files that are empty, not UTF-8 or not CSV."""
-    what = "data.manifest" if path.name != "_classes.csv" else "a Roboflow export's _classes.csv"
+    what = "data.source.manifest" if path.name != "_classes.csv" else "a Roboflow export's _classes.csv"
     try:
         return pd.read_csv(path, encoding="utf-8-sig", **options)  # -sig: accept the BOM that Excel writes
     except pd.errors.EmptyDataError:
@@ -206,7 +206,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
     if not manifest_path.is_absolute() and not manifest_path.exists():
         manifest_path = root / manifest_path
     if not manifest_path.is_file():
-        raise DataError(f"Manifest {manifest_path} not found: set data.manifest=<csv> (columns path,label[,age,gender,race,split]).")
+        raise DataError(f"Manifest {manifest_path} not found: set data.source.manifest=<csv> (columns path,label[,age,gender,race,split]).")
     table = _read_table(manifest_path, dtype=str, keep_default_na=False)
     table.columns = [str(c).strip() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
