@@ -22,9 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference  # noqa: E402
 from scipy.stats import binomtest, norm  # noqa: E402
-from sklearn.metrics import accuracy_score, f1_score, recall_score  # noqa: E402
+from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
+from maskdet.evaluation.metrics import expected_calibration_error, macro_f1
 from maskdet.jsonfile import write_json
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
@@ -56,43 +57,11 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
-    """ECE over equal-width confidence bins; vectorised over leading axes (rows = bootstrap samples)."""
-    confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(float)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    n = confidence.shape[1]
-    ece = np.zeros(confidence.shape[0])
-    for b in range(bins):
-        in_bin = which == b
-        count = in_bin.sum(1)
-        gap = np.abs((confidence * in_bin).sum(1) - (correct * in_bin).sum(1))
-        ece += np.where(count > 0, gap / n, 0.0)
-    return ece
-
-
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 over the classes present in each row (sklearn's definition), vectorised over rows."""
-    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
-    scores, present = [], []
-    for c in range(num_classes):
-        tp = ((y_true == c) & (y_pred == c)).sum(1)
-        fp = ((y_true != c) & (y_pred == c)).sum(1)
-        fn = ((y_true == c) & (y_pred != c)).sum(1)
-        denom = 2 * tp + fp + fn
-        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-        present.append((tp + fn + fp) > 0)
-    scores, present = np.array(scores), np.array(present)
-    return (scores * present).sum(0) / np.maximum(present.sum(0), 1)
-
-
-def _bootstrap(y_true, y_pred, confidence, num_classes, n_boot, rng) -> dict[str, tuple[float, float]]:
+def _bootstrap(y_true, y_pred, confidence, n_boot, rng) -> dict[str, tuple[float, float]]:
+    """95 % percentile intervals of macro-F1 and ECE: each metric applied to ``n_boot`` resamples at once."""
     n = len(y_true)
     idx = rng.integers(0, n, size=(n_boot, n))
-    f1 = _macro_f1(y_true[idx], y_pred[idx], num_classes)
+    f1 = macro_f1(y_true[idx], y_pred[idx])
     ece = expected_calibration_error(confidence[idx], (y_true == y_pred)[idx])
     return {"f1": tuple(np.percentile(f1, [2.5, 97.5])), "ece": tuple(np.percentile(ece, [2.5, 97.5]))}
 
@@ -125,7 +94,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
             continue
         metrics = MetricFrame(
             metrics={"accuracy": accuracy_score,
-                     "macro_f1": lambda t, p: f1_score(t, p, labels=sorted(set(t) | set(p)), average="macro", zero_division=0),
+                     "macro_f1": lambda t, p: float(macro_f1(t, p)[0]),
                      **{f"recall_{n}": (lambda t, p, c=i: recall_score(t, p, labels=[c], average="macro", zero_division=0))
                         for i, n in enumerate(names)}},
             y_true=y_true, y_pred=y_pred, sensitive_features=groups.to_numpy())
@@ -134,7 +103,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
             mask = (groups == group).to_numpy()
             n, correct = int(mask.sum()), int((y_true[mask] == y_pred[mask]).sum())
             low, high = wilson_interval(correct, n)
-            boot = _bootstrap(y_true[mask], y_pred[mask], confidence[mask], len(names), n_bootstrap, rng)
+            boot = _bootstrap(y_true[mask], y_pred[mask], confidence[mask], n_bootstrap, rng)
             ece = float(expected_calibration_error(confidence[mask], y_true[mask] == y_pred[mask])[0])
             present = [i for i in range(len(names)) if (y_true[mask] == i).any()]
             rows.append({

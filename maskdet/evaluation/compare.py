@@ -32,11 +32,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
 
 from maskdet.errors import DataError  # noqa: E402
-from maskdet.evaluation.bias import expected_calibration_error, wilson_interval  # noqa: E402
+from maskdet.evaluation.bias import wilson_interval  # noqa: E402
 from maskdet.evaluation.cv import collect_jobs, run_folders  # noqa: E402
+from maskdet.evaluation.metrics import expected_calibration_error, macro_f1  # noqa: E402
 from maskdet.jsonfile import write_json
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE", "largest_gap": "largest gap"}
@@ -54,7 +54,7 @@ def run_figures(run_dir: str | Path) -> tuple[dict, pd.Series]:
     correct = predictions["label"] == predictions["prediction"]
     figures = {
         "accuracy": float(correct.mean()),
-        "macro_f1": float(f1_score(predictions["label"], predictions["prediction"], average="macro", zero_division=0)),
+        "macro_f1": float(macro_f1(predictions["label"].to_numpy(), predictions["prediction"].to_numpy())[0]),
         "ece": float(expected_calibration_error(predictions["confidence"].to_numpy(float), correct.to_numpy())[0]),
         "largest_gap": math.nan, "gap_attribute": None,
     }

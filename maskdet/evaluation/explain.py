@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from maskdet.errors import ConfigError  # noqa: E402
-from maskdet.evaluation.bias import ECE_BINS, expected_calibration_error
+from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error
 from maskdet.inference import predict_split
 
 

@@ -1,0 +1,48 @@
+"""Figures computed from a model's test predictions, shared by the bias audit, the comparison of
+configurations and the reliability diagram.
+
+Each takes one set of predictions (1-D arrays) or a batch of bootstrap resamples (2-D, one resample a row)
+and returns one figure per row, so a bootstrap interval is the same function applied to the resamples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
+
+
+def macro_f1(y_true, y_pred) -> np.ndarray:
+    """Macro-F1 of each row: the mean F1 over the classes that occur in that row's labels or predictions.
+
+    That convention is scikit-learn's ``f1_score(average="macro", zero_division=0)`` with its default
+    labels, and torchmetrics' ``MulticlassF1Score(average="macro")`` behind the training curves' f1 (it
+    leaves out classes with no true positive, false positive or false negative), so all three agree. It
+    also means a demographic group in which a class never occurs is not scored 0 for that class.
+    Labels may be class indices or names."""
+    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
+    total, counted = np.zeros(len(y_true)), np.zeros(len(y_true))
+    for c in np.unique(np.concatenate([y_true.ravel(), y_pred.ravel()])):
+        true, predicted = y_true == c, y_pred == c
+        hits = (true & predicted).sum(1)
+        errors = (true != predicted).sum(1)  # false positives plus false negatives
+        occurs = hits + errors > 0
+        total += np.where(occurs, 2 * hits / np.maximum(2 * hits + errors, 1), 0.0)
+        counted += occurs
+    return total / np.maximum(counted, 1)
+
+
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> np.ndarray:
+    """ECE of each row over ``bins`` equal-width confidence bins: the mean |confidence - accuracy| gap of
+    the bins, weighted by how many predictions fall in each."""
+    confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    n = confidence.shape[1]
+    ece = np.zeros(confidence.shape[0])
+    for b in range(bins):
+        in_bin = which == b
+        count = in_bin.sum(1)
+        gap = np.abs((confidence * in_bin).sum(1) - (correct * in_bin).sum(1))
+        ece += np.where(count > 0, gap / n, 0.0)
+    return ece
