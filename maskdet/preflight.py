@@ -155,7 +155,7 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file from a run's checkpoints/ folder.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read on use
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
         raise ConfigError(f"ckpt_path={path} is not a readable PyTorch checkpoint ({type(err).__name__}): "
                           "pass a .ckpt file written by maskdet.train.") from None

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from maskdet.errors import ConfigError
+from maskdet.preflight import read_checkpoint
 
 COMPARED = ("data", "model", "seed")
 # Settings that do not change what is trained or tested: where caches live, how evaluation is batched.
@@ -88,15 +88,8 @@ def check_resume(cfg: DictConfig) -> Resume | None:
     if not cfg.get("ckpt_path"):
         return None
     path = Path(cfg.ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist: pass the .ckpt file to resume from, "
-                          "e.g. <run>/checkpoints/last.ckpt.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise ConfigError(f"ckpt_path={path} is not a readable PyTorch checkpoint ({type(err).__name__}): "
-                          "pass <run>/checkpoints/last.ckpt of a maskdet run.") from None
-    if not isinstance(checkpoint, dict) or "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+    checkpoint = read_checkpoint(path)
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise ConfigError(f"ckpt_path={path} holds no training state (optimizer, loops), so training cannot resume "
                           "from it: resume from <run>/checkpoints/last.ckpt (best.ckpt holds weights only; "
                           "use it with maskdet.evaluate, predict or export).")
