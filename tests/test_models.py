@@ -5,7 +5,6 @@ from torch import nn
 
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models import MaskClassifier, build_network
-from maskdet.models.networks import head_name
 
 
 def test_custom_cnn_has_the_comp6721_parameter_count():
@@ -85,7 +84,7 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(tiny_dataset, ca
     after = model.net.state_dict()
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
     assert changed == ["fc.bias", "fc.weight"]  # running_mean / running_var / num_batches_tracked unchanged
-    assert head_name(model.net) == "fc"
+    assert model.head_name == "fc" and model.head.out_features == 4
 
 
 def test_finetune_trains_everything():

@@ -214,8 +214,9 @@ def load_or_build(paths: pd.Series, image_size: int, cache_dir: str | Path, work
 def load_or_build_features(decoded: DecodedImages, key: str, extract, batch_size: int = 256) -> np.ndarray:
     """Backbone features of every decoded image, computed once per (decoded cache, backbone key).
 
-    ``extract`` maps a float batch in [0, 1] (B x 3 x H x W) to features (B x D). A frozen backbone gives
-    the same features every epoch, fold and run, so only the head needs to train on them.
+    ``extract`` maps a float batch in [0, 1] (B x 3 x H x W) to features (B x D, or B x C x h x w before a
+    conv head such as SqueezeNet's). A frozen backbone gives the same features every epoch, fold and run,
+    so only the head needs to train on them.
     """
     path = decoded.folder / f"features-{key}.npy"
     remove_orphans(decoded.folder)
@@ -245,7 +246,7 @@ def _build_features(decoded: DecodedImages, path: Path, extract, batch_size: int
                     rows = valid[start:start + batch_size]
                     features = extract(to_float(torch.from_numpy(reader.read(rows)))).float().cpu().numpy()
                     if out is None:  # the width is known from the first batch
-                        out = _RowWriter(Path(tmp), (len(decoded.errors), features.shape[1]), np.float32,
+                        out = _RowWriter(Path(tmp), (len(decoded.errors), *features.shape[1:]), np.float32,
                                          f"the backbone features {path}", "set data.cache_dir=<a folder on a "
                                          "larger disk> or data.feature_cache=false")
                     for row, feature in zip(rows, features):

@@ -76,6 +76,7 @@ class MaskClassifier(L.LightningModule):
 
     @property
     def head(self) -> torch.nn.Module:
+        """The classification head its backbone family declares: logits = head(features).flatten(1)."""
         return self.net.get_submodule(self.head_name)
 
     @torch.no_grad()
@@ -92,6 +93,14 @@ class MaskClassifier(L.LightningModule):
             self.train(was_training)
         return captured[0]
 
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from cached head inputs. A conv head (SqueezeNet's) gives N x C x 1 x 1, flattened as its
+        network does; spatial features are laid out channels-last as in ``forward``, since a dropout mask
+        follows memory order and training on cached features must equal training through the backbone."""
+        if features.dim() == 4:
+            features = features.contiguous(memory_format=torch.channels_last)
+        return self.head(features).flatten(1)
+
     def backbone_key(self) -> str:
         """Identifies the frozen backbone's function: architecture, weights (by content), normalisation."""
         digest = hashlib.sha256(repr((self.hparams.architecture, self.hparams.mean, self.hparams.std)).encode())
@@ -106,13 +115,13 @@ class MaskClassifier(L.LightningModule):
         super().train(mode)
         if mode and self.hparams.freeze == "backbone":
             self.net.eval()
-            self.net.get_submodule(self.head_name).train()
+            self.head.train()
         return self
 
     # ----------------------------------------------------------------- steps
     def _step(self, batch: dict, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
         # batches carry images, or the frozen backbone's cached features (see MaskDataModule.use_backbone_features)
-        logits = self(batch["image"]) if "image" in batch else self.head(batch["features"])
+        logits = self(batch["image"]) if "image" in batch else self.head_logits(batch["features"])
         if stage != "train" and not torch.isfinite(logits).all():  # training losses: see DivergenceGuard
             raise DivergedError(f"The model's outputs are NaN or infinite at epoch {self.current_epoch} (stage {stage}): "
                                 "the weights diverged. Try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0.")
