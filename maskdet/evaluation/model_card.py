@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskdet.evaluation.bias import wilson_interval
+from maskdet.models.backbones import WEIGHT_FILE_SUFFIXES
 
 
 def _read(path: Path):
@@ -17,12 +18,12 @@ def _read(path: Path):
 
 
 def _initialisation(weights: str | None) -> str:
-    """Where training started, in words (``model.weights``: null, a torchvision weights name, or a file)."""
+    """Where training started, in words (``model.weights``: null, a pretrained weights name, or a file)."""
     if weights is None:
         return "trained from random initialisation (no pretrained weights)"
-    if Path(weights).suffix in (".pth", ".pt", ".ckpt", ".bin") or Path(weights).exists():
+    if Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).exists():
         return f"weights initialised from the file `{weights}`"
-    return f"weights initialised from torchvision's pretrained `{weights}`"
+    return f"weights initialised from the pretrained weights `{weights}` of its backbone family"
 
 
 def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
