@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -16,10 +17,12 @@ class Explanations(L.Callback):
     """After the first test of a run: Grad-CAM grid, galleries, reliability diagram, filters and weight
     histograms into ``output_dir`` and TensorBoard's image and histogram tabs (rank zero only)."""
 
-    def __init__(self, output_dir: str, per_class: int = 3, low_confidence: float = 0.6, gallery_size: int = 24,
-                 target_layer: str | None = None):
-        self.output_dir, self.options = Path(output_dir), dict(per_class=per_class, low_confidence=low_confidence,
-                                                                gallery_size=gallery_size, target_layer=target_layer)
+    def __init__(self, output_dir: str, *, per_class: int, low_confidence: float, gallery_size: int,
+                 target_layer: str | None, feature_layers: Sequence[str] | None):
+        """The settings are ``write_explanations``'; their values are in conf/explanations/default.yaml."""
+        self.output_dir = Path(output_dir)
+        self.options = dict(per_class=per_class, low_confidence=low_confidence, gallery_size=gallery_size,
+                            target_layer=target_layer, feature_layers=feature_layers)
         self.done = False
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

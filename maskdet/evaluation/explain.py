@@ -98,20 +98,27 @@ def _show(ax, image: torch.Tensor, title: str, heat: torch.Tensor | None = None)
     ax.axis("off")
 
 
-def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
-                 per_class: int, path: Path) -> plt.Figure:
-    """Per class, up to ``per_class`` correct and ``per_class`` misclassified images with their Grad-CAM."""
-    cam = GradCAM(model, layer)
-    heat, logits = cam(images.clone(), None)
-    predicted, confidence = logits.argmax(1), logits.softmax(1).amax(1)
-    rows = []
-    for c, name in enumerate(class_names):
-        right = torch.nonzero((labels == c) & (predicted == c)).flatten()[:per_class].tolist()
-        wrong = torch.nonzero((labels == c) & (predicted != c)).flatten()[:per_class].tolist()
-        rows.append((name, right, wrong))
+def right_and_wrong_per_class(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int,
+                              per_class: int) -> list[tuple[list[int], list[int]]]:
+    """Per class, the first ``per_class`` correctly and the first ``per_class`` wrongly predicted images
+    of that class (indices, fewer where the split has fewer)."""
+    return [(torch.nonzero((labels == c) & (predicted == c)).flatten()[:per_class].tolist(),
+             torch.nonzero((labels == c) & (predicted != c)).flatten()[:per_class].tolist())
+            for c in range(num_classes)]
+
+
+def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
+                 class_names: Sequence[str], per_class: int, path: Path) -> plt.Figure:
+    """One row per class: up to ``per_class`` correct and ``per_class`` misclassified images (of the
+    ``predicted`` classes) with their Grad-CAM, computed for those images only."""
+    rows = right_and_wrong_per_class(labels, predicted, len(class_names), per_class)
+    chosen = [i for right, wrong in rows for i in right + wrong]
+    heat, logits = GradCAM(model, layer)(images[chosen].to(next(model.parameters()).device))
+    confidence = dict(zip(chosen, logits.softmax(1).amax(1).tolist()))
+    heat = dict(zip(chosen, heat))
     cols = 2 * per_class
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.7 * len(rows)), squeeze=False)
-    for r, (name, right, wrong) in enumerate(rows):
+    for r, (name, (right, wrong)) in enumerate(zip(class_names, rows)):
         for k in range(cols):
             ax = axes[r, k]
             pool, j = (right, k) if k < per_class else (wrong, k - per_class)
@@ -244,10 +251,11 @@ def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
     return fig
 
 
-def write_explanations(model, datamodule, output_dir: str | Path, per_class: int = 3, low_confidence: float = 0.6,
-                       gallery_size: int = 24, target_layer: str | None = None,
-                       feature_layers: Sequence[str] | None = None, tensorboard=None, step: int = 0) -> dict:
-    """Every picture of the explain step into ``output_dir`` (and TensorBoard's image/histogram tabs)."""
+def write_explanations(model, datamodule, output_dir: str | Path, *, per_class: int, low_confidence: float,
+                       gallery_size: int, target_layer: str | None, feature_layers: Sequence[str] | None,
+                       tensorboard=None, step: int = 0) -> dict:
+    """Every picture of the explain step into ``output_dir`` (and TensorBoard's image/histogram tabs).
+    The settings have no defaults here: they are conf/explanations/default.yaml's, for both commands."""
     from maskdet.evaluation.reports import predictions_frame
 
     output_dir = Path(output_dir)
@@ -283,14 +291,9 @@ def write_explanations(model, datamodule, output_dir: str | Path, per_class: int
         available = [int((labels == c).sum()) for c in range(len(names))]
         if any(per_class > n for n in available):
             notes.append(f"explain.per_class={per_class}: some classes have fewer test images ({dict(zip(names, available))}); showing what there is")
-        predicted = probs.argmax(1)
-        chosen = []
-        for c in range(len(names)):
-            chosen += torch.nonzero((labels == c) & (predicted == c)).flatten()[:per_class].tolist()
-            chosen += torch.nonzero((labels == c) & (predicted != c)).flatten()[:per_class].tolist()
+        figures["gradcam"] = gradcam_grid(model, layer, images, labels, probs.argmax(1), names, per_class,
+                                          output_dir / "gradcam.png")
         device = next(model.parameters()).device
-        figures["gradcam"] = gradcam_grid(model, layer, images[chosen].to(device), labels[chosen].to(device), names,
-                                          per_class, output_dir / "gradcam.png")
         first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
         layers = list(feature_layers) if feature_layers else [first_conv, layer]
         figures["feature_maps"] = feature_maps(model, images[0].to(device), layers, output_dir / "feature_maps.png")
