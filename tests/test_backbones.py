@@ -135,33 +135,43 @@ def test_a_network_with_two_outputs_is_refused(monkeypatch):
         build_network("toy/two", 3, 32)
 
 
-def test_a_family_is_one_function(monkeypatch, tmp_path):
-    """Registered from outside the package, it builds, trains from features, freezes and loads files."""
-    from maskdet.models.backbones import Weights, load_weights_file
+def build_tiny(name: str, num_classes: int, image_size: int, weights):
+    """A whole backbone family: the build function a family is (see test_a_family_is_one_function)."""
+    from maskdet.models.backbones import load_weights_file
 
-    monkeypatch.setitem(FAMILIES, "tiny", None)  # removed again after the test
+    if isinstance(weights, str):
+        raise ConfigError("tiny has no named weights")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    if weights is not None:
+        load_weights_file(net, weights)
+    return net, "3"
 
-    @family("tiny")
-    def build_tiny(name: str, num_classes: int, image_size: int, weights: Weights):
-        if isinstance(weights, str):
-            raise ConfigError("tiny has no named weights")
-        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
-        if weights is not None:
-            load_weights_file(net, weights)
-        return net, "3"
 
-    model = MaskClassifier("tiny/net", num_classes=2, image_size=16, freeze="backbone")
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_family_is_one_function(monkeypatch, tmp_path, registered):
+    """Registered with @family, or named by its import path from outside maskdet: it builds, trains from
+    cached features, freezes, loads files and refuses named weights before any data work."""
+    if registered:
+        monkeypatch.setitem(FAMILIES, "tiny", None)  # removed again after the test
+        family("tiny")(build_tiny)
+    architecture = "tiny/net" if registered else "tests.test_backbones.build_tiny/net"
+    model = MaskClassifier(architecture, num_classes=2, image_size=16, freeze="backbone")
     features = model.backbone_features(torch.rand(5, 3, 16, 16))
-    assert features.shape == (5, 4) and model.head(features).flatten(1).shape == (5, 2)
+    assert features.shape == (5, 4) and model.head_logits(features).shape == (5, 2)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["net.3.weight", "net.3.bias"]
     torch.save(model.net.state_dict(), tmp_path / "tiny.pth")
-    again, _ = build_network("tiny/net", 2, 16, weights=str(tmp_path / "tiny.pth"))
+    again, _ = build_network(architecture, 2, 16, weights=str(tmp_path / "tiny.pth"))
     assert torch.equal(again[0].weight, model.net[0].weight)
-    fetch_weights("tiny/net", str(tmp_path / "tiny.pth"))  # a local file: nothing to fetch
+    fetch_weights(architecture, str(tmp_path / "tiny.pth"))  # a local file: nothing to fetch
     with pytest.raises(ConfigError, match="tiny has no named weights"):
-        fetch_weights("tiny/net", "IMAGENET")  # no fetch declared: fetching builds once, so refusals come early
-    with pytest.raises(ConfigError, match=r"'nothere' is not a backbone family"):
+        fetch_weights(architecture, "IMAGENET")  # no fetch declared: fetching builds once, so refusals come early
+
+
+def test_unknown_families_are_explained():
+    with pytest.raises(ConfigError, match=r"'nothere' is neither a backbone family \(custom_cnn, timm, torchvision\)"):
         build_network("nothere/net", 2)
+    with pytest.raises(ConfigError, match=r"import path of a build function \(No module named 'nopkg'\)"):
+        build_network("nopkg.build/net", 2)
 
 
 def test_every_model_config_builds(tmp_path):

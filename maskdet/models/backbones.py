@@ -1,9 +1,11 @@
 """Backbone families: how each builds a network by name, which module is its classification head, and
 how that head is reset to the dataset's classes.
 
-A family is one build function registered with ``@family("<name>")`` plus one config,
-``maskdet/conf/model/<name>.yaml``. ``model.architecture=<family>/<network>`` picks it (``timm/resnet10t``);
-a bare name is a family of that name (``custom_cnn``) or else a torchvision model (``resnet18``).
+A family is one build function plus one config, ``maskdet/conf/model/<name>.yaml``.
+``model.architecture=<family>/<network>`` picks it: ``timm/resnet10t`` for a family registered here with
+``@family("timm")``, ``my_package.backbones.build_mine/<network>`` for a build function anywhere else (its
+import path, as a data layout's reader is named). A bare name is a family of that name (``custom_cnn``)
+or else a torchvision model (``resnet18``).
 
 The head is declared, never guessed: a table for torchvision, the model's own ``pretrained_cfg`` for timm.
 Its input is what the frozen-backbone feature cache stores, and ``head(features).flatten(1)`` gives the
@@ -13,6 +15,7 @@ logits (a conv head such as SqueezeNet's outputs N x C x 1 x 1).
 from __future__ import annotations
 
 import difflib
+import importlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,10 +68,18 @@ def resolve(architecture: str) -> tuple[Family, str]:
     prefix, _, name = architecture.rpartition("/")
     if not prefix:
         prefix = architecture if architecture in FAMILIES else "torchvision"
-    if prefix not in FAMILIES:
-        raise ConfigError(f"model.architecture={architecture!r}: {prefix!r} is not a backbone family. Use "
-                          f"<family>/<name> with a family of {sorted(FAMILIES)}, or a torchvision name alone.")
-    return FAMILIES[prefix], name
+    if prefix in FAMILIES:
+        return FAMILIES[prefix], name
+    module, _, function = prefix.rpartition(".")
+    problem = "no module path"
+    if module:
+        try:
+            return Family(getattr(importlib.import_module(module), function)), name
+        except (ImportError, AttributeError) as err:
+            problem = str(err)
+    raise ConfigError(f"model.architecture={architecture!r}: {prefix!r} is neither a backbone family "
+                      f"({', '.join(sorted(FAMILIES))}) nor the import path of a build function ({problem}); use "
+                      "<family>/<name>, <package.module.function>/<name>, or a torchvision name alone.")
 
 
 def local_weights(weights: object) -> Path | None:
