@@ -1,11 +1,14 @@
 """A trained checkpoint and the data it was trained on, for every command that uses a finished run
-(evaluate, explain, export, predict). OmegaConf only: the entry points pass in their command-line overrides.
+(evaluate, explain, export, predict). OmegaConf only: the entry points pass in their command-line overrides,
+parsed (maskdet.cli).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,23 +35,18 @@ def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
     return model.eval()
 
 
-def run_data_config(ckpt_path: str | Path, data_overrides: list[str], fallback: DictConfig) -> DictConfig:
+def run_data_config(ckpt_path: str | Path, data_overrides: Mapping[str, Any], fallback: DictConfig) -> DictConfig:
     """The data config of the run that wrote ``ckpt_path`` (``<run>/.hydra/config.yaml``), so the split is
-    the one the model was trained with, with this command's ``data.*`` overrides applied on top;
-    ``fallback`` (the command's own ``data``) when a ``data=<source>`` override replaces it or the run's
-    config is missing. The cache folder is always the command's."""
+    the one the model was trained with, with this command's ``data.*`` overrides applied on top (already
+    parsed: key below ``data`` -> value); ``fallback`` (the command's own ``data``) when the run's config
+    is missing. The cache folder is always the command's."""
     run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
-    if any(o.startswith("data=") for o in data_overrides) or not run_config.is_file():
-        if not run_config.is_file():
-            log.warning("%s not found: using data settings from the command line and defaults", run_config)
+    if not run_config.is_file():
+        log.warning("%s not found: using data settings from the command line and defaults", run_config)
         return fallback
     data = OmegaConf.load(run_config).data
     OmegaConf.set_struct(data, False)
-    for override in data_overrides:
-        key, _, value = override.lstrip("+").partition("=")
-        if override.startswith("~"):
-            OmegaConf.update(data, key.removeprefix("~data."), None, force_add=True)
-        else:
-            OmegaConf.update(data, key.removeprefix("data."), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
+    for key, value in data_overrides.items():
+        OmegaConf.update(data, key, value, force_add=True)
     OmegaConf.update(data, "cache_dir", fallback.cache_dir)
     return data

@@ -13,10 +13,13 @@ import difflib
 import functools
 import inspect
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -61,13 +64,17 @@ def _composition_error(config_dir: Path, config_name: str, overrides: list[str],
     return None
 
 
+def parse_overrides(overrides: Iterable[str]) -> list[Override]:
+    """Override strings as Hydra itself reads them: key (``key_or_group``), value (``value()``), ``+``/``~``,
+    sweeps. maskdet's one reading of overrides; library modules are handed the parsed keys and values."""
+    return OverridesParser.create().parse_overrides([str(o) for o in overrides])
+
+
 def _first_of_each_sweep(overrides: list[str]) -> list[str]:
     """A multirun's overrides with each sweep replaced by its first value: a key misspelt inside a sweep
     fails only in the jobs, so the hint composes one job's config."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-            for o in OverridesParser.create().parse_overrides(overrides)]
+            for o in parse_overrides(overrides)]
 
 
 def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
@@ -151,10 +158,20 @@ class RunFolderCheck(Callback):
         self._check(config, "sweep")
 
 
+def data_changes(overrides: Iterable[str]) -> dict | None:
+    """A command's ``data.*`` overrides, parsed, as key below ``data`` -> value (``~data.key``: None, the run's
+    saved config being a plain dict); None after ``data=<source>``, which replaces the data config."""
+    data = [o for o in parse_overrides(overrides) if o.key_or_group.split(".")[0] == "data"]
+    if any(o.key_or_group == "data" for o in data):
+        return None
+    return {o.key_or_group.removeprefix("data."): None if o.is_delete() else o.value() for o in data}
+
+
 def checkpoint_and_data(cfg: DictConfig):
     """The checkpoint's model and a set-up datamodule for the data it was trained on (the run's own data
-    config with this command's ``data.*`` overrides, see ``checkpoints.run_data_config``), at the
-    checkpoint's image size and without augmentation; shared by evaluate, explain and export."""
+    config with this command's ``data.*`` overrides, see ``checkpoints.run_data_config``; this command's
+    data config after ``data=<source>``), at the checkpoint's image size and without augmentation; shared
+    by evaluate, explain and export."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -163,9 +180,9 @@ def checkpoint_and_data(cfg: DictConfig):
     from maskdet.data.datamodule import MaskDataModule
 
     task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
-    data_overrides = [o for o in task if o.lstrip("+~").split("=")[0].split(".")[0] == "data"]
     model = load_classifier(cfg.ckpt_path)
-    data_cfg = run_data_config(cfg.ckpt_path, data_overrides, cfg.data)
+    changes = data_changes(task)
+    data_cfg = cfg.data if changes is None else run_data_config(cfg.ckpt_path, changes, cfg.data)
     check_keys(data_cfg, "data")
     datamodule = MaskDataModule(instantiate(data_cfg, image_size=model.hparams.image_size, augment=None))
     datamodule.prepare_data()

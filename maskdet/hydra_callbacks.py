@@ -7,11 +7,11 @@ import re
 import sys
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from maskdet.cli import parse_overrides
 from maskdet.errors import MaskdetError
 from maskdet.evaluation.cv import FOLD_KEY, write_summary
 
@@ -21,12 +21,11 @@ NAME_LIMIT = 80  # characters after the job number: folder names stay short on e
 
 def _swept_keys(sweeper_params, argv) -> set[str]:
     """Keys the sweep varies: the sweeper's ``params`` (experiments, Optuna) and the command line's sweep
-    overrides (``lr=1e-3,1e-2``, ``range(3)``), read with Hydra's own parser."""
-    keys = {str(k).lstrip("+~") for k in (sweeper_params or {})}
+    overrides (``lr=1e-3,1e-2``, ``range(3)``)."""
+    keys = {o.key_or_group for o in parse_overrides(f"{k}={v}" for k, v in (sweeper_params or {}).items())}
     words = [w for w in argv if "=" in w and not w.startswith("-")]
     try:
-        keys |= {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(words)
-                 if o.is_sweep_override()}
+        keys |= {o.key_or_group for o in parse_overrides(words) if o.is_sweep_override()}
     except HydraException:  # not Hydra overrides (a launcher's worker process): use the sweeper's params
         pass
     return keys
@@ -36,7 +35,7 @@ def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
     """``${job_name:...}`` in conf/hydra: a sweep job's folder name, its number then the overrides the sweep
     varies, fold last (``3_lr=0.01,fold=1``), so folders and TensorBoard runs say what differs. Where the
     swept keys cannot be told (a launcher's worker process), every override of the job that is not a path."""
-    pairs = [str(o).lstrip("+~").split("=", 1) for o in overrides or [] if "=" in str(o)]
+    pairs = [(o.key_or_group, o.get_value_string()) for o in parse_overrides(overrides or []) if not o.is_delete()]
     swept = _swept_keys(sweeper_params, sys.argv[1:] if argv is None else argv)
     chosen = [(k, v) for k, v in pairs if k in swept] if swept else \
         [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]

@@ -251,6 +251,25 @@ def test_evaluate_reproduces_the_run_and_evaluates_subsets(trained_run, small_da
     assert set(subset["path"]) <= set(original["path"])  # test images only, never a training image
 
 
+def test_a_command_s_data_overrides_apply_on_top_of_the_run_s_own_data_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from maskdet.checkpoints import run_data_config
+    from maskdet.cli import data_changes
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"data": {"root": "/faces", "fold": 2, "subset": {}, "balance_by": "gender", "cache_dir": "/old"}},
+                   tmp_path / "run" / ".hydra" / "config.yaml")
+    command = OmegaConf.create({"root": "/other", "cache_dir": "/new"})
+    changes = data_changes(["+data.subset.gender=female", "data.fold=1", "~data.balance_by", "data.size=[1, 2]",
+                            "model.lr=0.1", "trainer.max_epochs=2"])
+    data = run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command)
+    assert OmegaConf.to_container(data) == {"root": "/faces", "fold": 1, "subset": {"gender": "female"},
+                                            "balance_by": None, "cache_dir": "/new", "size": [1, 2]}
+    assert run_data_config(tmp_path / "elsewhere" / "best.ckpt", changes, command) is command  # no run config
+    assert data_changes(["data=folder", "data.root=/x"]) is None  # another source: the command's own data config
+
+
 def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):
     import torch
 

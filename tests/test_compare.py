@@ -167,6 +167,9 @@ def test_job_folder_names_say_what_the_sweep_varies():
         == "0_model.lr=1,optimizer.lr=2"
     assert len(job_name(7, [f"k{i}=" + "v" * 30 for i in range(9)], None, [])) <= 82
     assert job_name(5, [], None, []) == "5"
+    # added and deleted keys: the added key is named without its +, a deletion is no part of the name
+    assert job_name(4, ["+data.subset.gender=female", "~logger", "seed=1"], None, ["-m", "seed=0,1"]) == "4_seed=1"
+    assert job_name(4, ["+data.subset.gender=female", "~logger"], None, []) == "4_gender=female"
 
 
 def test_cv_in_job_folds_and_named_job_folders_are_collected(tmp_path):

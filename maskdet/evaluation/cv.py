@@ -19,6 +19,9 @@ IN_JOB_FOLD = re.compile(r"fold_(\d+)")
 
 
 def _overrides(job: Path) -> dict[str, str]:
+    """The job's overrides as Hydra recorded them, key -> value text. Split by hand rather than with Hydra's
+    parser (``maskdet.cli.parse_overrides``) because this module reads finished runs without Hydra; each
+    item is one ``key=value`` that Hydra wrote (no sweep); ``~key`` deletions carry no value and are skipped."""
     path = job / ".hydra" / "overrides.yaml"
     if not path.is_file() and IN_JOB_FOLD.fullmatch(job.name):  # a cv_in_job fold: its job's overrides
         path = job.parent / ".hydra" / "overrides.yaml"
