@@ -24,6 +24,8 @@ register_resolvers()
 
 
 def explain(cfg: DictConfig) -> dict:
+    """Every check that needs no data first (also when called from Python, as ``train`` does), then the pictures."""
+    check_config(cfg, "explain")
     model, datamodule, _ = checkpoint_and_data(cfg)
     result = write_explanations(model, datamodule, Path(cfg.paths.output_dir), **cfg.explain)
     summary("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)
@@ -34,7 +36,6 @@ def explain(cfg: DictConfig) -> dict:
 
 @entry_point("explain")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(check_config, cfg, "explain")
     exit_on_error(explain, cfg)
 
 
