@@ -252,14 +252,14 @@ def _timm_published(name: str, weights: str) -> tuple[str, Path]:
     timm = _import_timm()
     import huggingface_hub  # a dependency of timm
     arch = name.partition(".")[0]
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
     try:
         cfg = timm.models.get_pretrained_cfg(name if weights == "DEFAULT" else f"{arch}.{weights}")
-    except RuntimeError:
+    except RuntimeError:  # an unknown tag
         cfg = None
-    if cfg is None:
-        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise ConfigError(f"model.weights={weights!r} is not a pretrained weight of timm/{arch}: use one of "
-                          f"{tags + ['DEFAULT'] if tags else []}, null, or a path to a state-dict file.")
+    if cfg is None or cfg.tag not in tags:  # timm describes untrained models too
+        raise ConfigError(f"model.weights={weights!r} is not a pretrained weight of timm/{arch}: use "
+                          + (f"one of {tags + ['DEFAULT']}, " if tags else "") + "null or a path to a state-dict file.")
     if not cfg.hf_hub_id:
         raise ConfigError(f"timm/{arch} {cfg.tag} is not on the Hugging Face hub: download {cfg.url} yourself "
                           "and pass model.weights=<path to the file>.")
