@@ -5,6 +5,7 @@ from torch import nn
 
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models import MaskClassifier, build_network
+from tests.helpers.data import settings
 
 
 def test_custom_cnn_has_the_comp6721_parameter_count():
@@ -73,8 +74,7 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(tiny_dataset, ca
     from maskdet.data import MaskDataModule
 
     L.seed_everything(0)
-    dm = MaskDataModule(source="folder", root=str(tiny_dataset), cache_dir=str(cache_dir), num_folds=3,
-                        image_size=48, batch_size=16)
+    dm = MaskDataModule(settings(tiny_dataset, cache_dir, image_size=48, batch_size=16))
     model = MaskClassifier("resnet18", num_classes=4, freeze="backbone",
                            optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
