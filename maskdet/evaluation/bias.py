@@ -1,7 +1,8 @@
 """The bias audit: per-group metrics with confidence intervals, and tests of the largest gap.
 
 Per attribute (gender, race, age group, gender x race) and group: n, accuracy (Wilson 95 % interval),
-macro-F1 and expected calibration error (bootstrap 95 % intervals), recall per class. Per attribute: the
+the figures of ``bias.metrics`` (macro-F1 and expected calibration error by default; any of
+``metrics.GROUP_METRICS``) with bootstrap 95 % intervals, recall per class. Per attribute: the
 largest accuracy gap between groups large enough to rank, its Newcombe interval and two-proportion z-test
 p-value (Bonferroni-corrected for the number of group pairs it was picked from), and the worst-group
 accuracy. Group metrics come from fairlearn's ``MetricFrame``; the
@@ -25,10 +26,12 @@ from scipy.stats import binomtest, norm  # noqa: E402
 from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
-from maskdet.evaluation.metrics import expected_calibration_error, macro_f1
+from maskdet.errors import ConfigError
+from maskdet.evaluation.metrics import GROUP_METRICS
 from maskdet.jsonfile import write_json
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
+DEFAULT_METRICS = ("macro_f1", "ece")  # per-group figures with bootstrap intervals (metrics.GROUP_METRICS)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -57,13 +60,16 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _bootstrap(y_true, y_pred, confidence, n_boot, rng) -> dict[str, tuple[float, float]]:
-    """95 % percentile intervals of macro-F1 and ECE: each metric applied to ``n_boot`` resamples at once."""
-    n = len(y_true)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    f1 = macro_f1(y_true[idx], y_pred[idx])
-    ece = expected_calibration_error(confidence[idx], (y_true == y_pred)[idx])
-    return {"f1": tuple(np.percentile(f1, [2.5, 97.5])), "ece": tuple(np.percentile(ece, [2.5, 97.5]))}
+def _with_intervals(metrics: Sequence[str], y_true, y_pred, confidence, n_boot, rng) -> dict[str, float]:
+    """Each figure of ``metrics`` (GROUP_METRICS) with its 95 % percentile bootstrap interval: the same
+    function applied to ``n_boot`` resamples at once (one resampling shared by every figure)."""
+    idx = rng.integers(0, len(y_true), size=(n_boot, len(y_true)))
+    row = {}
+    for name in metrics:
+        function = GROUP_METRICS[name][1]
+        low, high = np.percentile(function(y_true[idx], y_pred[idx], confidence[idx]), [2.5, 97.5])
+        row.update({name: float(function(y_true, y_pred, confidence)[0]), f"{name}_low": low, f"{name}_high": high})
+    return row
 
 
 def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -75,10 +81,24 @@ def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def require_known_metrics(metrics: Sequence[str]) -> list[str]:
+    """``bias.metrics`` as a list, refused (before training, by preflight) if it names an unknown figure."""
+    if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"bias.metrics={metrics!r} must be a list of names, e.g. bias.metrics=[macro_f1,ece].")
+    unknown = [m for m in metrics if m not in GROUP_METRICS]
+    if unknown:
+        raise ConfigError(f"bias.metrics: {', '.join(unknown)} is not a per-group figure: use any of "
+                          f"{', '.join(GROUP_METRICS)} (maskdet.evaluation.metrics.GROUP_METRICS).")
+    return list(metrics)
+
+
 def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
-          min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+          min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0,
+          metrics: Sequence[str] = DEFAULT_METRICS) -> dict:
     """The bias audit of ``predictions`` (``predictions.csv``): a dict with ``groups`` (one row per
-    attribute x group), ``gaps`` (one per attribute) and notes for attributes with no information."""
+    attribute x group: accuracy with its Wilson interval, each of ``metrics`` with a bootstrap interval,
+    recall per class), ``gaps`` (one per attribute) and notes for attributes with no information."""
+    metrics = require_known_metrics(metrics)
     names = list(class_names)
     frame = with_group_columns(predictions)
     y_true = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy()
@@ -92,25 +112,21 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
             notes.append(f"{attribute}: no demographic information (file names are not UTKFace-style and no "
                          f"{attribute} column was given), so no per-group figures.")
             continue
-        metrics = MetricFrame(
+        frame_by_group = MetricFrame(
             metrics={"accuracy": accuracy_score,
-                     "macro_f1": lambda t, p: float(macro_f1(t, p)[0]),
                      **{f"recall_{n}": (lambda t, p, c=i: recall_score(t, p, labels=[c], average="macro", zero_division=0))
                         for i, n in enumerate(names)}},
             y_true=y_true, y_pred=y_pred, sensitive_features=groups.to_numpy())
-        table = metrics.by_group
+        table = frame_by_group.by_group
         for group, values in table.iterrows():
             mask = (groups == group).to_numpy()
             n, correct = int(mask.sum()), int((y_true[mask] == y_pred[mask]).sum())
             low, high = wilson_interval(correct, n)
-            boot = _bootstrap(y_true[mask], y_pred[mask], confidence[mask], n_bootstrap, rng)
-            ece = float(expected_calibration_error(confidence[mask], y_true[mask] == y_pred[mask])[0])
             present = [i for i in range(len(names)) if (y_true[mask] == i).any()]
             rows.append({
                 "attribute": attribute, "group": str(group), "n": n, "correct": correct,
                 "accuracy": float(values["accuracy"]), "accuracy_low": low, "accuracy_high": high,
-                "macro_f1": float(values["macro_f1"]), "macro_f1_low": boot["f1"][0], "macro_f1_high": boot["f1"][1],
-                "ece": ece, "ece_low": boot["ece"][0], "ece_high": boot["ece"][1],
+                **_with_intervals(metrics, y_true[mask], y_pred[mask], confidence[mask], n_bootstrap, rng),
                 **{f"recall_{names[i]}": float(values[f"recall_{names[i]}"]) if i in present else math.nan
                    for i in range(len(names))},
                 "ranked": n >= min_group_size and group != UNKNOWN,
@@ -139,23 +155,25 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
                 y_true[known.to_numpy()], y_pred[known.to_numpy()], sensitive_features=groups[known].to_numpy()))
         gaps.append(gap)
     return {"groups": rows, "gaps": gaps, "notes": notes, "min_group_size": min_group_size,
-            "n_bootstrap": n_bootstrap, "class_names": names}
+            "n_bootstrap": n_bootstrap, "class_names": names, "metrics": metrics}
 
 
 def format_markdown(report: dict) -> str:
+    metrics = report.get("metrics", list(DEFAULT_METRICS))
+    titles = [GROUP_METRICS[m][0] if m in GROUP_METRICS else m for m in metrics]
     lines = ["# Bias report", "",
-             f"Accuracy with Wilson 95 % intervals; macro-F1 and ECE with bootstrap 95 % intervals "
+             f"Accuracy with Wilson 95 % intervals; {' and '.join(titles) or 'no other figure'} with bootstrap 95 % intervals "
              f"({report['n_bootstrap']} resamples). Groups under {report['min_group_size']} images, and "
              f"'unknown', are shown but not ranked (marked *).", ""]
     lines += [f"- {note}" for note in report["notes"]]
     for gap in report["gaps"]:
         attribute = gap["attribute"]
-        lines += ["", f"## {attribute}", "", "| group | n | accuracy | macro-F1 | ECE |", "|---|---|---|---|---|"]
+        lines += ["", f"## {attribute}", "", f"| group | n | accuracy | {' | '.join(titles)} |",
+                  "|---|---|---|" + "---|" * len(titles)]
         for r in (r for r in report["groups"] if r["attribute"] == attribute):
             mark = "" if r["ranked"] else " *"
-            lines.append(f"| {r['group']}{mark} | {r['n']} | {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, "
-                         f"{r['accuracy_high']:.4f}] | {r['macro_f1']:.4f} [{r['macro_f1_low']:.4f}, "
-                         f"{r['macro_f1_high']:.4f}] | {r['ece']:.4f} [{r['ece_low']:.4f}, {r['ece_high']:.4f}] |")
+            cells = [f"{r[k]:.4f} [{r[k + '_low']:.4f}, {r[k + '_high']:.4f}]" for k in ("accuracy", *metrics)]
+            lines.append(f"| {r['group']}{mark} | {r['n']} | {' | '.join(cells)} |")
         if "gap" in gap:
             verdict = "significant" if gap["significant"] else "not significant"
             corrected = f", Bonferroni-corrected for {gap['comparisons']} pairs" if gap["comparisons"] > 1 else ""

@@ -7,6 +7,8 @@ and returns one figure per row, so a bootstrap interval is the same function app
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
@@ -46,3 +48,30 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> np.
         gap = np.abs((confidence * in_bin).sum(1) - (correct * in_bin).sum(1))
         ece += np.where(count > 0, gap / n, 0.0)
     return ece
+
+
+# ------------------------------------------------------------------ per-group figures of the bias audit
+# A figure the audit reports per demographic group, with a bootstrap 95 % interval: a function of
+# (labels, predictions, confidence), each 1-D or one bootstrap resample a row, returning one value per row.
+# Adding one is one such function with its decorator, and its name in ``bias.metrics`` (conf/bias/default.yaml).
+GroupMetric = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+GROUP_METRICS: dict[str, tuple[str, GroupMetric]] = {}
+
+
+def group_metric(name: str, title: str):
+    """Register a per-group figure as ``name`` (its columns in bias_report.csv: name, name_low, name_high);
+    ``title`` heads its column in bias_report.md."""
+    def register(function: GroupMetric) -> GroupMetric:
+        GROUP_METRICS[name] = (title, function)
+        return function
+    return register
+
+
+@group_metric("macro_f1", "macro-F1")
+def group_macro_f1(y_true, y_pred, confidence) -> np.ndarray:
+    return macro_f1(y_true, y_pred)
+
+
+@group_metric("ece", "ECE")
+def group_ece(y_true, y_pred, confidence) -> np.ndarray:
+    return expected_calibration_error(confidence, np.asarray(y_true) == np.asarray(y_pred))
