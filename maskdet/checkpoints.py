@@ -45,6 +45,11 @@ def run_data_config(ckpt_path: str | Path, data_overrides: Mapping[str, Any], fa
         log.warning("%s not found: using data settings from the command line and defaults", run_config)
         return fallback
     data = OmegaConf.load(run_config).data
+    if data.get("_target_") == "maskdet.data.MaskDataModule":  # written before data layouts were readers
+        raise ConfigError(f"{run_config} was written by an older maskdet whose data config this one cannot read "
+                          f"(data.source={data.get('source')!r}). Give the data on the command line instead: "
+                          "data=<layout> data.root=<folder>, and "
+                          f"data.splits_file={run_config.parent.parent / 'splits.csv'} to reuse the run's exact split.")
     OmegaConf.set_struct(data, False)
     for key, value in data_overrides.items():
         OmegaConf.update(data, key, value, force_add=True)

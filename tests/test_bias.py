@@ -288,6 +288,7 @@ def test_a_command_s_data_overrides_apply_on_top_of_the_run_s_own_data_config(tm
 
     from maskdet.checkpoints import run_data_config
     from maskdet.cli import data_changes
+    from maskdet.errors import ConfigError
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     OmegaConf.save({"data": {"root": "/faces", "fold": 2, "subset": {}, "balance_by": "gender", "cache_dir": "/old"}},
@@ -300,6 +301,10 @@ def test_a_command_s_data_overrides_apply_on_top_of_the_run_s_own_data_config(tm
                                             "balance_by": None, "cache_dir": "/new", "size": [1, 2]}
     assert run_data_config(tmp_path / "elsewhere" / "best.ckpt", changes, command) is command  # no run config
     assert data_changes(["data=folder", "data.root=/x"]) is None  # another source: the command's own data config
+    OmegaConf.save({"data": {"_target_": "maskdet.data.MaskDataModule", "source": "folder", "root": "/faces"}},
+                   tmp_path / "run" / ".hydra" / "config.yaml")  # as runs before data layouts were readers
+    with pytest.raises(ConfigError, match=r"older maskdet .*data.source='folder'.*data=<layout> data.root=<folder>"):
+        run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command)
 
 
 def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):
