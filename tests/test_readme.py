@@ -361,8 +361,10 @@ class Workspace:
         cfg = self.compose(cmd.entry, cut)
         sizes: dict = {}
         if cmd.entry in ("train", "data"):
-            if cfg.data.source == "synthetic":
+            if "per_class" in cfg.data.source:  # the embedded dataset: generated at the size asked for
                 sizes |= {"data.source.per_class": 20, "data.source.size": 48}
+            else:  # any other source reads the root the command names, which is the tiny dataset here
+                assert cfg.data.root == str(self.faces), f"`{cmd.text}`: give its data tiny sizes in tiny()"
         if cmd.entry == "train":
             sizes |= {"trainer.max_epochs": 1, "data.image_size": 32, "data.num_folds": 2 if cmd.multirun else 3,
                       "callbacks.explanations": "null"}
