@@ -19,8 +19,8 @@ from pathlib import Path
 import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
-from hydra.errors import ConfigCompositionException
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import ConfigCompositionException, HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -35,8 +35,14 @@ def _null_groups_removed(argv: list[str], config_dir: Path) -> list[str]:
     groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
     out = []
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        out.append(f"~{key}" if sep and key in groups and value.strip().lower() == "null" else arg)
+        try:
+            (override,) = parse_overrides([arg])
+        except HydraException:  # an option (-m, --config-name) or its value: not an override
+            out.append(arg)
+            continue
+        null_group = override.type == OverrideType.CHANGE and override.key_or_group in groups \
+            and not override.is_sweep_override() and override.value() is None
+        out.append(f"~{override.key_or_group}" if null_group else arg)
     return out
 
 
