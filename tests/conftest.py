@@ -34,6 +34,25 @@ def small_dataset(tmp_path_factory) -> Path:
     return generate(make_spec(per_class=100, seed=2, size=64), tmp_path_factory.mktemp("small") / "faces")
 
 
+@pytest.fixture(scope="session")
+def trained_run(tiny_dataset, cache_dir, tmp_path_factory) -> Path:
+    """A finished two-epoch run of the custom CNN on the tiny dataset (best.ckpt, reports, TensorBoard), trained
+    once for every test that only reads a run. A test that changes a run works on a copy: the session ends
+    with an error if a file in this folder was added, removed or rewritten."""
+    from maskdet.train import train
+
+    run = tmp_path_factory.mktemp("trained_run")
+    train(compose_train(["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=2",
+                         "callbacks.explanations=null"], run, cache_dir))
+    before = _listing(run)
+    yield run
+    assert _listing(run) == before, f"a test changed the shared run {run}: copy it first (shutil.copytree)"
+
+
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
 def compose_train(overrides: list[str], output_dir: Path, cache_dir: Path):
     """Compose conf/train.yaml as the CLI would, with the run folder and cache in the test's tmp dirs."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

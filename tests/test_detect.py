@@ -181,12 +181,9 @@ def test_every_n_frames_must_be_positive(tmp_path):
         detect_and_classify(untrained_model(), haar(), [], every_n_frames=0)
 
 
-@pytest.fixture(scope="module")
-def trained_ckpt(tiny_dataset, cache_dir, tmp_path_factory):
-    """A tiny trained checkpoint, made as tests/test_use.py makes its own (one epoch here)."""
-    from tests.test_use import _train
-
-    return _train(tiny_dataset, cache_dir, tmp_path_factory.mktemp("detect_cnn"), "trainer.max_epochs=1")
+@pytest.fixture
+def trained_ckpt(trained_run):
+    return trained_run / "checkpoints" / "best.ckpt"
 
 
 def _predict(ckpt, inbox, tmp_path, cache_dir, *overrides):

@@ -21,9 +21,9 @@ def _train(dataset, cache_dir, out, *overrides):
     return metrics["best_checkpoint"]
 
 
-@pytest.fixture(scope="module")
-def cnn_ckpt(tiny_dataset, cache_dir, tmp_path_factory):
-    return _train(tiny_dataset, cache_dir, tmp_path_factory.mktemp("cnn"), "trainer.max_epochs=2")
+@pytest.fixture
+def cnn_ckpt(trained_run):
+    return str(trained_run / "checkpoints" / "best.ckpt")
 
 
 def _compose(name, overrides):
