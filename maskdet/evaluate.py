@@ -32,6 +32,9 @@ register_resolvers()
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    """Every check that needs no data first (also when called from Python), then the test and its reports."""
+    check_config(cfg, "evaluate")
+    L.seed_everything(cfg.seed)
     ckpt_path = Path(cfg.ckpt_path)
     model, datamodule, data_cfg = checkpoint_and_data(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -54,8 +57,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(check_config, cfg, "evaluate")
-    L.seed_everything(cfg.seed)
     exit_on_error(evaluate, cfg)
 
 

@@ -81,6 +81,8 @@ def check_parity(model, path: Path, images: torch.Tensor, max_abs_diff: float) -
 
 
 def export(cfg: DictConfig) -> dict:
+    """Every check that needs no data first (also when called from Python), then the ONNX file and its parity."""
+    check_config(cfg, "export")
     _require_onnx()
     ckpt_path = Path(cfg.ckpt_path)
     model, datamodule, _ = checkpoint_and_data(cfg)
@@ -109,7 +111,6 @@ def export(cfg: DictConfig) -> dict:
 
 @entry_point("export")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(check_config, cfg, "export")
     exit_on_error(export, cfg)
 
 

@@ -38,6 +38,8 @@ register_resolvers()
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Every check that needs no data first (also when called from Python), then the predictions."""
+    check_config(cfg, "predict")
     detector = None
     if cfg.get("detect", False):  # a wrong detector setting stops the run before the checkpoint is loaded
         from maskdet.detect import build_detector
@@ -93,7 +95,6 @@ def predict_scenes(cfg: DictConfig, model, detector) -> pd.DataFrame:
 
 @entry_point("predict")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(check_config, cfg, "predict")
     exit_on_error(predict, cfg)
 
 
