@@ -132,7 +132,8 @@ def _positive_int(cfg: DictConfig, key: str, where: str = "", why: str = "") -> 
 def check_bias_options(bias: DictConfig) -> None:
     """The bias audit's options (``bias.*``, keyword arguments of ``maskdet.evaluation.bias.audit``),
     which the audit would otherwise reject only after training."""
-    from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, audit, require_known_metrics
+    from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, audit
+    from maskdet.evaluation.metrics import resolve_group_metrics
 
     check_keys(bias, "bias", audit, skip=("predictions", "class_names"))
     attributes = bias.get("attributes", list(DEFAULT_ATTRIBUTES))
@@ -145,7 +146,7 @@ def check_bias_options(bias: DictConfig) -> None:
         raise ConfigError(f"bias.attributes: {', '.join(unknown)} is not an attribute the bias audit knows: "
                           f"use any of {valid} (e.g. bias.attributes=[gender,race]).")
     if "metrics" in bias:
-        require_known_metrics(list(bias.metrics) if OmegaConf.is_list(bias.metrics) else bias.metrics)
+        resolve_group_metrics(list(bias.metrics) if OmegaConf.is_list(bias.metrics) else bias.metrics)
     for key in ("min_group_size", "n_bootstrap"):
         if key in bias:
             _positive_int(bias, key, "bias.", " (the defaults are min_group_size=30, n_bootstrap=1000)")

@@ -102,9 +102,19 @@ def test_audit_finds_a_planted_gap_and_flags_small_groups(tmp_path):
     assert "| others * | 10 |" in markdown and "significant at 5 %" in markdown
 
 
+def lowest_recall(y_true, y_pred, confidence):
+    """A per-group figure from "the user's own package", named in bias.metrics by its import path."""
+    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
+    recalls = [((y_true == c) & (y_pred == c)).sum(1) / np.maximum((y_true == c).sum(1), 1) for c in np.unique(y_true)]
+    return np.min(recalls, axis=0)
+
+
+lowest_recall.title = "lowest recall"
+
+
 def test_a_new_per_group_figure_is_one_function_and_one_config_entry(tmp_path):
-    """A figure registered with @group_metric and named in bias.metrics gets its value, its bootstrap
-    interval, its CSV columns and its markdown column, with nothing else changed."""
+    """A figure registered with @group_metric, or named by import path, and listed in bias.metrics gets its
+    value, its bootstrap interval, its CSV columns and its markdown column, with nothing else changed."""
     from maskdet.evaluation.metrics import GROUP_METRICS, group_metric
 
     @group_metric("error_rate", "error rate")
@@ -113,15 +123,18 @@ def test_a_new_per_group_figure_is_one_function_and_one_config_entry(tmp_path):
 
     predictions = _predictions({("male", "white"): 200, ("female", "white"): 200}, {"male": 0.9, "female": 0.6})
     try:
-        report = write_bias_report(predictions, CLASSES, tmp_path, n_bootstrap=200, metrics=["error_rate", "ece"])
+        report = write_bias_report(predictions, CLASSES, tmp_path, n_bootstrap=200,
+                                   metrics=["error_rate", "ece", "tests.test_bias.lowest_recall"])
     finally:
         del GROUP_METRICS["error_rate"]
     female = next(r for r in report["groups"] if r["group"] == "female")
     assert female["error_rate"] == pytest.approx(1 - female["accuracy"])
     assert female["error_rate_low"] < female["error_rate"] < female["error_rate_high"]
-    assert "macro_f1" not in female and report["metrics"] == ["error_rate", "ece"]
-    assert {"error_rate_low", "error_rate_high", "ece"} <= set(pd.read_csv(tmp_path / "bias_report.csv").columns)
-    assert "| group | n | accuracy | error rate | ECE |" in (tmp_path / "bias_report.md").read_text()
+    assert female["lowest_recall"] == pytest.approx(min(female[f"recall_{c}"] for c in CLASSES))
+    assert female["lowest_recall_low"] <= female["lowest_recall"] <= female["lowest_recall_high"]
+    assert "macro_f1" not in female and report["metrics"] == ["error_rate", "ece", "lowest_recall"]
+    assert {"error_rate_low", "error_rate_high", "ece", "lowest_recall"} <= set(pd.read_csv(tmp_path / "bias_report.csv").columns)
+    assert "| group | n | accuracy | error rate | ECE | lowest recall |" in (tmp_path / "bias_report.md").read_text()
 
 
 def test_an_unknown_per_group_figure_is_refused_before_training(tmp_path, cache_dir):
@@ -129,7 +142,8 @@ def test_an_unknown_per_group_figure_is_refused_before_training(tmp_path, cache_
     from maskdet.preflight import check_config
 
     cfg = compose_train(["bias.metrics=[macro_f1,auroc]"], tmp_path / "run", cache_dir)
-    with pytest.raises(ConfigError, match="bias.metrics: auroc is not a per-group figure: use any of macro_f1, ece"):
+    with pytest.raises(ConfigError, match="bias.metrics: auroc is not a per-group figure: use any of macro_f1, ece, or "
+                                          "the import path of a function"):
         check_config(cfg, "train")
     assert not (tmp_path / "run").exists()
 

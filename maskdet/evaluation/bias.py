@@ -26,8 +26,7 @@ from scipy.stats import binomtest, norm  # noqa: E402
 from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
-from maskdet.errors import ConfigError
-from maskdet.evaluation.metrics import GROUP_METRICS
+from maskdet.evaluation.metrics import resolve_group_metrics
 from maskdet.jsonfile import write_json
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
@@ -60,13 +59,12 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _with_intervals(metrics: Sequence[str], y_true, y_pred, confidence, n_boot, rng) -> dict[str, float]:
-    """Each figure of ``metrics`` (GROUP_METRICS) with its 95 % percentile bootstrap interval: the same
-    function applied to ``n_boot`` resamples at once (one resampling shared by every figure)."""
+def _with_intervals(figures: dict, y_true, y_pred, confidence, n_boot, rng) -> dict[str, float]:
+    """Each of ``figures`` (``metrics.resolve_group_metrics``) with its 95 % percentile bootstrap interval:
+    the same function applied to ``n_boot`` resamples at once (one resampling shared by every figure)."""
     idx = rng.integers(0, len(y_true), size=(n_boot, len(y_true)))
     row = {}
-    for name in metrics:
-        function = GROUP_METRICS[name][1]
+    for name, (_, function) in figures.items():
         low, high = np.percentile(function(y_true[idx], y_pred[idx], confidence[idx]), [2.5, 97.5])
         row.update({name: float(function(y_true, y_pred, confidence)[0]), f"{name}_low": low, f"{name}_high": high})
     return row
@@ -81,24 +79,13 @@ def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def require_known_metrics(metrics: Sequence[str]) -> list[str]:
-    """``bias.metrics`` as a list, refused (before training, by preflight) if it names an unknown figure."""
-    if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
-        raise ConfigError(f"bias.metrics={metrics!r} must be a list of names, e.g. bias.metrics=[macro_f1,ece].")
-    unknown = [m for m in metrics if m not in GROUP_METRICS]
-    if unknown:
-        raise ConfigError(f"bias.metrics: {', '.join(unknown)} is not a per-group figure: use any of "
-                          f"{', '.join(GROUP_METRICS)} (maskdet.evaluation.metrics.GROUP_METRICS).")
-    return list(metrics)
-
-
 def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
           min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0,
           metrics: Sequence[str] = DEFAULT_METRICS) -> dict:
     """The bias audit of ``predictions`` (``predictions.csv``): a dict with ``groups`` (one row per
     attribute x group: accuracy with its Wilson interval, each of ``metrics`` with a bootstrap interval,
     recall per class), ``gaps`` (one per attribute) and notes for attributes with no information."""
-    metrics = require_known_metrics(metrics)
+    figures = resolve_group_metrics(metrics)
     names = list(class_names)
     frame = with_group_columns(predictions)
     y_true = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy()
@@ -126,7 +113,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
             rows.append({
                 "attribute": attribute, "group": str(group), "n": n, "correct": correct,
                 "accuracy": float(values["accuracy"]), "accuracy_low": low, "accuracy_high": high,
-                **_with_intervals(metrics, y_true[mask], y_pred[mask], confidence[mask], n_bootstrap, rng),
+                **_with_intervals(figures, y_true[mask], y_pred[mask], confidence[mask], n_bootstrap, rng),
                 **{f"recall_{names[i]}": float(values[f"recall_{names[i]}"]) if i in present else math.nan
                    for i in range(len(names))},
                 "ranked": n >= min_group_size and group != UNKNOWN,
@@ -155,12 +142,13 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
                 y_true[known.to_numpy()], y_pred[known.to_numpy()], sensitive_features=groups[known].to_numpy()))
         gaps.append(gap)
     return {"groups": rows, "gaps": gaps, "notes": notes, "min_group_size": min_group_size,
-            "n_bootstrap": n_bootstrap, "class_names": names, "metrics": metrics}
+            "n_bootstrap": n_bootstrap, "class_names": names, "metrics": list(figures),
+            "metric_titles": {name: title for name, (title, _) in figures.items()}}
 
 
 def format_markdown(report: dict) -> str:
-    metrics = report.get("metrics", list(DEFAULT_METRICS))
-    titles = [GROUP_METRICS[m][0] if m in GROUP_METRICS else m for m in metrics]
+    metrics = report["metrics"]
+    titles = [report["metric_titles"][m] for m in metrics]
     lines = ["# Bias report", "",
              f"Accuracy with Wilson 95 % intervals; {' and '.join(titles) or 'no other figure'} with bootstrap 95 % intervals "
              f"({report['n_bootstrap']} resamples). Groups under {report['min_group_size']} images, and "

@@ -7,9 +7,12 @@ and returns one figure per row, so a bootstrap interval is the same function app
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import numpy as np
+
+from maskdet.errors import ConfigError
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
 
@@ -53,7 +56,8 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> np.
 # ------------------------------------------------------------------ per-group figures of the bias audit
 # A figure the audit reports per demographic group, with a bootstrap 95 % interval: a function of
 # (labels, predictions, confidence), each 1-D or one bootstrap resample a row, returning one value per row.
-# Adding one is one such function with its decorator, and its name in ``bias.metrics`` (conf/bias/default.yaml).
+# Adding one is one such function and its name in ``bias.metrics`` (conf/bias/default.yaml): registered here
+# with its decorator, or, from your own package, named by import path (``my_pkg.figures.balanced_accuracy``).
 GroupMetric = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 GROUP_METRICS: dict[str, tuple[str, GroupMetric]] = {}
 
@@ -65,6 +69,29 @@ def group_metric(name: str, title: str):
         GROUP_METRICS[name] = (title, function)
         return function
     return register
+
+
+def resolve_group_metrics(names) -> dict[str, tuple[str, GroupMetric]]:
+    """column name -> (title, function) for each name of ``bias.metrics``: a registered name, or the import
+    path of a function (its column is the function's name, its title its ``title`` attribute or that name)."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"bias.metrics={names!r} must be a list of names, e.g. bias.metrics=[macro_f1,ece].")
+    chosen = {}
+    for name in names:
+        if name in GROUP_METRICS:
+            chosen[name] = GROUP_METRICS[name]
+            continue
+        module, _, attribute = name.rpartition(".")
+        try:
+            function = getattr(importlib.import_module(module), attribute, None) if module else None
+        except ImportError:
+            function = None
+        if not callable(function):
+            raise ConfigError(f"bias.metrics: {name} is not a per-group figure: use any of {', '.join(GROUP_METRICS)}, "
+                              "or the import path of a function(labels, predictions, confidence) in your own package "
+                              "(see maskdet/evaluation/metrics.py).")
+        chosen[attribute] = (getattr(function, "title", attribute), function)
+    return chosen
 
 
 @group_metric("macro_f1", "macro-F1")
