@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import types
 import typing
@@ -24,8 +25,12 @@ def register_resolvers() -> None:
 
 
 def import_target(path: str):
+    """The object at ``package.module.name`` (a config's ``_target_``, a backbone family's build function,
+    a bias figure); ImportError or AttributeError when there is none."""
     module_name, _, attr = path.rpartition(".")
-    module = __import__(module_name, fromlist=[attr])
+    if not module_name:
+        raise ImportError(f"{path!r} is not an import path (package.module.name)")
+    module = importlib.import_module(module_name)
     return getattr(module, attr)
 
 

@@ -32,7 +32,8 @@ def exit_on_error(function, *args, on_error=None):
     except Exception as err:
         if on_error is not None:
             on_error(err)
-        if not isinstance(err, MaskdetError):
+        user_error = err if isinstance(err, MaskdetError) else err.__cause__  # Hydra's instantiate wraps them
+        if not isinstance(user_error, MaskdetError):
             raise
-        print(f"\nmaskdet: {err}", file=sys.stderr)
+        print(f"\nmaskdet: {user_error}", file=sys.stderr)
         sys.exit(1)

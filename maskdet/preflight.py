@@ -183,6 +183,16 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
                           "run's own settings (the same model= or +experiment= and data.image_size).")
 
 
+def check_model(cfg: DictConfig) -> None:
+    """Build the network once without weights (cheap next to any data work): an unknown architecture, a
+    head its family does not have, or outputs of the wrong shape are refused before the data is read."""
+    from maskdet.models.networks import build_network
+
+    model = cfg.get("model")
+    if isinstance(model, DictConfig) and isinstance(model.get("architecture"), str):
+        build_network(model.architecture, 2, int(cfg.data.get("image_size", 32)), None, "none")
+
+
 def check_config(cfg: DictConfig, task: str) -> None:
     """Every check that needs no data, for entry point ``task`` (train, evaluate, explain, export, predict)."""
     check_required(cfg, task)
@@ -201,6 +211,8 @@ def check_config(cfg: DictConfig, task: str) -> None:
     for key in {"predict": ("batch_size",), "export": ("parity_images",)}.get(task, ()):
         _positive_int(cfg, key)
     check_writable(cfg)
+    if task == "train":
+        check_model(cfg)
     if task == "train" and cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg)
 

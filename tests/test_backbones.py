@@ -167,6 +167,28 @@ def test_a_family_is_one_function(monkeypatch, tmp_path, registered):
         fetch_weights(architecture, "IMAGENET")  # no fetch declared: fetching builds once, so refusals come early
 
 
+def build_misdeclared(name: str, num_classes: int, image_size: int, weights):
+    """A family with two mistakes a new family can make: ``hed`` names no module, ``fixed`` ignores num_classes."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10 if name == "fixed" else num_classes))
+    return net, "hed" if name == "hed" else "3"
+
+
+def test_a_family_s_declared_head_and_class_count_are_checked_before_any_data_work(tiny_dataset, cache_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"declares the head 'hed', which the network does not have"):
+        build_network("tests.test_backbones.build_misdeclared/hed", 3, 16)
+    with pytest.raises(ConfigError, match=r"outputs of shape \(2, 10\) for 2 images, not \(2, 3\)"):
+        build_network("tests.test_backbones.build_misdeclared/fixed", 3, 16)
+    # through the CLI: refused by preflight with maskdet's message (not Hydra's wrapper), before the data is read
+    result = subprocess.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}",
+                             "model.architecture=tests.test_backbones.build_misdeclared/hed", "data.num_folds=3"],
+                            cwd=REPO, env=cli_env(tmp_path / "fresh_cache", tmp_path), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "maskdet: model.architecture=tests.test_backbones.build_misdeclared/hed: its family declares the head 'hed'" \
+        in result.stderr
+    assert not (tmp_path / "fresh_cache").exists()  # no dataset scanned, no cache written
+
+
 def test_unknown_families_are_explained():
     with pytest.raises(ConfigError, match=r"'nothere' is neither a backbone family \(custom_cnn, timm, torchvision\)"):
         build_network("nothere/net", 2)

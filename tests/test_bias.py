@@ -112,6 +112,11 @@ def lowest_recall(y_true, y_pred, confidence):
 lowest_recall.title = "lowest recall"
 
 
+def one_value_for_every_row(y_true, y_pred, confidence):
+    """A wrong figure: one mean over every resample instead of one value per resample."""
+    return np.mean(np.asarray(y_true) == np.asarray(y_pred))
+
+
 def test_a_new_per_group_figure_is_one_function_and_one_config_entry(tmp_path):
     """A figure registered with @group_metric, or named by import path, and listed in bias.metrics gets its
     value, its bootstrap interval, its CSV columns and its markdown column, with nothing else changed."""
@@ -142,9 +147,14 @@ def test_an_unknown_per_group_figure_is_refused_before_training(tmp_path, cache_
     from maskdet.preflight import check_config
 
     cfg = compose_train(["bias.metrics=[macro_f1,auroc]"], tmp_path / "run", cache_dir)
-    with pytest.raises(ConfigError, match="bias.metrics: auroc is not a per-group figure: use any of macro_f1, ece, or "
-                                          "the import path of a function"):
+    with pytest.raises(ConfigError, match=r"bias.metrics: auroc is not a per-group figure .*use any of macro_f1, ece, "
+                                          "or the import path of a function"):
         check_config(cfg, "train")
+    # figures that would fail or mislead only after training: one value for all resamples, 1-D input only
+    for figure, says in (("tests.test_bias.one_value_for_every_row", r"shapes \(\) and \(\)"),
+                         ("sklearn.metrics.balanced_accuracy_score", "fails on a small sample")):
+        with pytest.raises(ConfigError, match=says):
+            check_config(compose_train([f"bias.metrics=[{figure}]"], tmp_path / "run", cache_dir), "train")
     assert not (tmp_path / "run").exists()
 
 

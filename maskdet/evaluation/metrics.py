@@ -7,11 +7,11 @@ and returns one figure per row, so a bootstrap interval is the same function app
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import numpy as np
 
+from maskdet.config import import_target
 from maskdet.errors import ConfigError
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error and the reliability diagram
@@ -66,6 +66,7 @@ def group_metric(name: str, title: str):
     """Register a per-group figure as ``name`` (its columns in bias_report.csv: name, name_low, name_high);
     ``title`` heads its column in bias_report.md."""
     def register(function: GroupMetric) -> GroupMetric:
+        function.title = title
         GROUP_METRICS[name] = (title, function)
         return function
     return register
@@ -78,20 +79,39 @@ def resolve_group_metrics(names) -> dict[str, tuple[str, GroupMetric]]:
         raise ConfigError(f"bias.metrics={names!r} must be a list of names, e.g. bias.metrics=[macro_f1,ece].")
     chosen = {}
     for name in names:
+        column = name.rpartition(".")[2]
         if name in GROUP_METRICS:
-            chosen[name] = GROUP_METRICS[name]
-            continue
-        module, _, attribute = name.rpartition(".")
-        try:
-            function = getattr(importlib.import_module(module), attribute, None) if module else None
-        except ImportError:
-            function = None
-        if not callable(function):
-            raise ConfigError(f"bias.metrics: {name} is not a per-group figure: use any of {', '.join(GROUP_METRICS)}, "
-                              "or the import path of a function(labels, predictions, confidence) in your own package "
-                              "(see maskdet/evaluation/metrics.py).")
-        chosen[attribute] = (getattr(function, "title", attribute), function)
+            title, function = GROUP_METRICS[name]
+        else:
+            try:
+                function = import_target(name)
+            except (ImportError, AttributeError) as err:
+                raise ConfigError(f"bias.metrics: {name} is not a per-group figure ({err}): use any of "
+                                  f"{', '.join(GROUP_METRICS)}, or the import path of a function(labels, predictions, "
+                                  "confidence) in your own package (see maskdet/evaluation/metrics.py).") from None
+            title = getattr(function, "title", column)
+        if column in chosen:
+            raise ConfigError(f"bias.metrics: two figures would both be the column {column!r}; list each once.")
+        _require_one_value_per_row(name, function)
+        chosen[column] = (title, function)
     return chosen
+
+
+def _require_one_value_per_row(name: str, function: GroupMetric) -> None:
+    """A figure must give one value for one set of predictions and one per row for a batch of resamples
+    (the bootstrap); checked on a tiny sample before any training, not found out after it."""
+    labels, predictions = np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])
+    confidence = np.array([0.9, 0.8, 0.6, 0.7])
+    try:
+        one = np.asarray(function(labels, predictions, confidence))
+        rows = np.asarray(function(np.stack([labels] * 2), np.stack([predictions] * 2), np.stack([confidence] * 2)))
+    except Exception as err:  # noqa: BLE001 - any failure on a valid sample is the figure's
+        raise ConfigError(f"bias.metrics: {name} fails on a small sample ({type(err).__name__}: {err}); a figure takes "
+                          "(labels, predictions, confidence), each 1-D or one bootstrap resample per row.") from None
+    if one.shape != (1,) or rows.shape != (2,):
+        raise ConfigError(f"bias.metrics: {name} returns shapes {one.shape} and {rows.shape} for one set of 4 "
+                          "predictions and for 2 resamples of them; it must return one value per row: (1,) and (2,) "
+                          "(see maskdet/evaluation/metrics.py).")
 
 
 @group_metric("macro_f1", "macro-F1")

@@ -15,7 +15,6 @@ logits (a conv head such as SqueezeNet's outputs N x C x 1 x 1).
 from __future__ import annotations
 
 import difflib
-import importlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torchvision
 from torch import nn
 from torchvision import models as tvm
 
+from maskdet.config import import_target
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models.custom_cnn import FaceMaskCNN
 
@@ -65,18 +65,15 @@ def family(name: str, fetch: Callable[[str, str], object] | None = None) -> Call
 
 def resolve(architecture: str) -> tuple[Family, str]:
     """The family and the network name that ``model.architecture`` means."""
-    prefix, _, name = architecture.rpartition("/")
-    if not prefix:
-        prefix = architecture if architecture in FAMILIES else "torchvision"
+    prefix, _, name = architecture.partition("/")  # the first '/': timm's hf-hub:org/model names have more
+    if not name:
+        prefix, name = (architecture if architecture in FAMILIES else "torchvision"), architecture
     if prefix in FAMILIES:
         return FAMILIES[prefix], name
-    module, _, function = prefix.rpartition(".")
-    problem = "no module path"
-    if module:
-        try:
-            return Family(getattr(importlib.import_module(module), function)), name
-        except (ImportError, AttributeError) as err:
-            problem = str(err)
+    try:
+        return Family(import_target(prefix)), name
+    except (ImportError, AttributeError) as err:
+        problem = str(err)
     raise ConfigError(f"model.architecture={architecture!r}: {prefix!r} is neither a backbone family "
                       f"({', '.join(sorted(FAMILIES))}) nor the import path of a build function ({problem}); use "
                       "<family>/<name>, <package.module.function>/<name>, or a torchvision name alone.")
