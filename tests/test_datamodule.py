@@ -187,3 +187,11 @@ def test_the_data_pipeline_runs_without_lightning(tiny_dataset, cache_dir):
             "print(len(data.used), sorted(data.used['split'].unique()), 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.split("\n")[0] == "120 ['test', 'train', 'val'] False"
+
+
+def test_a_fractional_fold_is_refused_with_the_key(tmp_path):
+    from maskdet.errors import ConfigError
+    from tests.helpers.data import settings
+
+    with pytest.raises(ConfigError, match=r"data.fold=1.5 must be a whole number of at least 0"):
+        settings(tmp_path, tmp_path, fold=1.5)

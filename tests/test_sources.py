@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskdet.data import MaskDataModule
 from maskdet.data.images import BadImageError, load_rgb
-from maskdet.data.sources import read_class_folders, read_manifest, read_roboflow
+from maskdet.data.sources import Scan, read_class_folders, read_manifest, read_roboflow, scan
 from maskdet.errors import DataError
 from tests.helpers.data import report_of, settings
 
@@ -177,3 +177,26 @@ def test_bad_image_error_names_the_reason(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     with pytest.raises(BadImageError, match="empty file"):
         load_rgb(tmp_path / "a.jpg")
+
+
+def _reader_returning(index: pd.DataFrame):
+    def read_broken(root):
+        return Scan(index, [], str(root))
+    return read_broken
+
+
+@pytest.mark.parametrize("index, says", [
+    (pd.DataFrame({"path": ["/x/a.jpg"], "label_name": ["a"]}), r"without the column\(s\) \['age', 'gender', 'race'\]"),
+    (pd.DataFrame({"path": ["a.jpg"], "label_name": ["a"], "age": [None], "gender": [None], "race": [None]}),
+     r"1 relative path\(s\), e.g. 'a.jpg'"),
+    (pd.DataFrame({"path": ["/x/a.jpg"], "label_name": ["a"], "age": [None], "gender": [None], "race": [None],
+                   "split": ["valid"]}), r"split value\(s\) \['valid'\]: use train, val or test"),
+    (pd.DataFrame({"path": ["/x/a.jpg", "/x/b.jpg"], "label_name": ["a", "b"], "age": [None] * 2, "gender": [None] * 2,
+                   "race": [None] * 2, "split": ["test", None]}), "fixes the split of 1 of 2 images"),
+])
+def test_a_reader_that_breaks_the_index_contract_is_named(index, says, tmp_path):
+    """A new layout's mistakes are refused where the reader returns, naming it, not found downstream."""
+    with pytest.raises(DataError, match=r"data.source \((tests\.)?test_sources.broken\) .*" + says):
+        scan(_reader_returning(index), tmp_path, tmp_path)
+    with pytest.raises(DataError, match=r"returned DataFrame, not a maskdet.data.sources.Scan"):
+        scan(lambda root: index, tmp_path, tmp_path)

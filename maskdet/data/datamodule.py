@@ -165,17 +165,12 @@ class MaskDataModule(L.LightningDataModule):
         seed = settings.seed
         if isinstance(dataset, StreamingSplit):
             workers = settings.num_workers
-            shard = DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=train, seed=seed) \
-                if world > 1 else None  # maskdet shards itself (trainer.use_distributed_sampler=false)
-            sampler = shard or (RandomSampler(dataset) if train else None)
+            sampler = _shard(dataset, self.trainer.global_rank, world, train, seed) if world > 1 \
+                else RandomSampler(dataset) if train else None
             return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=_loader_generator(seed),
                               num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         if world > 1:
-            rank = self.trainer.global_rank
-            # Training shards pad to equal length (DDP needs the same number of steps everywhere);
-            # evaluation shards do not, so synchronised metrics equal a single-process evaluation.
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=seed) if train \
-                else list(range(rank, len(dataset), world))
+            sampler = _shard(dataset, self.trainer.global_rank, world, train, seed)
         elif train and settings.balance_by:
             sampler = WeightedRandomSampler(self._balance_weights(dataset), num_samples=len(dataset), replacement=True)
         else:
@@ -217,6 +212,15 @@ class MaskDataModule(L.LightningDataModule):
         if augment is not None and self.trainer is not None and self.trainer.training:
             images = augment(images)
         return {**batch, "image": images}
+
+
+def _shard(dataset: Dataset, rank: int, world: int, train: bool, seed: int):
+    """This process's part of a split under DDP (maskdet shards itself: trainer.use_distributed_sampler=false).
+    Training shards pad to equal length (DDP needs the same number of steps everywhere); evaluation shards
+    do not, so synchronised metrics equal a single-process evaluation."""
+    if train:
+        return DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
+    return list(range(rank, len(dataset), world))
 
 
 def _loader_generator(seed: int) -> torch.Generator:

@@ -69,6 +69,7 @@ class DataSettings:
             whole("cap_per_class", self.cap_per_class, 1, " (images per class in each split); use "
                   "data.cap_per_class=null for no cap")
         whole("num_folds", self.num_folds, 2)
+        whole("fold", self.fold, 0)
         whole("num_workers", self.num_workers, 0)
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError(f"data.fold={self.fold} is out of range for data.num_folds={self.num_folds} "
@@ -223,7 +224,7 @@ def split_of(index: pd.DataFrame, settings: DataSettings, class_names: list[str]
     if settings.splits_file:
         log.info("reusing the split of %s", settings.splits_file)
         return read_splits_file(settings.splits_file, index, root, settings.fold)
-    if "split" in index.columns and index["split"].notna().all():
+    if "split" in index.columns and index["split"].notna().any():  # scan() accepts all fixed or none
         log.info("keeping the splits fixed by the %s source", settings.source_name)
         return index["split"].to_numpy(), np.full(len(index), -1)
     return assign_splits(index["label"].to_numpy(), settings.test_size, settings.num_folds, settings.fold,

@@ -63,10 +63,31 @@ def source_name(reader: Reader) -> str:
 
 
 def scan(reader: Reader, root: str | Path | None, cache_dir: str | Path) -> Scan:
-    """Run ``reader`` with the context it asks for by name (``root``, ``cache_dir``)."""
+    """Run ``reader`` with the context it asks for by name (``root``, ``cache_dir``), and hold what it returns
+    to the index contract, so that a new layout's mistake is named here rather than found downstream."""
     wanted = inspect.signature(reader).parameters
     context = {"root": root, "cache_dir": cache_dir}
-    return reader(**{k: v for k, v in context.items() if k in wanted})
+    found = reader(**{k: v for k, v in context.items() if k in wanted})
+    name = f"data.source ({getattr(reader, 'func', reader).__module__}.{source_name(reader)})"
+    if not isinstance(found, Scan):
+        raise DataError(f"{name} returned {type(found).__name__}, not a maskdet.data.sources.Scan(index, skipped, root).")
+    missing = [c for c in INDEX_COLUMNS if c not in found.index.columns]
+    if missing:
+        raise DataError(f"{name} returned an index without the column(s) {missing}: every reader gives "
+                        f"{', '.join(INDEX_COLUMNS)} (None where a demographic is unknown).")
+    relative = [p for p in found.index["path"] if not Path(p).is_absolute()]
+    if relative:
+        raise DataError(f"{name} returned {len(relative)} relative path(s), e.g. {relative[0]!r}: index paths must be "
+                        "absolute (e.g. str(root / name)).")
+    if "split" in found.index.columns:
+        given = found.index["split"].dropna()
+        wrong = sorted(set(given) - {"train", "val", "test"})
+        if wrong:
+            raise DataError(f"{name} returned split value(s) {wrong}: use train, val or test.")
+        if 0 < len(given) < len(found.index):
+            raise DataError(f"{name} fixes the split of {len(given)} of {len(found.index)} images: a layout fixes the "
+                            "split of every image (then it is kept) or of none (then maskdet assigns it).")
+    return found
 
 
 def class_order(names: Iterable[str]) -> list[str]:
