@@ -92,9 +92,12 @@ def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
     try:
         args, _ = get_args_parser().parse_known_args(argv)
         name = args.config_name or config_name
-        err = _composition_error(config_dir, name, args.overrides, RunMode.MULTIRUN if args.multirun else RunMode.RUN)
+        # a user's --config-dir (their own group options) joins the search path, as hydra.main does
+        user = [f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]"] if args.config_dir else []
+        overrides = user + args.overrides
+        err = _composition_error(config_dir, name, overrides, RunMode.MULTIRUN if args.multirun else RunMode.RUN)
         if err is None and args.multirun:
-            err = _composition_error(config_dir, name, _first_of_each_sweep(args.overrides), RunMode.RUN)
+            err = _composition_error(config_dir, name, user + _first_of_each_sweep(args.overrides), RunMode.RUN)
         missing = err.__cause__ if err is not None else None
         full_key, parent = getattr(missing, "full_key", None), getattr(missing, "parent_node", None)
         if not full_key or not isinstance(parent, DictConfig):

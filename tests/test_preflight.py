@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, compose_train
+from conftest import CONF, cli_env, compose_train
 
 from maskdet.checkpoints import load_classifier
 from maskdet.errors import ConfigError
@@ -218,3 +218,17 @@ def test_train_cli_key_hint_and_no_logger(tmp_path):
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
+
+
+def test_key_hints_know_a_user_s_config_dir_and_every_entry_point(tmp_path):
+    """A group option from --config-dir gets the same "Did you mean" as a shipped one (the composition that
+    finds the hint searches the user's folder too), and maskdet.data uses the shared entry point."""
+    from maskdet.cli import key_hint
+    from maskdet.data.__main__ import main as data_main
+
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    (tmp_path / "my_conf" / "data" / "mine.yaml").write_text((CONF / "data" / "folder.yaml").read_text())
+    argv = ["--config-dir", str(tmp_path / "my_conf"), "data=mine", "data.batch_sise=4"]
+    assert key_hint(CONF, "train", argv) == "Did you mean data.batch_size or data.eval_batch_size?"
+    assert key_hint(CONF, "train", argv[2:]) is None  # without the folder, data=mine is not found: no guess
+    assert getattr(data_main, "maskdet_entry_point", False), "maskdet.data must use maskdet.cli.entry_point"

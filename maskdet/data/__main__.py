@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from maskdet.cli import entry_point
 from maskdet.config import check_keys, register_resolvers
 from maskdet.data.prepare import build_caches, prepare
 from maskdet.data.report import build_report, format_report, write_report
@@ -31,7 +31,7 @@ def _report(cfg: DictConfig) -> tuple[dict, pd.DataFrame]:
     return build_report(data, settings.source_name), splits_table(data.index, data.root)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="data_report")
+@entry_point("data_report", config_path="../conf")
 def main(cfg: DictConfig) -> None:
     report, splits = exit_on_error(_report, cfg)
     path = write_report(report, Path(cfg.paths.output_dir), splits)
