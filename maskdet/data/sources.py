@@ -99,17 +99,21 @@ def class_order(names: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
-def _row(path: Path, label_name: str) -> dict:
+# Building blocks for readers (the shipped ones and yours): one index row, the index, a checked root, a CSV.
+def image_row(path: Path, label_name: str) -> dict:
+    """One index row: the absolute path, the class, and age / gender / race from a UTKFace-style name."""
     return {"path": str(path), "label_name": label_name, **parse_utkface_name(path.name)}
 
 
-def _frame(rows: list[dict], extra: Sequence[str] = ()) -> pd.DataFrame:
+def index_frame(rows: list[dict], extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The index from ``image_row`` dicts: INDEX_COLUMNS plus ``extra`` (``split``, ``group``), ages as integers."""
     frame = pd.DataFrame(rows, columns=INDEX_COLUMNS + list(extra))
     frame["age"] = pd.to_numeric(frame["age"], errors="coerce").astype("Int64")
     return frame
 
 
-def _require_root(root: str | Path | None, layout: str) -> Path:
+def require_root(root: str | Path | None, layout: str) -> Path:
+    """``data.root`` resolved, or a DataError saying it is unset, missing or not UTF-8 (``layout`` describes it)."""
     if root is None or str(root) == "":
         raise DataError(f"data.root is not set: pass data.root=<folder> pointing at a {layout}.")
     path = Path(root).expanduser()
@@ -121,7 +125,7 @@ def _require_root(root: str | Path | None, layout: str) -> Path:
     return path.resolve()
 
 
-def _read_table(path: Path, **options) -> pd.DataFrame:
+def read_table(path: Path, **options) -> pd.DataFrame:
     """``pd.read_csv`` with a one-paragraph DataError for files that are empty, not UTF-8 or not CSV."""
     what = "data.source.manifest" if path.name != "_classes.csv" else "a Roboflow export's _classes.csv"
     try:
@@ -137,7 +141,7 @@ def _read_table(path: Path, **options) -> pd.DataFrame:
 
 def read_class_folders(root: str | Path) -> Scan:
     """One sub-folder per class (``root/<class>/**/<image>``); UTKFace names give demographics."""
-    root = _require_root(root, "class-folder dataset (one sub-folder of images per class)")
+    root = require_root(root, "class-folder dataset (one sub-folder of images per class)")
     rows, skipped, class_dirs = [], [], []
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
@@ -157,14 +161,14 @@ def read_class_folders(root: str | Path) -> Scan:
     for class_dir in class_dirs:
         files, refused = list_image_files(class_dir, root)
         skipped += refused
-        rows += [_row(path, class_dir.name) for path in files]
+        rows += [image_row(path, class_dir.name) for path in files]
         if not files:
             example = f" ({len(refused)} entries skipped, e.g. {refused[0]['path']}: {refused[0]['reason']})" if refused else ""
             raise DataError(
                 f"Class folder {class_dir} holds no image files that can be used{example}. Add images to it or "
                 f"remove the folder (image extensions: .jpg .jpeg .png .bmp .gif .webp .tif .tiff)."
             )
-    return Scan(_frame(rows), skipped, str(root))
+    return Scan(index_frame(rows), skipped, str(root))
 
 
 def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6721_COUNTS, seed: int = 0,
@@ -180,14 +184,14 @@ def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6
 
 def read_roboflow(root: str | Path) -> Scan:
     """A Roboflow multiclass CSV export: ``train/ valid/ test/``, each with a one-hot ``_classes.csv``."""
-    root = _require_root(root, "Roboflow multiclass export (train/, valid/, test/ with _classes.csv)")
+    root = require_root(root, "Roboflow multiclass export (train/, valid/, test/ with _classes.csv)")
     rows, skipped = [], []
     found = [d for d in ("train", "valid", "test") if (root / d / "_classes.csv").is_file()]
     if "train" not in found:
         raise DataError(f"{root}/train/_classes.csv not found: data=roboflow expects a Roboflow 'Multiclass Classification' CSV export.")
     for split_dir in found:
         folder = root / split_dir
-        table = _read_table(folder / "_classes.csv", skipinitialspace=True)
+        table = read_table(folder / "_classes.csv", skipinitialspace=True)
         table.columns = [str(c).strip() for c in table.columns]
         if "filename" not in table.columns:
             raise DataError(f"{folder / '_classes.csv'} has no 'filename' column (columns: {list(table.columns)}).")
@@ -206,13 +210,13 @@ def read_roboflow(root: str | Path) -> Scan:
             elif problem:
                 skipped.append(skip(path, f"{where}: {problem}"))
             else:
-                rows.append({**_row(path, hot[0]), "split": SPLIT_NAMES[split_dir]})
+                rows.append({**image_row(path, hot[0]), "split": SPLIT_NAMES[split_dir]})
         for path in sorted(folder.iterdir()):
             if path.name != "_classes.csv" and path not in listed:
                 problem = path_problem(path, root)
                 skipped.append(skip(path, problem if problem and not problem.startswith("not an image")
                                     else f"not listed in {folder / '_classes.csv'}"))
-    return Scan(_frame(rows, ["split"]), skipped, str(root))
+    return Scan(index_frame(rows, ["split"]), skipped, str(root))
 
 
 def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
@@ -222,13 +226,13 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
     line number. An age that is not a whole number from 0 to 130 keeps the image with age unknown, and is
     listed among the skipped entries too (its reason says the image is kept), so it is not lost silently.
     """
-    root = _require_root(root, "dataset folder with a manifest CSV")
+    root = require_root(root, "dataset folder with a manifest CSV")
     manifest_path = Path(manifest) if manifest else root / "manifest.csv"
     if not manifest_path.is_absolute() and not manifest_path.exists():
         manifest_path = root / manifest_path
     if not manifest_path.is_file():
         raise DataError(f"Manifest {manifest_path} not found: set data.source.manifest=<csv> (columns path,label[,age,gender,race,split]).")
-    table = _read_table(manifest_path, dtype=str, keep_default_na=False)
+    table = read_table(manifest_path, dtype=str, keep_default_na=False)
     table.columns = [str(c).strip() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
@@ -246,7 +250,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
         if not label:
             skipped.append(skip(path, f"{where}: empty label; the row is skipped"))
             continue
-        row = _row(path.resolve(), label)
+        row = image_row(path.resolve(), label)
         try:
             for attribute in NAME_ATTRIBUTES:
                 if record.get(attribute, "") != "":
@@ -271,7 +275,7 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
             row["split"] = split
         rows.append(row)
     extra = (["split"] if has_split else []) + (["group"] if "group" in table.columns else [])
-    return Scan(_frame(rows, extra), skipped, str(root))
+    return Scan(index_frame(rows, extra), skipped, str(root))
 
 
 def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | None) -> pd.DataFrame:
