@@ -85,8 +85,7 @@ def train(cfg: DictConfig) -> dict:
 
     model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
                         image_size=settings.image_size)
-    if settings.feature_cache and settings.decoded_cache and model.hparams.freeze == "backbone" \
-            and settings.augment is None:
+    if settings.serves_backbone_features and model.hparams.freeze == "backbone":
         log.info("frozen backbone without augmentation: training the head on cached backbone features")
         on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
         datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())

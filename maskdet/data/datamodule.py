@@ -152,8 +152,9 @@ class MaskDataModule(L.LightningDataModule):
         """Serve cached backbone features (batch key ``"features"``) instead of images, for training a head
         on a frozen backbone without augmentation: one backbone pass over the dataset instead of one per epoch."""
         data = self._prepared()
-        if not self.settings.decoded_cache or self.settings.augment is not None:
-            raise ConfigError("Backbone features can be cached only with data.decoded_cache=true and data.augment=null.")
+        if not self.settings.serves_backbone_features:
+            raise ConfigError("Backbone features can be cached only with data.feature_cache=true, "
+                              "data.decoded_cache=true and data.augment=null.")
         features = cache.load_or_build_features(data.decoded, key, extract, self.settings.eval_batch_size)
         self._splits = {name: self._make_split(name, features, "features") for name in ("train", "val", "test")}
 

@@ -19,6 +19,7 @@ import torch
 from maskdet.data import cache, sources
 from maskdet.data import duplicates as dups
 from maskdet.data.demographics import DEFAULT_AGE_BINS, GROUP_COLUMNS, age_groups, normalise_group
+from maskdet.data.images import skip
 from maskdet.data.splits import assign_splits, cap_per_class, read_splits_file, select_subset
 from maskdet.errors import ConfigError, DataError
 
@@ -116,6 +117,12 @@ class DataSettings:
     @property
     def source_name(self) -> str:
         return sources.source_name(self.source)
+
+    @property
+    def serves_backbone_features(self) -> bool:
+        """Whether a frozen backbone's features may be computed once and served instead of images: they must
+        be allowed (feature_cache), computed from the decoded cache, and the same every epoch (no augment)."""
+        return self.feature_cache and self.decoded_cache and self.augment is None
 
 
 def _require_whole(key: str, value, least: int, advice: str = "") -> None:
@@ -247,7 +254,7 @@ def _warn_about_leaks(leakage: dict, policy: str) -> None:
 
 def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """Remove images that did not decode, and files whose identical bytes appear under two classes."""
-    skipped = [{"path": p, "reason": e} for p, e in zip(index["path"], index["error"]) if e]
+    skipped = [skip(p, e) for p, e in zip(index["path"], index["error"]) if e]
     index = index[index["error"] == ""]
     labels_per_digest = index.groupby("digest")["label_name"].nunique()
     conflicting = set(labels_per_digest[labels_per_digest > 1].index)
@@ -256,6 +263,6 @@ def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         for _, group in clash.groupby("digest"):
             for path, label in zip(group["path"], group["label_name"]):
                 others = ", ".join(f"{p} ({lab})" for p, lab in zip(group["path"], group["label_name"]) if p != path)
-                skipped.append({"path": path, "reason": f"label conflict: class '{label}' but the same file content is {others}"})
+                skipped.append(skip(path, f"label conflict: class '{label}' but the same file content is {others}"))
         index = index[~index["digest"].isin(conflicting)]
     return index.drop(columns=["error"]), skipped
