@@ -51,7 +51,8 @@ def test_experiment_fast_dev_run(experiment, cache_dir, tmp_path):
     # the embedded dataset every experiment is written for (leakage_study sets its shared_faces), at tiny_dataset's size
     cfg = compose_train([f"+experiment={experiment}", "model.weights=null", "trainer.fast_dev_run=true",
                          "data.source.per_class=30", "data.source.seed=1", "data.source.size=64", "data.num_folds=3",
-                         "data.batch_size=8", "data.eval_batch_size=16"], tmp_path, cache_dir)
+                         "data.batch_size=8", "data.eval_batch_size=16", "callbacks.explanations.per_class=1",
+                         "callbacks.explanations.gallery_size=4"], tmp_path, cache_dir)
     metrics = train(cfg)
     assert set(metrics["test"]) == {"test/loss", "test/acc", "test/f1"}
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == 16  # fast_dev_run tests one batch
