@@ -35,13 +35,13 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_dataset, cache_dir, tmp_path_factory) -> Path:
+def tiny_run(tiny_dataset, cache_dir, tmp_path_factory) -> Path:
     """A finished two-epoch run of the custom CNN on the tiny dataset (best.ckpt, reports, TensorBoard), trained
     once for every test that only reads a run. A test that changes a run works on a copy: the session ends
     with an error if a file in this folder was added, removed or rewritten."""
     from maskdet.train import train
 
-    run = tmp_path_factory.mktemp("trained_run")
+    run = tmp_path_factory.mktemp("tiny_run")
     train(compose_train(["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=2",
                          "callbacks.explanations=null"], run, cache_dir))
     before = _listing(run)

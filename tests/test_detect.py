@@ -182,8 +182,8 @@ def test_every_n_frames_must_be_positive(tmp_path):
 
 
 @pytest.fixture
-def trained_ckpt(trained_run):
-    return trained_run / "checkpoints" / "best.ckpt"
+def trained_ckpt(tiny_run):
+    return tiny_run / "checkpoints" / "best.ckpt"
 
 
 def _predict(ckpt, inbox, tmp_path, cache_dir, *overrides):

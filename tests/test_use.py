@@ -22,8 +22,8 @@ def _train(dataset, cache_dir, out, *overrides):
 
 
 @pytest.fixture
-def cnn_ckpt(trained_run):
-    return str(trained_run / "checkpoints" / "best.ckpt")
+def cnn_ckpt(tiny_run):
+    return str(tiny_run / "checkpoints" / "best.ckpt")
 
 
 def _compose(name, overrides):
