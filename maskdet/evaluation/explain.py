@@ -235,7 +235,11 @@ def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
               if isinstance(m, nn.Conv2d | nn.Linear)]
     columns = 4
     rows = (len(layers) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.3 * rows), squeeze=False)
+    # a fixed grid of cells sized for the labels: tight_layout measured every text of 50+ panels (MobileNetV2:
+    # 5.5 s of a 6 s figure) to arrive at about the same spacing
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.3 * rows), squeeze=False,
+                             gridspec_kw={"left": 0.06, "right": 0.98, "bottom": 0.6 / (2.3 * rows),
+                                          "top": 1 - 0.35 / (2.3 * rows), "wspace": 0.35, "hspace": 0.75})
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, weights) in zip(axes.flat, layers):
@@ -246,7 +250,6 @@ def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
         ax.set_ylabel("count", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.locator_params(axis="x", nbins=5)  # long tick labels (-0.015) would run into each other
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     return fig
 
