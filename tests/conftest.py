@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "maskdet" / "conf"
 register_resolvers()
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one compute thread each (and in the CLI processes they start, which inherit
+    # the environment). Two threads each would oversubscribe the cores, and OpenMP threads spin while waiting.
+    import torch
+
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

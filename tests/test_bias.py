@@ -257,7 +257,8 @@ def test_report_figures_reach_tensorboard_downscaled_to_a_card_width(tmp_path):
 def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(strength, expect_gap, cache_dir, tmp_path):
     cfg = compose_train(["data.source.per_class=400", "data.source.size=40", "data.source.seed=5",  # seed 4 drew a weak planted effect (gap 0.04-0.09); 5 and 6: 0.16, 0.19
                          f"data.source.bias={{attribute: gender, group: 1, strength: {strength}}}",
-                         "data.num_folds=5", "trainer.max_epochs=10", "~logger", "bias.n_bootstrap=200"],
+                         "data.num_folds=5", "trainer.max_epochs=10", "~logger", "~callbacks.explanations",
+                         "bias.n_bootstrap=200"],
                         tmp_path, cache_dir)
     train(cfg)
     report = json.loads((tmp_path / "bias_report.json").read_text())
