@@ -194,6 +194,5 @@ def checkpoint_and_data(cfg: DictConfig):
     data_cfg = cfg.data if changes is None else run_data_config(cfg.ckpt_path, changes, cfg.data)
     check_keys(data_cfg, "data")
     datamodule = MaskDataModule(instantiate(data_cfg, image_size=model.hparams.image_size, augment=None))
-    datamodule.prepare_data()
     datamodule.setup("test")
     return model, datamodule, data_cfg

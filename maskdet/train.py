@@ -74,8 +74,7 @@ def train(cfg: DictConfig) -> dict:
 
     settings = instantiate(cfg.data)
     datamodule = MaskDataModule(settings)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.setup("fit")  # builds what is missing; Lightning's prepare_data in fit then has nothing to do
     data = datamodule.data
     require_splits(data, settings, test=cfg.get("test", True))
     if rank_zero_only.rank == 0:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from maskdet.cli import entry_point
 from maskdet.config import check_keys, register_resolvers
-from maskdet.data.prepare import build_caches, prepare
+from maskdet.data.prepare import prepare
 from maskdet.data.report import build_report, format_report, write_report
 from maskdet.data.splits import splits_table
 from maskdet.errors import exit_on_error
@@ -26,8 +26,7 @@ register_resolvers()
 def _report(cfg: DictConfig) -> tuple[dict, pd.DataFrame]:
     check_keys(cfg.data, "data")
     settings = instantiate(cfg.data)
-    build_caches(settings)
-    data = prepare(settings)
+    data = prepare(settings)  # generates, decodes and hashes what is not cached yet
     return build_report(data, settings.source_name), splits_table(data.index, data.root)
 
 

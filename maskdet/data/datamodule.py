@@ -102,8 +102,11 @@ class MaskDataModule(L.LightningDataModule):
         self._image_splits: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
-        """Disk work, once: generate the embedded dataset and decode the cache if missing."""
-        build_caches(self.settings)
+        """Disk work, once: generate the embedded dataset and decode the cache if missing. Nothing to do once
+        this process has run ``setup`` (``prepare`` builds what is missing, under the caches' file locks), so
+        a ``trainer.fit`` after ``setup`` does not list and open the dataset again."""
+        if self.data is None:
+            build_caches(self.settings)
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare the data once; on every call, place in-memory splits on the trainer's GPU when they fit."""

@@ -163,10 +163,10 @@ def prepare(settings: DataSettings) -> PreparedData:
     """index -> duplicates and groups -> splits -> subsets, each step a plain function of
     maskdet.data.duplicates / splits."""
     index, skipped, decoded, class_names, root = usable_index(settings)
-    index, dropped, removed, unnamed = duplicates_and_groups(index, settings)
+    rule = dups.parse_group_by(settings.group_by)
+    index, dropped, removed, unnamed = duplicates_and_groups(index, settings.duplicates, rule, settings.cache_dir)
     index["split"], index["fold"] = split_of(index, settings, class_names, root)
-    group_rule = dups.parse_group_by(settings.group_by)
-    leakage = dups.summarise(index, dropped, settings.duplicates, group_rule[0] if group_rule else None, unnamed)
+    leakage = dups.summarise(index, dropped, settings.duplicates, rule[0] if rule else None, unnamed)
     _warn_about_leaks(leakage, settings.duplicates)
     selected = select_subset(index, settings.subset)
     if settings.cap_per_class:
@@ -200,17 +200,17 @@ def usable_index(settings: DataSettings) -> tuple[pd.DataFrame, list[dict], cach
     return index.reset_index(drop=True), skipped, decoded, class_names, found.root
 
 
-def duplicates_and_groups(index: pd.DataFrame, settings: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], int]:
+def duplicates_and_groups(index: pd.DataFrame, policy: str, rule: tuple | None,
+                          cache_dir: str) -> tuple[pd.DataFrame, pd.DataFrame, list[dict], int]:
     """Find copies (data.duplicates), drop them under ``drop``, and give every image its ``split_group``:
-    copies (unless ``keep``) and data.group_by's groups, merged.
+    copies (unless ``policy`` is ``keep``) and the groups of ``rule`` (parsed data.group_by), merged.
     Returns (index, dropped rows, skipped entries, number of images no group rule matched)."""
-    hashes, thumbs = dups.load_or_compute(index["path"], index["digest"], settings.cache_dir)
+    hashes, thumbs = dups.load_or_compute(index["path"], index["digest"], cache_dir)
     index = dups.find_duplicates(index, hashes, thumbs)
     dropped, removed = index.iloc[:0], []
-    if settings.duplicates == "drop":
+    if policy == "drop":
         index, dropped, removed = dups.drop_copies(index)
         index = index.reset_index(drop=True)
-    rule = dups.parse_group_by(settings.group_by)
     rule_name = rule[0] if rule else None
     if "group" in index.columns and rule_name != "manifest":
         log.warning("the manifest has a 'group' column but data.group_by is %s: its groups are not used; pass "
@@ -220,7 +220,7 @@ def duplicates_and_groups(index: pd.DataFrame, settings: DataSettings) -> tuple[
     if unnamed:
         log.warning("%d of %d images have no group under data.group_by=%s (their names do not match); each is "
                     "a group of its own", unnamed, len(index), rule_name)
-    index["split_group"] = dups.split_groups(index, keys, with_duplicates=settings.duplicates != "keep")
+    index["split_group"] = dups.split_groups(index, keys, with_duplicates=policy != "keep")
     return index, dropped, removed, unnamed
 
 
