@@ -9,29 +9,23 @@ beside the final one and is renamed into place, which is atomic on one file syst
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from maskdet.writing import atomic_file
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with atomic_file(path, "wb") as handle:
                 torch.save(checkpoint, handle)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
         except BaseException as err:
             # torch.save reports a full disk as a RuntimeError from its zip writer: name it for what it is
-            full = not isinstance(err, OSError) and shutil.disk_usage(path.parent).free < 4 * 2**20
-            Path(tmp).unlink(missing_ok=True)
-            if full:
+            if not isinstance(err, OSError) and shutil.disk_usage(path.parent).free < 4 * 2**20:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
             raise

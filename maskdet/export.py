@@ -26,6 +26,7 @@ from maskdet.finite import require_finite
 from maskdet.inference import predict_split
 from maskdet.jsonfile import write_json
 from maskdet.preflight import check_config
+from maskdet.writing import write_text
 
 log = logging.getLogger("maskdet.export")
 register_resolvers()
@@ -104,7 +105,7 @@ def export(cfg: DictConfig) -> dict:
                "class_names": list(model.hparams.class_names), "architecture": model.hparams.architecture,
                "checkpoint": str(ckpt_path), "parity": parity}
     write_json(out / "model.json", sidecar)
-    (out / "model_card.md").write_text(model_card(model, ckpt_path, sidecar))
+    write_text(out / "model_card.md", model_card(model, ckpt_path, sidecar))
     summary("exported %s (parity on %d test images: max diff %.1e)", onnx_path, parity["images"], parity["max_abs_diff"])
     return sidecar
 

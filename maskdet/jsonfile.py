@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from maskdet.writing import write_text
 
 
 def strict(value):
@@ -40,17 +40,5 @@ def dumps(value, **kwargs) -> str:
 
 
 def write_json(path: str | Path, value, indent: int = 2) -> Path:
-    """Write ``value`` as strict JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(value, indent=indent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; reports are for everyone who can read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``value`` as strict JSON, atomically (``maskdet.writing``: a reader never sees half a file)."""
+    return write_text(path, dumps(value, indent=indent))

@@ -32,6 +32,7 @@ from maskdet.console import summary
 from maskdet.errors import DataError, exit_on_error
 from maskdet.inference import annotate, list_inputs, predict_files
 from maskdet.preflight import check_config
+from maskdet.writing import write_csv
 
 log = logging.getLogger("maskdet.predict")
 register_resolvers()
@@ -56,8 +57,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     skipped += unreadable
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(out / "predictions.csv", index=False)
-    pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
+    write_csv(predictions, out / "predictions.csv")
+    write_csv(pd.DataFrame(skipped, columns=["path", "reason"]), out / "skipped.csv")
     if cfg.annotate:
         annotate(predictions, out / "annotated")
     for s in skipped:
@@ -80,9 +81,9 @@ def predict_scenes(cfg: DictConfig, model, detector) -> pd.DataFrame:
     scenes = detect_and_classify(model, detector, files, cfg.batch_size, cfg.every_n_frames,
                                  out / "annotated" if cfg.annotate else None)
     skipped += scenes.skipped
-    scenes.faces.to_csv(out / "predictions.csv", index=False)
-    scenes.frames.to_csv(out / "frames.csv", index=False)
-    pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
+    write_csv(scenes.faces, out / "predictions.csv")
+    write_csv(scenes.frames, out / "frames.csv")
+    write_csv(pd.DataFrame(skipped, columns=["path", "reason"]), out / "skipped.csv")
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     summary("%d faces in %d photos or video frames, %d files skipped; %s", len(scenes.faces), len(scenes.frames),

@@ -10,6 +10,7 @@ import pandas as pd
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.jsonfile import write_json
+from maskdet.writing import write_csv
 
 if TYPE_CHECKING:
     from maskdet.data.prepare import PreparedData
@@ -108,5 +109,5 @@ def write_report(report: dict, folder: str | Path, splits: pd.DataFrame | None =
     ``splits.csv`` beside it; return the report's path."""
     path = write_json(Path(folder) / "data_report.json", report)
     if splits is not None:
-        splits.to_csv(path.parent / "splits.csv", index=False)
+        write_csv(splits, path.parent / "splits.csv")
     return path

@@ -28,6 +28,7 @@ from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.evaluation.metrics import resolve_group_metrics
 from maskdet.jsonfile import write_json
+from maskdet.writing import md, save_figure, write_csv, write_text
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
 DEFAULT_METRICS = ("macro_f1", "ece")  # per-group figures with bootstrap intervals (metrics.GROUP_METRICS)
@@ -153,19 +154,19 @@ def format_markdown(report: dict) -> str:
              f"Accuracy with Wilson 95 % intervals; {' and '.join(titles) or 'no other figure'} with bootstrap 95 % intervals "
              f"({report['n_bootstrap']} resamples). Groups under {report['min_group_size']} images, and "
              f"'unknown', are shown but not ranked (marked *).", ""]
-    lines += [f"- {note}" for note in report["notes"]]
+    lines += [f"- {md(note)}" for note in report["notes"]]
     for gap in report["gaps"]:
         attribute = gap["attribute"]
-        lines += ["", f"## {attribute}", "", f"| group | n | accuracy | {' | '.join(titles)} |",
+        lines += ["", f"## {md(attribute)}", "", f"| group | n | accuracy | {' | '.join(titles)} |",
                   "|---|---|---|" + "---|" * len(titles)]
         for r in (r for r in report["groups"] if r["attribute"] == attribute):
             mark = "" if r["ranked"] else " *"
             cells = [f"{r[k]:.4f} [{r[k + '_low']:.4f}, {r[k + '_high']:.4f}]" for k in ("accuracy", *metrics)]
-            lines.append(f"| {r['group']}{mark} | {r['n']} | {' | '.join(cells)} |")
+            lines.append(f"| {md(r['group'])}{mark} | {r['n']} | {' | '.join(cells)} |")
         if "gap" in gap:
             verdict = "significant" if gap["significant"] else "not significant"
             corrected = f", Bonferroni-corrected for {gap['comparisons']} pairs" if gap["comparisons"] > 1 else ""
-            lines += ["", f"Largest gap: {gap['best_group']} {gap['best_accuracy']:.4f} vs {gap['worst_group']} "
+            lines += ["", f"Largest gap: {md(gap['best_group'])} {gap['best_accuracy']:.4f} vs {md(gap['worst_group'])} "
                           f"{gap['worst_accuracy']:.4f}: {gap['gap']:+.4f} [{gap['gap_low']:+.4f}, {gap['gap_high']:+.4f}], "
                           f"z = {gap['z']:.2f}, p = {gap['p_value']:.3g}{corrected} ({verdict} at 5 %). "
                           f"Worst-group accuracy: {gap['worst_accuracy']:.4f}."]
@@ -186,7 +187,7 @@ def plot(report: dict, path: Path) -> plt.Figure:
         fig, ax = plt.subplots(figsize=(6.5, 1.0))
         ax.text(0.5, 0.5, "no demographic information", ha="center", va="center", fontsize=10)
         ax.axis("off")
-        fig.savefig(path, dpi=200)
+        save_figure(fig, path, dpi=200)
         plt.close(fig)
         return fig
     panels = [[r for r in report["groups"] if r["attribute"] == a] for a in attributes]
@@ -217,7 +218,7 @@ def plot(report: dict, path: Path) -> plt.Figure:
               "overall": f"overall accuracy ({overall:.3f})"}
     fig.legend([handles[k] for k in labels if k in handles], [labels[k] for k in labels if k in handles],
                loc="outside upper center", ncol=2, fontsize=8, frameon=False)
-    fig.savefig(path, dpi=200)
+    save_figure(fig, path, dpi=200)
     plt.close(fig)
     return fig
 
@@ -227,7 +228,7 @@ def write_bias_report(predictions: pd.DataFrame, class_names: Sequence[str], fol
     folder = Path(folder)
     report = audit(predictions, class_names, **options)
     write_json(folder / "bias_report.json", report)
-    pd.DataFrame(report["groups"]).to_csv(folder / "bias_report.csv", index=False)
-    (folder / "bias_report.md").write_text(format_markdown(report))
+    write_csv(pd.DataFrame(report["groups"]), folder / "bias_report.csv")
+    write_text(folder / "bias_report.md", format_markdown(report))
     plot(report, folder / "bias.png")
     return report

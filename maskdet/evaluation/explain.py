@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from maskdet.errors import ConfigError  # noqa: E402
 from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error
 from maskdet.inference import predict_split
+from maskdet.writing import save_figure, write_text
 
 
 def find_target_layer(model: nn.Module, image_size: int, name: str | None = None) -> str:
@@ -130,7 +131,7 @@ def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, 
                 ax.axis("off")
     fig.suptitle(f"Grad-CAM at {layer}: correct (left) and misclassified (right) per class", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -147,7 +148,7 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
         axes[0, 0].text(0, 0.5, "none", fontsize=10)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -171,7 +172,7 @@ def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_B
     ax.set_title(f"Reliability diagram, ECE {ece:.3f} ({bins} bins; test split; counts at the bottom)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -194,7 +195,7 @@ def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
     fig.suptitle(f"First-layer filters ({name}): {conv.out_channels} filters of "
                  f"{conv.kernel_size[0]}x{conv.kernel_size[1]} on RGB, each scaled to its own range", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -225,7 +226,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str], p
             axes[r, k + 1].imshow(maps[k].cpu().numpy(), cmap="viridis")
         axes[r, 1].set_title(name, fontsize=7, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -250,7 +251,7 @@ def weight_histograms(model: nn.Module, path: Path) -> plt.Figure:
         ax.set_ylabel("count", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.locator_params(axis="x", nbins=5)  # long tick labels (-0.015) would run into each other
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     return fig
 
 
@@ -311,5 +312,5 @@ def write_explanations(model, datamodule, output_dir: str | Path, *, per_class: 
         tensorboard.flush()
     for fig in figures.values():
         plt.close(fig)
-    (output_dir / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
+    write_text(output_dir / "notes.txt", "\n".join(notes) + ("\n" if notes else ""))
     return {"target_layer": layer, "pictures": sorted(f"{n}.png" for n in figures), "notes": notes}

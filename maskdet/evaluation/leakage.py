@@ -18,6 +18,7 @@ import yaml
 
 from maskdet.errors import DataError, exit_on_error
 from maskdet.evaluation.bias import newcombe_interval, two_proportion_test, wilson_interval
+from maskdet.writing import md, write_csv, write_text
 
 IMAGE_LEVEL = "image-level (data.group_by=null)"
 
@@ -68,21 +69,21 @@ def write_leakage_study(sweep_dir: str | Path) -> str:
                         "jobs with data.group_by=null and with a data.group_by): run "
                         "python -m maskdet.train +experiment=leakage_study.")
     pairs = inflation(runs)
-    runs.to_csv(sweep_dir / "leakage_study.csv", index=False)
+    write_csv(runs, sweep_dir / "leakage_study.csv")
     lines = ["# Leakage study: the same data split by image and by group", "",
              "| split policy | fold | test images | accuracy [95 % Wilson] |", "|---|---|---|---|"]
     for _, r in runs.sort_values(["fold", "policy"]).iterrows():
-        lines.append(f"| {r['policy']} | {r['fold']} | {r['n']} | {r['accuracy']:.4f} "
+        lines.append(f"| {md(r['policy'])} | {md(r['fold'])} | {r['n']} | {r['accuracy']:.4f} "
                      f"[{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] |")
     lines += ["", "| fold | inflation: image-level minus | difference [95 % Newcombe] | p-value |", "|---|---|---|---|"]
     for _, p in pairs.iterrows():
-        lines.append(f"| {p['fold']} | {p['grouped']} | {p['inflation']:+.4f} [{p['inflation_low']:+.4f}, "
+        lines.append(f"| {md(p['fold'])} | {md(p['grouped'])} | {p['inflation']:+.4f} [{p['inflation_low']:+.4f}, "
                      f"{p['inflation_high']:+.4f}] | {p['p_value']:.3g} |")
     lines += ["", "A positive difference is accuracy that the image-level split gains from test images whose "
                   "photograph (under another mask) is in training; an interval covering 0 means no inflation was "
                   "measured at this sample size."]
     text = "\n".join(lines) + "\n"
-    (sweep_dir / "leakage_study.md").write_text(text)
+    write_text(sweep_dir / "leakage_study.md", text)
     return text
 
 

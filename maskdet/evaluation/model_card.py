@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from maskdet.evaluation.bias import wilson_interval
 from maskdet.models.backbones import WEIGHT_FILE_SUFFIXES
+from maskdet.writing import md
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _read(path: Path):
@@ -17,13 +22,20 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.suffix == ".json" else path.read_text()
 
 
+def _embedded(markdown: str) -> str:
+    """The run's bias report inside the card: its tables kept, but HTML escaped and no control characters (the
+    file may have been edited by anyone who had the run folder)."""
+    lines = markdown.replace("# Bias report", "").strip().splitlines()
+    return "\n".join(html.escape(_CONTROL.sub(" ", line), quote=False) for line in lines)
+
+
 def _initialisation(weights: str | None) -> str:
     """Where training started, in words (``model.weights``: null, a pretrained weights name, or a file)."""
     if weights is None:
         return "trained from random initialisation (no pretrained weights)"
     if Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).exists():
-        return f"weights initialised from the file `{weights}`"
-    return f"weights initialised from the pretrained weights `{weights}` of its backbone family"
+        return f"weights initialised from the file `{md(weights)}`"
+    return f"weights initialised from the pretrained weights `{md(weights)}` of its backbone family"
 
 
 def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
@@ -32,25 +44,25 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
     metrics = _read(run / "metrics.json") or {}
     bias = _read(run / "bias_report.md")
     hp = model.hparams
-    lines = [f"# Model card: {hp.architecture} face-mask classifier", "",
+    lines = [f"# Model card: {md(hp.architecture)} face-mask classifier", "",
              "## Model", "",
-             f"- Architecture: `{hp.architecture}` ({sum(p.numel() for p in model.parameters()):,} parameters), "
-             f"{_initialisation(hp.weights)}, backbone freeze: `{hp.freeze}`.",
+             f"- Architecture: `{md(hp.architecture)}` ({sum(p.numel() for p in model.parameters()):,} parameters), "
+             f"{_initialisation(hp.weights)}, backbone freeze: `{md(hp.freeze)}`.",
              f"- Input: RGB face crop resized to {hp.image_size}x{hp.image_size} (PIL bilinear), values in [0, 1]; "
              f"normalisation (mean {list(hp.mean)}, std {list(hp.std)}) is part of the model.",
-             f"- Output: probabilities over {len(hp.class_names)} classes: {', '.join(hp.class_names)}.",
-             f"- Checkpoint: `{ckpt_path}`; ONNX parity on {sidecar['parity']['images']} test images: "
+             f"- Output: probabilities over {len(hp.class_names)} classes: {', '.join(md(c) for c in hp.class_names)}.",
+             f"- Checkpoint: `{md(ckpt_path)}`; ONNX parity on {sidecar['parity']['images']} test images: "
              f"max probability difference {sidecar['parity']['max_abs_diff']:.1e}, same predicted class for all.", ""]
     lines += ["## Training data", ""]
     if data:
-        lines.append(f"- Source: `{data.get('source')}` at `{data.get('root')}`; {data.get('num_images')} images used.")
+        lines.append(f"- Source: `{md(data.get('source'))}` at `{md(data.get('root'))}`; {md(data.get('num_images'))} images used.")
         split_class = data.get("counts", {}).get("split_class", {})
         splits = [s for s in ("train", "val", "test") if s in split_class]
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---" * (1 + len(splits)) + "|"]
         for name in data.get("classes", []):
-            lines.append(f"| {name} | " + " | ".join(str(split_class[s].get(name, 0)) for s in splits) + " |")
+            lines.append(f"| {md(name)} | " + " | ".join(md(split_class[s].get(name, 0)) for s in splits) + " |")
         for group, counts in data.get("groups", {}).items():
-            lines.append(f"\n- {group}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            lines.append(f"\n- {md(group)}: " + ", ".join(f"{md(k)} {md(v)}" for k, v in counts.items()))
         if data.get("skipped"):
             lines.append(f"- {len(data['skipped'])} files were skipped (see data_report.json).")
     else:
@@ -65,7 +77,7 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
                      f"macro-F1 {metrics['test'].get('test/f1', float('nan')):.4f}.")
     else:
         lines.append("- No test metrics were found in the training run folder.")
-    lines += ["", "## Bias audit", "", bias.replace("# Bias report", "").strip() if bias else "No bias report found.", ""]
+    lines += ["", "## Bias audit", "", _embedded(bias) if bias else "No bias report found.", ""]
     synthetic = data.get("source") == "synthetic"
     lines += ["## Intended use and limitations", "",
               "- Classifies a single, already cropped face: it does not detect faces. Crops that are not faces "

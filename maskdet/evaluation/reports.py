@@ -16,6 +16,7 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
+from maskdet.writing import save_figure, write_csv, write_text
 
 
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
@@ -47,9 +48,9 @@ def save_confusion_matrix(predictions: pd.DataFrame, class_names: Sequence[str],
     ``confusion_matrix.png`` (counts, and each row as fractions of its true class); return the counts."""
     names = list(class_names)
     matrix = confusion_matrix(predictions["label"], predictions["prediction"], labels=names)
-    pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names).to_csv(folder / "confusion_matrix.csv")
+    write_csv(pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names), folder / "confusion_matrix.csv", index=True)
     fig = confusion_matrix_figure(matrix, names)
-    fig.savefig(folder / "confusion_matrix.png", dpi=120)
+    save_figure(fig, folder / "confusion_matrix.png", dpi=120)
     plt.close(fig)
     return matrix
 
@@ -82,9 +83,9 @@ def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], fo
     """Write predictions.csv, classification_report.txt and the confusion matrix; return the report text."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(folder / "predictions.csv", index=False)
+    write_csv(predictions, folder / "predictions.csv")
     report = classification_report_text(predictions, class_names)
-    (folder / "classification_report.txt").write_text(report)
+    write_text(folder / "classification_report.txt", report)
     save_confusion_matrix(predictions, class_names, folder)
     return report
 

@@ -14,6 +14,7 @@ import lightning as L
 import pandas as pd
 
 from maskdet.evaluation.bias import newcombe_interval, two_proportion_test, wilson_interval
+from maskdet.writing import md, write_csv, write_text
 
 
 def compare_subsets(trainer: L.Trainer, model, make_datamodule: Callable[..., object], subsets: Mapping[str, Mapping],
@@ -38,17 +39,17 @@ def compare_subsets(trainer: L.Trainer, model, make_datamodule: Callable[..., ob
         low, high = newcombe_interval(ra["correct"], ra["n"], rb["correct"], rb["n"])
         pairs.append({"comparison": f"{a} - {b}", "difference": ra["accuracy"] - rb["accuracy"],
                       "difference_low": low, "difference_high": high, "z": z, "p_value": p})
-    pd.DataFrame(rows.values()).to_csv(output_dir / "bias_study.csv", index=False)
-    pd.DataFrame(pairs).to_csv(output_dir / "bias_study_pairs.csv", index=False)
+    write_csv(pd.DataFrame(rows.values()), output_dir / "bias_study.csv")
+    write_csv(pd.DataFrame(pairs), output_dir / "bias_study_pairs.csv")
     lines = [f"# Bias study (test split, at most {cap_per_class} images per class per subset)", "",
              "| subset | n | accuracy [95 % Wilson] | images per class |", "|---|---|---|---|"]
     for r in rows.values():
-        per_class = ", ".join(f"{k} {v}" for k, v in sorted(r["per_class"].items()))
-        lines.append(f"| {r['subset']} | {r['n']} | {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] | {per_class} |")
+        per_class = ", ".join(f"{md(k)} {v}" for k, v in sorted(r["per_class"].items()))
+        lines.append(f"| {md(r['subset'])} | {r['n']} | {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] | {per_class} |")
     lines += ["", "| comparison | difference [95 % Newcombe] | z | p-value |", "|---|---|---|---|"]
     for p in pairs:
-        lines.append(f"| {p['comparison']} | {p['difference']:+.4f} [{p['difference_low']:+.4f}, "
+        lines.append(f"| {md(p['comparison'])} | {p['difference']:+.4f} [{p['difference_low']:+.4f}, "
                      f"{p['difference_high']:+.4f}] | {p['z']:.2f} | {p['p_value']:.3g} |")
     text = "\n".join(lines) + "\n"
-    (output_dir / "bias_study.md").write_text(text)
+    write_text(output_dir / "bias_study.md", text)
     return text
