@@ -66,10 +66,14 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def csv_cell(value):
-    """A cell a spreadsheet shows as text: strings starting like a formula get a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
+    """A cell a spreadsheet shows as text: strings starting like a formula get a leading apostrophe. A carriage
+    return becomes a newline: Python's csv module (3.11) quotes cells with ``\\n`` but not a lone ``\\r``, which
+    readers then take for the end of a row."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_START):
+        value = "'" + value
+    return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
