@@ -6,24 +6,32 @@ parsed (maskdet.cli).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from maskdet import runfolder
 from maskdet.errors import ConfigError
 from maskdet.models import MaskClassifier
 from maskdet.preflight import read_checkpoint
+from maskdet.trust import check_architecture, check_saved_node
 
 log = logging.getLogger("maskdet.checkpoints")
 
 
-def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
-    """Load a maskdet checkpoint safely (``weights_only``); refuse anything else with a clear message."""
+def load_classifier(ckpt_path: str | Path, trusted_code: Iterable[str] = ()) -> MaskClassifier:
+    """Load a maskdet checkpoint safely (``weights_only``); refuse anything else with a clear message. Its
+    hyper-parameters are data: only the known ones are read, and an architecture that names code (a
+    family's import path) is built only when the user trusts it (``maskdet.trust``)."""
     checkpoint = read_checkpoint(ckpt_path)
     hparams = checkpoint["hyper_parameters"]
-    model = MaskClassifier(**{**hparams, "weights": None})  # the state dict below replaces any initial weights
+    check_architecture(hparams["architecture"], ckpt_path, trusted_code)
+    model = MaskClassifier(architecture=hparams["architecture"], num_classes=len(hparams["class_names"]),
+                           class_names=hparams["class_names"], image_size=hparams["image_size"],
+                           weights=None,  # the state dict below replaces any initial weights
+                           freeze=hparams.get("freeze", "none"), mean=hparams["mean"], std=hparams["std"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # missing, unexpected or differently shaped tensors
@@ -35,23 +43,33 @@ def load_classifier(ckpt_path: str | Path) -> MaskClassifier:
     return model.eval()
 
 
-def run_data_config(ckpt_path: str | Path, data_overrides: Mapping[str, Any], fallback: DictConfig) -> DictConfig:
+def run_data_config(ckpt_path: str | Path, data_overrides: Mapping[str, Any], fallback: DictConfig,
+                    trusted: frozenset[str]) -> DictConfig:
     """The data config of the run that wrote ``ckpt_path`` (``<run>/.hydra/config.yaml``), so the split is
     the one the model was trained with, with this command's ``data.*`` overrides applied on top (already
     parsed: key below ``data`` -> value); ``fallback`` (the command's own ``data``) when the run's config
-    is missing. The cache folder is always the command's."""
-    run_config = Path(ckpt_path).resolve().parent.parent / ".hydra" / "config.yaml"
+    is missing. The cache folder is always the command's. The saved node is data from a file: every
+    ``_target_`` in it must be in ``trusted`` (``maskdet.trust``) before anything is imported."""
+    run_config = Path(ckpt_path).resolve().parent.parent / runfolder.CONFIG
     if not run_config.is_file():
         log.warning("%s not found: using data settings from the command line and defaults", run_config)
         return fallback
-    data = OmegaConf.load(run_config).data
+    try:
+        data = OmegaConf.load(run_config).data
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ConfigError(f"{run_config} cannot be read as the run's settings ({type(err).__name__}: {err}). "
+                          "Give the data on the command line instead: data=<layout> data.root=<folder>.") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{run_config} has no data settings (data: {data!r}). Give the data on the command "
+                          "line instead: data=<layout> data.root=<folder>.")
     if data.get("_target_") == "maskdet.data.MaskDataModule":  # written before data layouts were readers
         raise ConfigError(f"{run_config} was written by an older maskdet whose data config this one cannot read "
                           f"(data.source={data.get('source')!r}). Give the data on the command line instead: "
                           "data=<layout> data.root=<folder>, and "
-                          f"data.splits_file={run_config.parent.parent / 'splits.csv'} to reuse the run's exact split.")
+                          f"data.splits_file={run_config.parent.parent / runfolder.SPLITS} to reuse the run's exact split.")
     OmegaConf.set_struct(data, False)
     for key, value in data_overrides.items():
         OmegaConf.update(data, key, value, force_add=True)
+    check_saved_node(data, run_config, trusted)
     OmegaConf.update(data, "cache_dir", fallback.cache_dir)
     return data

@@ -187,11 +187,14 @@ def checkpoint_and_data(cfg: DictConfig):
     from maskdet.checkpoints import load_classifier, run_data_config
     from maskdet.config import check_keys
     from maskdet.data.datamodule import MaskDataModule
+    from maskdet.trust import trusted_names
 
     task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
-    model = load_classifier(cfg.ckpt_path)
+    trusted_code = list(cfg.get("trusted_code") or [])
+    model = load_classifier(cfg.ckpt_path, trusted_code)
     changes = data_changes(task)
-    data_cfg = cfg.data if changes is None else run_data_config(cfg.ckpt_path, changes, cfg.data)
+    data_cfg = cfg.data if changes is None else \
+        run_data_config(cfg.ckpt_path, changes, cfg.data, trusted_names(cfg, trusted_code))
     check_keys(data_cfg, "data")
     datamodule = MaskDataModule(instantiate(data_cfg, image_size=model.hparams.image_size, augment=None))
     datamodule.setup("test")

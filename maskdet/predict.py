@@ -46,7 +46,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         from maskdet.detect import build_detector
 
         detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
-    model = load_classifier(cfg.ckpt_path)
+    model = load_classifier(cfg.ckpt_path, list(cfg.get("trusted_code") or []))
     if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu":
         model.cuda()
     if detector is not None:
