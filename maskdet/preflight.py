@@ -7,8 +7,11 @@ that would fail only after training (a bias option, a checkpoint to resume from)
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -153,7 +156,8 @@ def check_bias_options(bias: DictConfig) -> None:
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """A maskdet checkpoint as a dict, loaded safely (``weights_only``); anything else is refused."""
+    """A maskdet checkpoint as a dict, loaded safely (``weights_only``) and checked whole (``checkpoint_problem``);
+    anything else is refused, before any model is built or data read."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file from a run's checkpoints/ folder.")
@@ -166,7 +170,218 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     if not isinstance(hparams, dict) or not CHECKPOINT_KEYS <= set(hparams) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={path} is not a maskdet checkpoint (no architecture, class names and "
                           "preprocessing in its hyper-parameters): use a checkpoint written by maskdet.train.")
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise ConfigError(f"ckpt_path={path} contradicts itself: {problem}. The file was changed after maskdet.train "
+                          "wrote it (or was written by something else); use a checkpoint as maskdet.train wrote it.")
     return checkpoint
+
+
+def _shown(values, limit: int = 8) -> str:
+    """Values read from a file, short and on one line (``repr`` escapes newlines)."""
+    shown = [repr(v)[:40] for v in list(values)[:limit]]
+    return "[" + ", ".join(shown) + (", ..." if len(values) > limit else "") + "]"
+
+
+def output_count(checkpoint: dict) -> int | None:
+    """How many outputs the saved network has: the first dimension of the last weight or bias of its head
+    (``maskdet.head``, saved by MaskClassifier; older files: of the whole network, whose head comes last in
+    every backbone family); None when the state dict has no such tensor."""
+    head = (checkpoint.get("maskdet") or {}).get("head") if isinstance(checkpoint.get("maskdet"), dict) else None
+    prefix = f"net.{head}." if isinstance(head, str) and head else "net."
+    state = checkpoint["state_dict"] if isinstance(checkpoint["state_dict"], dict) else {}
+    last = [t for k, t in state.items() if isinstance(k, str) and k.startswith(prefix)
+            and k.endswith((".weight", ".bias")) and isinstance(t, torch.Tensor) and t.dim() >= 1]
+    return int(last[-1].shape[0]) if last else None
+
+
+def checkpoint_problem(checkpoint: dict) -> str | None:
+    """What contradicts itself in a checkpoint's preprocessing and classes (None when nothing does): class
+    names must be at least two distinct strings, one per output of the network, so that no probability
+    column is dropped or doubled; the image size a whole number; mean and std three numbers each."""
+    hparams = checkpoint["hyper_parameters"]
+    names = hparams["class_names"]
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) and n.strip() for n in names):
+        return f"class_names={_shown(names) if isinstance(names, list | tuple) else repr(names)[:80]} must be a " \
+               "list of non-empty strings"
+    if len(names) < 2:
+        return f"class_names={_shown(names)} names {len(names)} class; a classifier needs at least two"
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        return f"class_names={_shown(names)} names {_shown(doubled)} more than once; each class needs its own name"
+    outputs = output_count(checkpoint)
+    if outputs is None:
+        return "its state_dict has no output layer (no net.*.weight or net.*.bias tensor)"
+    declared = hparams.get("num_classes", len(names))
+    if outputs != len(names) or declared != len(names):
+        return (f"class_names has {len(names)} names {_shown(names)} but the network has {outputs} outputs"
+                + (f" and num_classes={declared!r}" if declared != len(names) else "")
+                + "; there must be exactly one name per output")
+    size = hparams["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return f"image_size={size!r} must be a whole number of pixels of at least 1"
+    for key in ("mean", "std"):
+        problem = three_numbers(hparams[key], positive=key == "std")
+        if problem:
+            return f"{key}={repr(hparams[key])[:80]} must be {problem}"
+    return None
+
+
+def three_numbers(values, positive: bool = False) -> str | None:
+    """None when ``values`` is three finite numbers (above 0 if ``positive``: a std divides); else what it
+    must be."""
+    wanted = "three finite numbers" + (" above 0" if positive else "") + " (one per colour channel, R G B)"
+    if OmegaConf.is_list(values):
+        values = list(values)
+    if not isinstance(values, list | tuple) or len(values) != 3:
+        return wanted
+    if not all(_is_number(v) and math.isfinite(v) and (v > 0 or not positive) for v in values):
+        return wanted
+    return None
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Accepts(NamedTuple):
+    """What a numeric setting accepts: ``test(value)``, and the words for it in a refusal."""
+
+    test: Callable[[object], bool]
+    words: str
+
+
+def _whole(least: int, most: int | None = None, null: str = "", note: str = "") -> Accepts:
+    words = f"a whole number of at least {least}" + (f" and at most {most}" if most is not None else "") + note
+    return Accepts(lambda v: (v is None and bool(null)) or (_is_whole(v) and v >= least and (most is None or v <= most)),
+                   words + (f", or null ({null})" if null else ""))
+
+
+def _number(above: float | None = None, least: float | None = None, most: float | None = None,
+            below: float | None = None, finite: bool = True, null: str = "", note: str = "") -> Accepts:
+    bounds = [f"above {above}" if above is not None else f"of at least {least}" if least is not None else "",
+              f"below {below}" if below is not None else f"at most {most}" if most is not None else ""]
+    words = f"a {'finite ' if finite else ''}number {' and '.join(b for b in bounds if b)}{note}"
+
+    def test(v) -> bool:
+        if v is None:
+            return bool(null)
+        return _is_number(v) and not math.isnan(v) and (math.isfinite(v) or not finite) \
+            and (above is None or v > above) and (least is None or v >= least) \
+            and (most is None or v <= most) and (below is None or v < below)
+
+    return Accepts(test, words + (f", or null ({null})" if null else ""))
+
+
+def _batches(v) -> bool:  # Lightning's limit_*_batches: a count, or a fraction of the batches
+    return v is None or (_is_whole(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
+
+
+LIMIT_BATCHES = Accepts(_batches, "a whole number of batches of at least 0, a fraction of them from 0.0 to 1.0, "
+                                  "or null (all), as in Lightning")
+SEED = _whole(0, 2**32 - 1, note=" (the range numpy and Lightning accept)")
+DEVICES = Accepts(lambda v: not _is_number(v) or (_is_whole(v) and (v == -1 or v >= 1)),
+                  "a number of devices of at least 1, -1 (all), auto, or a list of device indices, as in Lightning")
+FAST_DEV_RUN = Accepts(lambda v: isinstance(v, bool) or (_is_whole(v) and v >= 0),
+                       "true, false, or a whole number of batches of at least 0, as in Lightning")
+PER_CLASS = Accepts(lambda v: (_is_whole(v) and v >= 1) or (OmegaConf.is_list(v) and len(v) > 0
+                                                            and all(_is_whole(c) and c >= 1 for c in v)),
+                    "a whole number of images of at least 1, or a list of them, one per class")
+
+# Each numeric setting of the shipped configs (and Lightning's Trainer) with what it accepts, checked by
+# check_numbers before any data work. Lightning's conventions hold: -1 means "no limit" where Lightning says so.
+NUMBERS: dict[str, Accepts] = {
+    "seed": SEED, "data.seed": SEED, "data.source.seed": SEED, "bias.seed": SEED,
+    "data.source.per_class": PER_CLASS,
+    "data.source.size": _whole(32, note=" (pixels of the generated images)"),
+    "data.source.bias.strength": _number(least=0, most=1, note=" (0: off, 1: strongest)"),
+    "model.optimizer.lr": _number(above=0, note=" (the learning rate, e.g. 0.001)"),
+    "model.optimizer.weight_decay": _number(least=0),
+    "model.optimizer.momentum": _number(least=0),
+    "model.optimizer.eps": _number(least=0),
+    "trainer.max_epochs": _whole(-1, null="Lightning's default", note=" (-1: no epoch limit, as in Lightning)"),
+    "trainer.min_epochs": _whole(0, null="no minimum"),
+    "trainer.max_steps": _whole(-1, note=" (-1: no step limit, as in Lightning)"),
+    "trainer.min_steps": _whole(0, null="no minimum"),
+    "trainer.log_every_n_steps": _whole(0, note=" (0: no logging within an epoch)"),
+    "trainer.check_val_every_n_epoch": _whole(1, null="validate by trainer.val_check_interval only"),
+    "trainer.num_sanity_val_steps": _whole(-1, note=" (-1: the whole validation set, as in Lightning)"),
+    "trainer.accumulate_grad_batches": _whole(1),
+    "trainer.gradient_clip_val": _number(least=0, null="no clipping"),
+    "trainer.limit_train_batches": LIMIT_BATCHES, "trainer.limit_val_batches": LIMIT_BATCHES,
+    "trainer.limit_test_batches": LIMIT_BATCHES, "trainer.limit_predict_batches": LIMIT_BATCHES,
+    "trainer.val_check_interval": Accepts(lambda v: v is None or (_is_whole(v) and v >= 1)
+                                          or (isinstance(v, float) and 0.0 < v <= 1.0),
+                                          "a whole number of batches of at least 1, a fraction of an epoch above 0.0 "
+                                          "and at most 1.0, or null (once per epoch), as in Lightning"),
+    "trainer.num_nodes": _whole(1),
+    "trainer.devices": DEVICES,
+    "trainer.fast_dev_run": FAST_DEV_RUN,
+    "every_n_frames": _whole(1, note=" (1: every frame of a video)"),
+    "max_abs_diff": _number(least=0),
+    "detector.scale_factor": _number(above=1),
+    "detector.min_neighbors": _whole(0),
+    "detector.min_size": _whole(1, note=" (pixels)"),
+    "detector.margin": _number(least=0),
+    "detector.score_threshold": _number(least=0, most=1),
+    "detector.nms_threshold": _number(least=0, most=1),
+    "detector.top_k": _whole(1),
+}
+# Settings named alike mean the same in every callback (callbacks.<name>.*), scheduler (model.scheduler.*)
+# and in the explanations (explain.*): Lightning's EarlyStopping and ModelCheckpoint, torch's schedulers.
+LEAVES: dict[str, Accepts] = {
+    "max_loss": _number(above=0, finite=False, note=" (the divergence limit on a batch's training loss)"),
+    "patience": _whole(0), "min_delta": _number(least=0),
+    "save_top_k": _whole(-1, note=" (-1: keep every checkpoint, as in Lightning)"),
+    "every_n_epochs": _whole(0, null="Lightning's default"),
+    "every_n_train_steps": _whole(0, null="Lightning's default"),
+    "per_class": _whole(1), "gallery_size": _whole(1), "low_confidence": _number(least=0, most=1),
+    "step_size": _whole(1), "T_max": _whole(1), "gamma": _number(above=0),
+    "factor": _number(above=0, below=1), "eta_min": _number(least=0), "min_lr": _number(least=0),
+}
+LEAF_NODES = ("callbacks", "explain", "model.scheduler")
+_ABSENT = object()
+
+
+def _select(cfg: DictConfig, key: str):
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    except InterpolationResolutionError:
+        return _ABSENT  # checked by whatever resolves it later
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str):
+    node = _select(cfg, prefix)
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            yield from _leaf_keys(cfg, f"{prefix}.{key}")
+        elif key in LEAVES:
+            yield f"{prefix}.{key}", LEAVES[key]
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Refuse a numeric setting outside what it accepts (``NUMBERS``, ``LEAVES``; model.mean and model.std
+    three numbers) with one paragraph naming the key, its value and what is accepted: a learning rate of -1
+    or a frame step of 1.5 would otherwise fail after the data work, or be silently rounded."""
+    checks = [(key, accepts) for key, accepts in NUMBERS.items()]
+    checks += [found for prefix in LEAF_NODES for found in _leaf_keys(cfg, prefix) if found[0] not in NUMBERS]
+    for key, accepts in checks:
+        value = _select(cfg, key)
+        if value is not _ABSENT and not accepts.test(value):
+            raise ConfigError(f"{key}={value!r} is not accepted: it must be {accepts.words}.")
+    for key in ("model.mean", "model.std"):
+        value = _select(cfg, key)
+        problem = None if value is _ABSENT else three_numbers(value, positive=key == "model.std")
+        if problem:
+            raise ConfigError(f"{key}={value!r} is not accepted: it must be {problem}.")
 
 
 def check_resume_checkpoint(cfg: DictConfig) -> None:
@@ -210,11 +425,14 @@ def check_config(cfg: DictConfig, task: str) -> None:
         check_data_values(cfg.data)
     for key in {"predict": ("batch_size",), "export": ("parity_images",)}.get(task, ()):
         _positive_int(cfg, key)
+    check_numbers(cfg)
     check_writable(cfg)
     if task == "train":
         check_model(cfg)
     if task == "train" and cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg)
+    elif task in ("evaluate", "explain", "export", "predict"):
+        read_checkpoint(cfg.ckpt_path)  # checked whole before any detector, model or data is built
 
 
 def preflight_train(cfg: DictConfig) -> None:

@@ -96,6 +96,36 @@ REFUSED = [
     (["data.test_size=1.5"], "data.test_size=1.5 must be a fraction between 0 and 1"),
     (["data.label_map=binar"], "data.label_map='binar' is unknown"),
     (["+model.dropout=0.5"], "Unknown config key model.dropout"),
+    # numeric settings, as Lightning and torch read them (-1 is "no limit" where Lightning says so)
+    (["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is not accepted: it must be a finite number above 0"),
+    (["model.optimizer.lr=nan"], "model.optimizer.lr=nan is not accepted"),
+    (["model.optimizer.lr=inf"], "model.optimizer.lr=inf is not accepted"),
+    (["model.optimizer.weight_decay=-0.1"], "model.optimizer.weight_decay=-0.1 is not accepted: it must be a "
+                                            "finite number of at least 0"),
+    (["trainer.max_epochs=-2"], "trainer.max_epochs=-2 is not accepted: it must be a whole number of at least -1 "
+                                "(-1: no epoch limit, as in Lightning)"),
+    (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5 is not accepted"),
+    (["+trainer.min_epochs=-1"], "trainer.min_epochs=-1 is not accepted: it must be a whole number of at least 0"),
+    (["+trainer.max_steps=-2"], "trainer.max_steps=-2 is not accepted: it must be a whole number of at least -1"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5 is not accepted: it must be a whole "
+                                          "number of batches of at least 0, a fraction of them from 0.0 to 1.0"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not accepted"),
+    (["trainer.gradient_clip_val=-1.0"], "trainer.gradient_clip_val=-1.0 is not accepted"),
+    (["trainer.devices=0"], "trainer.devices=0 is not accepted"),
+    (["callbacks.divergence.max_loss=-5"], "callbacks.divergence.max_loss=-5 is not accepted: it must be a number "
+                                           "above 0 (the divergence limit on a batch's training loss)"),
+    (["callbacks.explanations.per_class=0"], "callbacks.explanations.per_class=0 is not accepted"),
+    (["callbacks.explanations.low_confidence=2"], "callbacks.explanations.low_confidence=2 is not accepted: it must "
+                                                  "be a finite number of at least 0 and at most 1"),
+    (["+callbacks.early_stopping={_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/loss, "
+      "patience: -1}"], "callbacks.early_stopping.patience=-1 is not accepted: it must be a whole number of at least 0"),
+    (["model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 0}"],
+     "model.scheduler.step_size=0 is not accepted"),
+    (["model.std=[0.2,0.2,0]"], "model.std=[0.2, 0.2, 0] is not accepted: it must be three finite numbers above 0"),
+    (["model.mean=[0.5,0.5]"], "model.mean=[0.5, 0.5] is not accepted: it must be three finite numbers"),
+    (["seed=-1"], "seed=-1 is not accepted: it must be a whole number of at least 0 and at most 4294967295"),
+    (["data.source.per_class=1.5"], "data.source.per_class=1.5 is not accepted"),
+    (["data.source.size=abc"], "data.source.size='abc' is not accepted"),
 ]
 
 
@@ -116,7 +146,9 @@ def test_accepted_settings_pass(tmp_path):
     """The defaults, a numeric folder name, fractions of batches and the null cap are all fine."""
     for overrides in ([], ["data=folder", "data.root=2024"], ["trainer.limit_train_batches=0.5"],
                       ["data.cap_per_class=null", "data.balance_by=gender", "bias.attributes=[race]"],
-                      ["~logger"]):
+                      ["~logger"], ["trainer.max_epochs=-1", "+trainer.max_steps=-1", "trainer.max_epochs=null"],
+                      ["callbacks.divergence.max_loss=inf", "trainer.limit_val_batches=3", "trainer.devices=-1"],
+                      ["model.optimizer.lr=1e-5", "model.optimizer.weight_decay=0", "trainer.fast_dev_run=true"]):
         check_config(compose_train(overrides, tmp_path / "run", tmp_path / "cache"), "train")
     assert not (tmp_path / "cache").exists()
 
@@ -149,8 +181,14 @@ def test_weights_that_do_not_fit_their_architecture_name_the_file(tmp_path):
     ckpt = save_checkpoint(tmp_path / "edited.ckpt", classes_in_weights=2)
     with pytest.raises(ConfigError) as refused:
         load_classifier(ckpt)
-    assert f"ckpt_path={ckpt}: its weights do not fit the model" in str(refused.value)
-    assert "size mismatch" in str(refused.value)
+    assert f"ckpt_path={ckpt} contradicts itself: class_names has 4 names" in str(refused.value)
+    assert "the network has 2 outputs" in str(refused.value)
+    checkpoint = torch.load(save_checkpoint(tmp_path / "conv.ckpt"), weights_only=True)
+    checkpoint["state_dict"]["net.conv_layer.0.weight"] = torch.zeros(5, 3, 3, 3)  # a backbone layer changed
+    torch.save(checkpoint, tmp_path / "conv.ckpt")
+    with pytest.raises(ConfigError) as refused:
+        load_classifier(tmp_path / "conv.ckpt")
+    assert "its weights do not fit the model" in str(refused.value) and "size mismatch" in str(refused.value)
 
 
 def test_writable_problem_on_real_folders(tmp_path, read_only_dir):
@@ -183,7 +221,7 @@ def test_misspelt_key_gets_the_closest_valid_key(tmp_path):
 def test_cli_refusals_before_any_data_work(tmp_path):
     ckpt = save_checkpoint(tmp_path / "edited.ckpt", classes_in_weights=2)
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}"], tmp_path),
-                   f"ckpt_path={ckpt}: its weights do not fit the model")
+                   f"ckpt_path={ckpt} contradicts itself", "the network has 2 outputs")
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}", "data=default", "bias.n_bootstrap=0"], tmp_path),
                    "data=default is the base shared by the data configs", "data=folder|manifest|roboflow|synthetic")
     assert_refused(run_cli("explain", [f"ckpt_path={ckpt}", "+explain.colour=1"], tmp_path),

@@ -150,6 +150,7 @@ class MaskClassifier(L.LightningModule):
     # run resumed from last.ckpt ends exactly as the same run never interrupted.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["maskdet"] = {
+            "head": self.head_name,  # where preflight finds the output layer when it checks a checkpoint
             "rng": rng_states(),
             "val_acc_best": float(self.val_acc_best.max_value),
             "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
