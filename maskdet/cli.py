@@ -3,7 +3,8 @@
 ``entry_point`` is ``hydra.main`` plus two things Hydra does not do: ``group=null`` on the command line
 removes that config group (``logger=null``: no logger) instead of crashing, and a misspelt key
 (``data.batchsize=64``) gets the closest valid key after Hydra's "not in struct" message.
-``RunFolderCheck`` refuses an unwritable run folder before Hydra tries to create it.
+``RunFolderCheck`` refuses an unwritable run folder before Hydra tries to create it, and a folder that
+holds another run before Hydra writes into it (``maskdet.runfolder``).
 """
 
 from __future__ import annotations
@@ -162,6 +163,30 @@ class RunFolderCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "run")
+        self._own_folder(config)
+
+    @staticmethod
+    def _own_folder(config: DictConfig) -> None:
+        """A run folder belongs to its run: a command whose folder already holds one is refused here,
+        before Hydra writes its config and opens its log there. The one exception is train resuming that
+        run (``hydra.output_subdir`` null, see maskdet.resume), which is checked for symlinks instead."""
+        from maskdet import runfolder
+        from maskdet.errors import ConfigError
+
+        try:
+            resolved = copy.deepcopy(config)
+            folder, subdir = Path(str(resolved.hydra.run.dir)), resolved.hydra.output_subdir
+            resuming = subdir is None and runfolder.run_of_checkpoint(resolved.get("ckpt_path")) == folder.resolve()
+        except Exception:  # noqa: BLE001 - a folder that cannot be resolved here is Hydra's to report
+            return
+        try:
+            if resuming:
+                runfolder.refuse_links(folder)
+            else:
+                runfolder.refuse_existing_run(folder, str(resolved.hydra.job.name or "command"))
+        except ConfigError as err:
+            print(f"\nmaskdet: {err}", file=sys.stderr)
+            sys.exit(1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config, "sweep")

@@ -15,32 +15,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.errors import ConfigError
 from maskdet.preflight import read_checkpoint
+from maskdet.runfolder import CONFIG, run_of_checkpoint
 
 COMPARED = ("data", "model", "seed")
 # Settings that do not change what is trained or tested: where caches live, how evaluation is batched.
 IGNORED = {"data.cache_dir", "data.num_workers", "data.eval_batch_size"}
 
 
-def run_folder_of(ckpt_path) -> Path | None:
-    """The run folder holding ``ckpt_path`` (``<run>/checkpoints/<name>.ckpt`` beside ``<run>/.hydra``)."""
-    if not ckpt_path:
-        return None
-    ckpt = Path(str(ckpt_path)).expanduser().resolve()
-    run = ckpt.parent.parent
-    if ckpt.parent.name == "checkpoints" and (run / ".hydra" / "config.yaml").is_file():
-        return run
-    return None
-
-
 def run_dir_resolver(ckpt_path, default: str) -> str:
     """``hydra.run.dir``: the resumed run's folder, else a new one (``default``)."""
-    run = run_folder_of(ckpt_path)
+    run = run_of_checkpoint(ckpt_path)
     return str(run) if run is not None else default
 
 
 def output_subdir_resolver(ckpt_path) -> str | None:
     """``hydra.output_subdir``: None (keep the run's saved config untouched) when resuming a run."""
-    return None if run_folder_of(ckpt_path) is not None else ".hydra"
+    return None if run_of_checkpoint(ckpt_path) is not None else ".hydra"
 
 
 def register_resume_resolvers() -> None:
@@ -56,6 +46,7 @@ class Resume:
     run_dir: Path | None
     epoch: int
     global_step: int
+    changed: list[str]  # settings that may change on a resume (trainer.max_epochs ...) and did: recorded in metrics.json
 
 
 def flatten(node, prefix: str) -> dict[str, object]:
@@ -68,11 +59,11 @@ def flatten(node, prefix: str) -> dict[str, object]:
     return {prefix: node}
 
 
-def differing_settings(saved: DictConfig, current: DictConfig) -> list[str]:
-    """``key: run had X, this command Y`` for each compared setting that differs."""
+def differing_settings(saved: DictConfig, current: DictConfig, sections=COMPARED) -> list[str]:
+    """``key: run had X, this command Y`` for each setting of ``sections`` that differs."""
     def settings(cfg):
         out = {}
-        for section in COMPARED:
+        for section in sections:
             value = OmegaConf.select(cfg, section, default=None)
             container = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             out.update(flatten(container, section))
@@ -93,14 +84,16 @@ def check_resume(cfg: DictConfig) -> Resume | None:
         raise ConfigError(f"ckpt_path={path} holds no training state (optimizer, loops), so training cannot resume "
                           "from it: resume from <run>/checkpoints/last.ckpt (best.ckpt holds weights only; "
                           "use it with maskdet.evaluate, predict or export).")
-    run = run_folder_of(path)
+    run = run_of_checkpoint(path)
+    changed = []
     if run is not None:
-        saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+        saved = OmegaConf.load(run / CONFIG)
         differences = differing_settings(saved, cfg)
+        changed = differing_settings(saved, cfg, ("trainer",))
         if differences:
             raise ConfigError(
                 f"Refusing to resume {path}: this command's settings differ from the run's own "
                 f"({run / '.hydra' / 'config.yaml'}), so the resumed run would report on another experiment. "
                 f"Differing: {'; '.join(differences)}. Resume with the run's settings, or start a new run "
                 "(without ckpt_path).")
-    return Resume(path, run, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+    return Resume(path, run, int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)), changed)

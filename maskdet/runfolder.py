@@ -81,15 +81,22 @@ def run_of_checkpoint(ckpt_path) -> Path | None:
     return None
 
 
-def refuse_existing_run(folder: Path, command: str) -> None:
+class ExistingRunError(ConfigError):
+    """A command was pointed at a folder that holds another run; that folder is left exactly as it was."""
+
+
+def refuse_existing_run(folder: Path, command: str, own_config: bool = False) -> None:
     """A command never writes into a folder that already holds a run (its own resume aside, which the
-    caller handles): the run's config, reports and log would be replaced by another command's."""
+    caller handles): the run's config, reports and log would be replaced by another command's.
+    ``own_config``: the command's own Hydra config is already in the folder (the CLI writes it first),
+    so only results, a failure record or checkpoints count."""
     folder = Path(folder)
-    if folder.is_dir() and is_run(folder):
-        raise ConfigError(f"{folder} already holds a run ({state(folder)}): maskdet.{command} writes into a new "
-                          "folder of its own and never over another run. Leave hydra.run.dir (or paths.output_dir) "
-                          "at its default, or name a new folder; to continue that run, resume it with "
-                          f"maskdet.train ckpt_path={folder / LAST}.")
+    signs = (METRICS, FAILED, CHECKPOINTS, PREDICTIONS) if own_config else (CONFIG.parent, METRICS, FAILED, CHECKPOINTS)
+    if folder.is_dir() and any((folder / name).exists() for name in signs):
+        raise ExistingRunError(
+            f"{folder} already holds a run ({state(folder)}): maskdet.{command} writes into a new folder of its "
+            "own and never over another run. Leave hydra.run.dir (or paths.output_dir) at its default, or name a "
+            f"new folder; to continue that run, resume it with maskdet.train ckpt_path={folder / LAST}.")
 
 
 def refuse_links(run: Path) -> None:

@@ -11,7 +11,6 @@ import errno
 import logging
 import shutil
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from maskdet import runfolder
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
@@ -36,10 +36,11 @@ from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
 from maskdet.evaluation.testing import test_and_report
-from maskdet.jsonfile import dumps, write_json
+from maskdet.jsonfile import dumps
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train
-from maskdet.resume import Resume, check_resume, flatten, register_resume_resolvers, run_folder_of
+from maskdet.resume import Resume, check_resume, flatten, register_resume_resolvers
+from maskdet.runfolder import ExistingRunError
 
 log = logging.getLogger("maskdet.train")
 register_resolvers()
@@ -57,14 +58,22 @@ def train(cfg: DictConfig) -> dict:
     data work. A failure once training has started leaves ``failed.json`` in the run folder.
     """
     preflight_train(cfg)
-    started = time.time()
     resume = check_resume(cfg)
     fetch_weights(cfg.model.architecture, cfg.model.get("weights"))  # offline? say so before any data work
     if resume is not None and resume.run_dir is not None:  # Python API; the CLI is there already (hydra/train.yaml)
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    saved = output_dir / ".hydra" / "config.yaml"
+    if resume is None or resume.run_dir is None:
+        runfolder.refuse_existing_run(output_dir, "train", own_config=True)
+    with runfolder.training_lock(output_dir):  # a second resume of this run is refused, not interleaved
+        if resume is not None:
+            runfolder.clear_results(output_dir)  # a failed resume must leave no older result beside failed.json
+        return _train_in(cfg, output_dir, resume)
+
+
+def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
+    started = time.time()
+    saved = output_dir / runfolder.CONFIG
     if not saved.exists():  # called from Python, not the CLI: keep the config evaluate/export/explain read
         saved.parent.mkdir(exist_ok=True)
         OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, saved, resolve=True)
@@ -101,7 +110,7 @@ def train(cfg: DictConfig) -> dict:
         # after a resume of a finished run no epoch runs: the last epoch's figures come from its checkpoint
         val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")} \
             or dict(model.resumed_val_metrics)
-        best = _best_checkpoint(callbacks.get("model_checkpoint"))
+        best = runfolder.own_best_checkpoint(output_dir, getattr(callbacks.get("model_checkpoint"), "best_model_path", None))
         test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
             if cfg.get("test", True) else ({}, {})
 
@@ -114,7 +123,7 @@ def train(cfg: DictConfig) -> dict:
     except BaseException as err:
         err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
         if trainer.is_global_zero:
-            mark_failed(output_dir, err)
+            runfolder.mark_failed(output_dir, err)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             raise TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
                                f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
@@ -135,6 +144,7 @@ def train(cfg: DictConfig) -> dict:
     }
     if resume is not None:
         metrics["resumed_from_epoch"] = resume.epoch
+        metrics["resumed_with_changes"] = resume.changed  # e.g. trainer.max_epochs: not pooled with its siblings
     _log_final(trainer, cfg, metrics)
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
@@ -197,11 +207,6 @@ def summarise(output_dir: Path, data: PreparedData, metrics: dict) -> None:
     summary("trained %s; %s", epochs, result)
 
 
-def _best_checkpoint(callback) -> str | None:
-    path = getattr(callback, "best_model_path", None)
-    return path if path and Path(path).is_file() else None
-
-
 def _instantiate_logger(logger_cfg: DictConfig, resume: Resume | None):
     """A logger; on resume, TensorBoard drops the points the interrupted run logged after its checkpoint,
     so each epoch keeps exactly one point (``purge_step``, which TensorBoard's reader honours)."""
@@ -239,17 +244,6 @@ def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
         logger.save()
 
 
-def mark_failed(output_dir: Path, err: BaseException) -> Path | None:
-    """``failed.json`` beside the run's outputs: the run did not finish, and why (None if even that small
-    file cannot be written, e.g. on a full disk; the error still reaches the console)."""
-    try:
-        return write_json(output_dir / "failed.json", {
-            "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
-    except OSError:
-        log.error("could not write %s", output_dir / "failed.json")
-        return None
-
-
 def train_cv(cfg: DictConfig) -> dict:
     """All folds inside one job (caches reused), for a search whose objective is cross-validated.
     Each fold runs in ``fold_<k>/``; the mean validation metrics are returned and summarised."""
@@ -275,9 +269,9 @@ def main(cfg: DictConfig) -> float | None:
             metrics = job(cfg)
         except Exception as err:  # noqa: BLE001 - the sweep goes on; its summary lists this job with the error
             output_dir = Path(cfg.paths.output_dir)
-            if not (output_dir / "failed.json").exists():
-                mark_failed(output_dir, err)
-            log.exception("job failed; recorded in %s", output_dir / "failed.json")
+            if not (output_dir / runfolder.FAILED).exists():
+                runfolder.mark_failed(output_dir, err)
+            log.exception("job failed; recorded in %s", output_dir / runfolder.FAILED)
             return None
     else:
         metrics = exit_on_error(job, cfg, on_error=lambda err: _remove_unstarted_run(cfg, err))
@@ -287,7 +281,8 @@ def main(cfg: DictConfig) -> float | None:
 def _remove_unstarted_run(cfg: DictConfig, err: BaseException) -> None:
     """A run that failed before training (and is not a resume) holds no result: close the log file Hydra
     opened inside its folder, then delete the folder. A failed run that trained keeps it, with failed.json."""
-    if getattr(err, "training_started", False) or run_folder_of(cfg.get("ckpt_path")) is not None:
+    if getattr(err, "training_started", False) or runfolder.run_of_checkpoint(cfg.get("ckpt_path")) is not None \
+            or isinstance(err, ExistingRunError):
         return
     folder = Path(cfg.paths.output_dir)
     for handler in list(logging.getLogger().handlers):
