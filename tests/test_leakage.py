@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
-from maskdet.data.duplicates import parse_group_by
+from maskdet.data.duplicates import fingerprint, near_pairs, parse_group_by
 from maskdet.data.report import format_report, write_report
 from maskdet.data.sources import read_manifest, read_synthetic
 from maskdet.data.splits import assign_splits, splits_table
@@ -147,6 +147,47 @@ def test_keep_warns_how_many_groups_cross_splits(tiny_dataset, cache_dir, tmp_pa
     assert f"data.duplicates=keep: {crossing} of 120 duplicate groups cross splits" in caplog.text
     grouped = datamodule(root, cache_dir, duplicates="group")
     assert report_of(grouped)["duplicates"]["groups_crossing_splits"] == 0
+
+
+TRANSFORMED = {  # the copies augmentation-grown datasets are made of
+    "flipped": lambda im: ImageOps.mirror(im),
+    "cropped": lambda im: im.crop((3, 3, 61, 61)),  # a centred crop keeping 82 % of the area of a 64 px image
+    "rotated": lambda im: im.rotate(8, Image.BILINEAR),
+    "grey": lambda im: ImageOps.grayscale(im),
+}
+
+
+def test_flipped_cropped_rotated_and_grey_copies_stay_with_their_original(tiny_dataset, cache_dir, tmp_path):
+    root = tmp_path / "faces"
+    shutil.copytree(tiny_dataset, root)
+    copies = {}
+    for k, (kind, make) in enumerate(TRANSFORMED.items()):
+        for n in range(3):
+            source = sorted((root / CLASSES[(k + n) % 4]).glob("*.jpg"))[5 * k + n]
+            target = source.with_name(f"{kind}_{source.name}")
+            make(Image.open(source).convert("RGB")).save(target, quality=90)
+            copies[str(target)] = str(source)
+    dm = datamodule(root, cache_dir)
+    group = dict(zip(dm.index["path"], dm.index["split_group"]))
+    missed = [c for c, o in copies.items() if group[c] != group[o]]
+    assert not missed
+    grouped = dm.index[dm.index["dup_group"] >= 0]
+    assert set(grouped["path"]) == set(copies) | set(copies.values())  # and nothing else is paired
+    assert report_of(dm)["duplicates"]["groups_crossing_splits"] == 0
+
+
+def test_faces_of_different_people_and_different_photos_are_not_paired():
+    from skimage import data as samples
+
+    faces = [Image.fromarray((face * 255).astype(np.uint8)).convert("RGB") for face in samples.lfw_subset()[:100]]
+    photos = [Image.fromarray(getattr(samples, name)()).convert("RGB")
+              for name in ("astronaut", "coffee", "rocket", "chelsea", "camera", "coins", "horse", "moon")]
+    for images in (faces, photos):
+        found = [fingerprint(im) for im in images]
+        assert len(near_pairs(np.stack([h for h, _ in found]), np.stack([t for _, t in found]))) == 0
+    hashes, thumbs = map(np.stack, zip(*[fingerprint(im) for im in photos + [ImageOps.mirror(photos[0]),
+                                                                            ImageOps.grayscale(photos[1]).convert("RGB")]]))
+    assert near_pairs(hashes, thumbs).tolist() == [[0, 8], [1, 9]]
 
 
 # ------------------------------------------------------------------------------------ named groups

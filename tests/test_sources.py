@@ -2,6 +2,8 @@
 
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from maskdet.data import MaskDataModule
 from maskdet.data.images import BadImageError, load_rgb
 from maskdet.data.sources import Scan, read_class_folders, read_manifest, read_roboflow, scan
 from maskdet.errors import DataError
+from tests.conftest import REPO, cli_env
 from tests.helpers.data import report_of, settings
 
 
@@ -200,3 +203,50 @@ def test_a_reader_that_breaks_the_index_contract_is_named(index, says, tmp_path)
         scan(_reader_returning(index), tmp_path, tmp_path)
     with pytest.raises(DataError, match=r"returned DataFrame, not a maskdet.data.sources.Scan"):
         scan(lambda root: index, tmp_path, tmp_path)
+
+
+def test_manifest_listing_one_file_twice_with_different_values_is_refused(tmp_path, caplog):
+    root = tmp_path / "m"
+    for i in range(4):
+        face(root / f"p{i}.png")
+    rows = [{"path": f"p{i}.png", "label": "mask" if i % 2 else "none", "split": "train"} for i in range(4)]
+    pd.DataFrame(rows + [{"path": "p1.png", "label": "mask", "split": "test"}]).to_csv(root / "two.csv", index=False)
+    with pytest.raises(DataError, match=r"two.csv lists .*p1.png twice with different values \(split 'train' and "
+                                        r"'test'\).*Keep one row"):
+        read_manifest(root, "two.csv")
+    pd.DataFrame(rows + [{"path": "./p1.png", "label": "none", "split": "train"}]).to_csv(root / "relabel.csv", index=False)
+    with pytest.raises(DataError, match="label 'mask' and 'none'"):
+        read_manifest(root, "relabel.csv")
+    pd.DataFrame(rows + [rows[1]]).to_csv(root / "same.csv", index=False)  # identical rows: one image, a warning
+    assert read_manifest(root, "same.csv").index["path"].is_unique
+    assert "lists 1 file(s) more than once with the same values" in caplog.text
+
+
+def _data_command(root: Path, tmp_path: Path, cache_dir: Path, report: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={root}",
+                           f"hydra.run.dir={tmp_path}/{report}"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_dataset_without_usable_images_names_the_reasons(tmp_path, cache_dir):
+    root = tmp_path / "faces"
+    for name in ("with_mask", "without_mask"):
+        for n in range(5):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / f"note{n}.jpg").write_text("not a picture")
+    (root / "with_mask" / "empty.jpg").write_bytes(b"")
+    result = _data_command(root, tmp_path, cache_dir, "none")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    message = result.stderr[result.stderr.index("maskdet: No usable images found"):]
+    assert "11 file(s) refused: 10 x " in message and "1 x " in message
+    assert "with_mask/note0.jpg" in message and "with_mask/empty.jpg" in message
+    assert "without_mask/note4.jpg" not in message  # the first three of a reason, not all
+
+    (root / "with_mask" / "empty.jpg").unlink()
+    for n in range(6):
+        face(root / "without_mask" / f"ok{n}.jpg")
+    result = _data_command(root, tmp_path, cache_dir, "one")
+    assert result.returncode != 0
+    assert "maskdet: Only one class (without_mask)" in result.stderr, result.stderr[-2000:]
+    message = result.stderr[result.stderr.index("maskdet: Only one class (without_mask)"):]
+    assert "Refused: 10 file(s) refused: 10 x " in message and "with_mask/note0.jpg" in message

@@ -88,3 +88,13 @@ def test_cap_keeps_at_most_n_per_split_and_class_deterministically():
     assert counts.max() == 10 and len(counts) == 12
     assert (kept == cap_per_class(index, 10, seed=0)).all()
     assert not (kept == cap_per_class(index, 10, seed=1)).all()
+
+
+def test_a_splits_file_with_two_rows_for_one_image_is_refused(tmp_path):
+    from maskdet.data.splits import read_splits_file
+
+    index = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label_name": ["x", "y"]})
+    pd.DataFrame({"path": ["a.jpg", "b.jpg", "a.jpg"], "label": ["x", "y", "x"], "split": ["train", "test", "test"],
+                  "fold": [1, None, None]}).to_csv(tmp_path / "splits.csv", index=False)
+    with pytest.raises(DataError, match=r"lists 1 image\(s\) more than once \(e.g. a.jpg: split 'train'.*split 'test'"):
+        read_splits_file(tmp_path / "splits.csv", index, None, 0)

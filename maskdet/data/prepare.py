@@ -9,6 +9,7 @@ that into batches.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -190,11 +191,12 @@ def usable_index(settings: DataSettings) -> tuple[pd.DataFrame, list[dict], cach
     index, refused = _drop_unusable(index)
     skipped += refused
     if index.empty:
-        raise DataError(f"No usable images found under {found.root}; see the skipped files listed above.")
+        raise DataError(f"No usable images found under {found.root}: {refusal_reasons(skipped)}. Fix or replace "
+                        "these files, or point data.root at the dataset.")
     class_names = sources.class_order(index["label_name"].unique())
     if len(class_names) < 2:
-        raise DataError(f"Only one class ({class_names[0]}) has usable images in {found.root}; "
-                        "a classifier needs at least two.")
+        raise DataError(f"Only one class ({class_names[0]}) has usable images in {found.root}; a classifier needs at "
+                        f"least two. Refused: {refusal_reasons(skipped)}.")
     index["label"] = index["label_name"].map({n: i for i, n in enumerate(class_names)}).astype(int)
     index["age_group"] = age_groups(index["age"], settings.age_bins)
     return index.reset_index(drop=True), skipped, decoded, class_names, found.root
@@ -250,6 +252,19 @@ def _warn_about_leaks(leakage: dict, policy: str) -> None:
     if groups:
         log.warning("%d groups of images (copies or data.group_by) cross the splits fixed by the source or "
                     "data.splits_file, which maskdet does not change; see data_report.json", groups)
+
+
+def refusal_reasons(skipped: list[dict], listed: int = 3) -> str:
+    """What was refused, for a message that stops the run: each reason with its count and first files (the
+    reason without a manifest's "<file> line N: " prefix, so that one reason is counted once)."""
+    if not skipped:
+        return "no file was refused, the source listed none"
+    by_reason: dict[str, list[str]] = {}
+    for entry in skipped:
+        by_reason.setdefault(re.sub(r"^.* line \d+: ", "", entry["reason"]), []).append(entry["path"])
+    parts = [f"{len(paths)} x {reason} (e.g. {', '.join(paths[:listed])})"
+             for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1]))]
+    return f"{len(skipped)} file(s) refused: " + "; ".join(parts)
 
 
 def _drop_unusable(index: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:

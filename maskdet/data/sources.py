@@ -22,6 +22,7 @@ silently; so are hidden folders and linked folders, which are not searched.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -275,7 +276,27 @@ def read_manifest(root: str | Path, manifest: str | Path | None = None) -> Scan:
             row["split"] = split
         rows.append(row)
     extra = (["split"] if has_split else []) + (["group"] if "group" in table.columns else [])
-    return Scan(index_frame(rows, extra), skipped, str(root))
+    return Scan(index_frame(_one_row_per_file(rows, manifest_path, extra), extra), skipped, str(root))
+
+
+def _one_row_per_file(rows: list[dict], manifest_path: Path, columns: Sequence[str]) -> list[dict]:
+    """A file listed twice would otherwise be trained on and tested on (one row ``train``, one ``test``), or
+    carry two labels: rows that disagree are refused; identical repeats are collapsed into one, with a warning."""
+    seen: dict[str, dict] = {}
+    for row in rows:
+        first = seen.setdefault(row["path"], row)
+        if first is row:
+            continue
+        differ = [c for c in ("label_name", *columns, *NAME_ATTRIBUTES, "age") if str(first.get(c)) != str(row.get(c))]
+        if differ:
+            values = "; ".join(f"{'label' if c == 'label_name' else c} {first.get(c)!r} and {row.get(c)!r}" for c in differ)
+            raise DataError(f"{manifest_path} lists {row['path']} twice with different values ({values}): one image "
+                            "can have one label and sit in one split. Keep one row for it, or give the second "
+                            "picture its own file.")
+    if len(seen) < len(rows):
+        logging.getLogger(__name__).warning("%s lists %d file(s) more than once with the same values; each is used "
+                                            "once", manifest_path, len(rows) - len(seen))
+    return list(seen.values())
 
 
 def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | None) -> pd.DataFrame:

@@ -163,7 +163,14 @@ def read_splits_file(path: str | Path, index: pd.DataFrame, root: str | Path | N
     if bad:
         raise DataError(f"{where}: split values {bad} are not train, val or test.")
     paths = _relative(index["path"], root)
-    table = table.drop_duplicates("path")  # a file listed twice by a manifest has one split
+    repeated = table[table["path"].duplicated(keep=False)]
+    if len(repeated):  # which row would be meant is not for maskdet to guess
+        first = repeated[repeated["path"] == repeated["path"].iloc[0]]
+        rows = "; ".join(f"split {s!r}, label {lab!r}" + (f", fold {f!r}" if "fold" in first else "")
+                         for s, lab, f in zip(first["split"], first["label"], first.get("fold", first["split"])))
+        raise DataError(f"{where} lists {repeated['path'].nunique()} image(s) more than once (e.g. "
+                        f"{first['path'].iloc[0]}: {rows}): a splits file gives each image one row. Write a new one "
+                        "with python -m maskdet.data, or keep one row per image.")
     known = set(table["path"])
     absent, extra = sorted(set(paths) - known), sorted(known - set(paths))
     if absent or extra:
