@@ -270,3 +270,121 @@ def test_key_hints_know_a_user_s_config_dir_and_every_entry_point(tmp_path):
     assert key_hint(CONF, "train", argv) == "Did you mean data.batch_size or data.eval_batch_size?"
     assert key_hint(CONF, "train", argv[2:]) is None  # without the folder, data=mine is not found: no guess
     assert getattr(data_main, "maskdet_entry_point", False), "maskdet.data must use maskdet.cli.entry_point"
+
+
+# ------------------------------------------------------------------ checkpoints checked whole
+def tampered(source: Path, path: Path, **hparams) -> Path:
+    """A copy of a real checkpoint with its hyper-parameters changed, saved as Lightning saves one."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"].update(hparams)
+    torch.save(checkpoint, path)
+    return path
+
+
+CONTRADICTIONS = {  # hyper-parameters written over a trained 4-class checkpoint -> what the refusal says
+    "three_names": ({"class_names": ["a", "b", "c"], "num_classes": 3},
+                    "class_names has 3 names ['a', 'b', 'c'] but the network has 4 outputs"),
+    "same_names": ({"class_names": ["mask"] * 4}, "names ['mask'] more than once"),
+    "one_name": ({"class_names": ["mask"], "num_classes": 1}, "names 1 class; a classifier needs at least two"),
+    "not_strings": ({"class_names": [1, 2, 3, 4]}, "must be a list of non-empty strings"),
+    "num_classes": ({"num_classes": 3}, "the network has 4 outputs and num_classes=3"),
+    "image_size": ({"image_size": 0}, "image_size=0 must be a whole number of pixels"),
+    "mean": ({"mean": [0.5, 0.5]}, "mean=[0.5, 0.5] must be three finite numbers"),
+    "std": ({"std": [0.2, 0.2, 0.0]}, "std=[0.2, 0.2, 0.0] must be three finite numbers above 0"),
+}
+
+
+def test_a_trained_checkpoint_names_its_head_and_passes(tiny_run):
+    from maskdet.preflight import checkpoint_problem, output_count, read_checkpoint
+
+    checkpoint = read_checkpoint(tiny_run / "checkpoints" / "best.ckpt")
+    assert checkpoint["maskdet"]["head"] == "fc_layer.6" and output_count(checkpoint) == 4
+    del checkpoint["maskdet"]  # a file from before heads were recorded: the network's last layer
+    assert output_count(checkpoint) == 4 and checkpoint_problem(checkpoint) is None
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "squeezenet1_1", "mobilenet_v2"])
+def test_output_count_finds_every_family_s_head(architecture):
+    from maskdet.preflight import checkpoint_problem, output_count
+
+    model = MaskClassifier(architecture, num_classes=3, class_names=["a", "b", "c"], image_size=64)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "maskdet": {"head": model.head_name}}
+    assert output_count(checkpoint) == 3 and checkpoint_problem(checkpoint) is None
+    assert output_count({"state_dict": checkpoint["state_dict"]}) == 3  # without the recorded head too
+    checkpoint["hyper_parameters"]["class_names"] = ["a", "b"]
+    assert "the network has 3 outputs" in checkpoint_problem(checkpoint)
+
+
+@pytest.mark.parametrize("case", CONTRADICTIONS)
+def test_contradicting_checkpoints_are_refused_whole(tiny_run, tmp_path, case):
+    changes, message = CONTRADICTIONS[case]
+    ckpt = tampered(tiny_run / "checkpoints" / "best.ckpt", tmp_path / f"{case}.ckpt", **changes)
+    with pytest.raises(ConfigError) as refused:
+        load_classifier(ckpt)
+    assert f"ckpt_path={ckpt} contradicts itself: " in str(refused.value) and message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_commands_refuse_contradicting_checkpoints_before_any_work(tiny_run, tiny_dataset, tmp_path):
+    """The real commands, on tampered copies of a trained checkpoint: refused with the file and the reason,
+    before any data is read (no cache) or any prediction is written."""
+    best = tiny_run / "checkpoints" / "best.ckpt"
+    image = next(p for p in tiny_dataset.rglob("*") if p.is_file())
+    for case, command in (("three_names", "predict"), ("same_names", "evaluate"), ("one_name", "predict"),
+                          ("std", "evaluate")):
+        changes, message = CONTRADICTIONS[case]
+        ckpt = tampered(best, tmp_path / f"{case}.ckpt", **changes)
+        root = tmp_path / case
+        root.mkdir()
+        args = [f"ckpt_path={ckpt}"] + ([f"input={image}"] if command == "predict" else [])
+        assert_refused(run_cli(command, args, root), f"ckpt_path={ckpt} contradicts itself", message)
+        assert not (root / "cache").exists()
+        assert not list(root.rglob("predictions.csv")) and not list(root.rglob("metrics.json"))
+
+
+# ------------------------------------------------------------------ numeric settings, real commands
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.optimizer.lr=-1", "model.optimizer.lr=-1 is not accepted: it must be a finite number above 0"),
+    ("trainer.max_epochs=-2", "trainer.max_epochs=-2 is not accepted: it must be a whole number of at least -1 "
+                              "(-1: no epoch limit, as in Lightning)"),
+    ("callbacks.divergence.max_loss=-5", "callbacks.divergence.max_loss=-5 is not accepted: it must be a number "
+                                         "above 0"),
+], ids=["lr", "max_epochs", "max_loss"])
+def test_train_cli_refuses_numbers_before_generating_data(tmp_path, override, message):
+    result = run_cli("train", [override, "data.source.per_class=10"], tmp_path)
+    assert_refused(result, message)
+    assert not (tmp_path / "cache").exists(), "the dataset was generated or a cache written"
+    assert not list((tmp_path / "outputs").rglob("*.ckpt")) and not list((tmp_path / "outputs").rglob("data_report.json"))
+
+
+@pytest.mark.slow
+def test_predict_cli_refuses_a_frame_step_that_is_not_a_whole_number(tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+    for value, shown in (("abc", "'abc'"), ("1.5", "1.5"), ("0", "0")):
+        result = run_cli("predict", [f"ckpt_path={ckpt}", f"input={tmp_path}", "detect=true", f"every_n_frames={value}"],
+                         tmp_path)
+        assert_refused(result, f"every_n_frames={shown} is not accepted: it must be a whole number of at least 1")
+    assert not list(tmp_path.rglob("predictions.csv"))
+
+
+def test_other_commands_check_their_numbers(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    cases = [("export", ["max_abs_diff=-1"], "max_abs_diff=-1 is not accepted"),
+             ("predict", ["input=x", "detector.margin=-0.5"], "detector.margin=-0.5 is not accepted"),
+             ("predict", ["input=x", "detector=onnx", "detector.score_threshold=1.5"],
+              "detector.score_threshold=1.5 is not accepted: it must be a finite number of at least 0 and at most 1"),
+             ("explain", ["explain.gallery_size=0"], "explain.gallery_size=0 is not accepted"),
+             ("evaluate", ["trainer.limit_test_batches=-1"], "trainer.limit_test_batches=-1 is not accepted"),
+             ("evaluate", ["bias.seed=-3"], "bias.seed=-3 is not accepted")]
+    for task, overrides, message in cases:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=task, overrides=[f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'out'}",
+                                                       f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+        with pytest.raises(ConfigError, match="is not accepted") as refused:
+            check_config(cfg, task)
+        assert message in str(refused.value), task
