@@ -209,12 +209,16 @@ def checkpoint_and_data(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from maskdet import runfolder
     from maskdet.checkpoints import load_classifier, run_data_config
     from maskdet.config import check_keys
     from maskdet.data.datamodule import MaskDataModule
     from maskdet.trust import trusted_names
 
     task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []  # [] when called from Python
+    # from Python too (the CLI refused this already, in RunFolderCheck): results go to a folder of their own
+    runfolder.refuse_existing_run(Path(cfg.paths.output_dir), HydraConfig.get().job.name if HydraConfig.initialized()
+                                  else "evaluate/explain/export", own_config=True)
     trusted_code = list(cfg.get("trusted_code") or [])
     model = load_classifier(cfg.ckpt_path, trusted_code)
     changes = data_changes(task)

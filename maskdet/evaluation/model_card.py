@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskdet import runfolder
 from maskdet.evaluation.bias import wilson_interval
 from maskdet.models.backbones import WEIGHT_FILE_SUFFIXES
 from maskdet.writing import md
@@ -40,9 +41,9 @@ def _initialisation(weights: str | None) -> str:
 
 def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
     run = ckpt_path.resolve().parent.parent
-    data = _read(run / "data_report.json") or {}
-    metrics = _read(run / "metrics.json") or {}
-    bias = _read(run / "bias_report.md")
+    data = _read(run / runfolder.DATA_REPORT) or {}
+    metrics = _read(run / runfolder.METRICS) or {} if runfolder.state(run) == "finished" else {}
+    bias = _read(run / "bias_report.md") if metrics else None  # a report beside failed.json is no result
     hp = model.hparams
     lines = [f"# Model card: {md(hp.architecture)} face-mask classifier", "",
              "## Model", "",
@@ -68,7 +69,7 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
     else:
         lines.append("- The training run's data_report.json was not found next to the checkpoint.")
     lines += ["", "## Performance (test split)", ""]
-    predictions = run / "predictions.csv"
+    predictions = run / runfolder.PREDICTIONS
     if metrics.get("test") and predictions.is_file():
         frame = pd.read_csv(predictions)
         correct = int((frame["label"] == frame["prediction"]).sum())
