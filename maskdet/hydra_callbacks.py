@@ -31,18 +31,30 @@ def _swept_keys(sweeper_params, argv) -> set[str]:
     return keys
 
 
+def _safe(text: str) -> str:
+    """``text`` in letters, digits and ``. _ -``, each run of other characters (``/ = , + [ ] : ( ) { } $ ~``,
+    quotes, spaces, newlines...) as one ``_``; "empty" when nothing is left (``[]``, ``''``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "empty"
+
+
 def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
     """``${job_name:...}`` in conf/hydra: a sweep job's folder name, its number then the overrides the sweep
-    varies, fold last (``3_lr=0.01,fold=1``), so folders and TensorBoard runs say what differs. Where the
-    swept keys cannot be told (a launcher's worker process), every override of the job that is not a path."""
+    varies as ``key-value`` joined by ``+``, fold last (``3_lr-0.01+fold-1``), so folders and TensorBoard
+    runs say what differs. Where the swept keys cannot be told (a launcher's worker process), every
+    override of the job that is not a path.
+
+    The name uses only letters, digits and ``. _ - +``: Hydra's override grammar and the shell both take
+    these unquoted, so ``ckpt_path=<sweep>/3_lr-0.01+fold-1/checkpoints/best.ckpt`` pastes as it is
+    (``=`` and ``,`` would need quoting). Override values are text anyone can write, so every other
+    character (``/``, newlines, brackets, spaces) becomes ``_``; the job number keeps names unique."""
     pairs = [(o.key_or_group, o.get_value_string()) for o in parse_overrides(overrides or []) if not o.is_delete()]
     swept = _swept_keys(sweeper_params, sys.argv[1:] if argv is None else argv)
     chosen = [(k, v) for k, v in pairs if k in swept] if swept else \
         [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]
     chosen.sort(key=lambda kv: kv[0] == FOLD_KEY)  # stable: command-line order, the fold last
     short = [k.rsplit(".", 1)[-1] for k, _ in chosen]
-    words = [f"{s if short.count(s) == 1 else k}={v}" for s, (k, v) in zip(short, chosen)]
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(words))[:NAME_LIMIT]
+    words = [f"{_safe(s if short.count(s) == 1 else k)}-{_safe(v)}" for s, (k, v) in zip(short, chosen)]
+    name = "+".join(words)[:NAME_LIMIT].rstrip("+")
     return f"{num}_{name}" if name else str(num)
 
 

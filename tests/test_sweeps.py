@@ -1,6 +1,7 @@
 """Multiruns: k-fold experiments, mixed sweeps grouped by configuration, failures in the summary."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -70,10 +71,17 @@ def test_kfold_experiment_runs_every_fold_and_summarises(tiny_dataset, cache_dir
     mean = runs.loc[runs["fold"] == "mean", "test/acc"].item()
     assert mean == pytest.approx(folds["test/acc"].astype(float).mean())
     # every fold tested on the same test split, validated on its own fold
-    reports = [json.loads((sweep / f"{j}_fold={j}" / "data_report.json").read_text()) for j in range(3)]
+    reports = [json.loads((sweep / f"{j}_fold-{j}" / "data_report.json").read_text()) for j in range(3)]
     assert len({r["counts"]["split"]["test"] for r in reports}) == 1
     assert "± " in (sweep / "cv_summary.md").read_text()
     assert list((sweep / "tensorboard").glob("events.out.tfevents.*"))
+    # a job's checkpoint path pastes into a command line as it is: no quotes for the shell or for Hydra
+    ckpt = sweep / "1_fold-1" / "checkpoints" / "best.ckpt"
+    evaluated = subprocess.run(f"{sys.executable} -m maskdet.evaluate ckpt_path={ckpt} bias.n_bootstrap=10",
+                               shell=True, cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True,
+                               timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert list((tmp_path / "outputs" / "evaluate" / "runs").glob("*/metrics.json"))
 
 
 @pytest.mark.slow
@@ -89,7 +97,8 @@ def test_mixed_sweep_with_a_failing_job_summarises_the_rest(tiny_dataset, cache_
     good = runs[(runs["config"] == "model.optimizer.lr=0.001") & runs["fold"].isin(["0", "1"])]
     bad = runs[(runs["config"] == "model.optimizer.lr=-1.0") & runs["fold"].isin(["0", "1"])]
     assert (good["status"] == "ok").all() and len(good) == 2
-    assert (bad["status"] == "failed").all() and bad["error"].str.contains("Invalid learning rate").all()
+    assert (bad["status"] == "failed").all()
+    assert bad["error"].str.contains("model.optimizer.lr=-1.0 is not accepted: it must be a finite number above 0").all()
 
 
 def test_two_seeded_deterministic_runs_give_identical_metrics(tiny_dataset, cache_dir, tmp_path):
@@ -141,8 +150,8 @@ def test_optuna_search_optimises_a_cross_validated_score(tiny_dataset, cache_dir
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.optimizer.lr", "data.batch_size"}  # no freezing for the custom CNN
-    trial_dirs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())  # 0_lr=...,batch_size=...
-    assert [p.name.split("_")[0] for p in trial_dirs] == ["0", "1"] and "lr=" in trial_dirs[0].name
+    trial_dirs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())  # 0_lr-...+batch_size-...
+    assert [p.name.split("_")[0] for p in trial_dirs] == ["0", "1"] and "lr-" in trial_dirs[0].name
     for trial in trial_dirs:
         folds = pd.read_csv(trial / "cv_summary.csv")
         per_fold = folds[folds["fold"].isin(["0", "1"])]
@@ -194,3 +203,37 @@ def test_each_search_space_offers_only_what_its_models_have():
                            overrides=["hparams_search=optuna_transfer", "+experiment=resnet18_frozen"])
     assert set(plain.hydra.sweeper.params) == {"model.optimizer.lr", "data.batch_size"}
     assert set(transfer.hydra.sweeper.params) == {"model.optimizer.lr", "data.batch_size", "model.freeze"}
+
+
+# Override values anyone could write: lists, floats, negative numbers, spaces, slashes, quotes, newlines,
+# interpolations, and Hydra's own separators.
+HOSTILE_VALUES = ["1e-3", "-1.0", "[]", "[gender,race]", "'a b/c'", "'x\ny'", "/abs/path", "..", "'${oc.env:HOME}'",
+                  "{a: 1}", "'k=v,w'", "'1:2'", "'(x)'", "+3", "'~x'", "'$HOME'", "'*?|'", "inf", "null", "'é'"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_job_folder_names_paste_unquoted(value):
+    """A job folder's name uses letters, digits and . _ - + only: a path into it parses back whole with
+    Hydra's override parser (and needs no shell quoting); never a '/' or a newline."""
+    from maskdet.cli import parse_overrides
+    from maskdet.hydra_callbacks import job_name
+
+    override = f"data.root={value}"
+    name = job_name(7, [override, "data.fold=2"], None, ["-m", f"data.root={value},other", "data.fold=0,1,2"])
+    assert name.startswith("7_root-") and name.endswith("+fold-2"), name
+    assert re.fullmatch(r"[A-Za-z0-9._+-]+", name), name
+    path = f"outputs/train/multiruns/2024-01-01_00-00-00_abcdef/{name}/checkpoints/best.ckpt"
+    (parsed,) = parse_overrides([f"ckpt_path={path}"])
+    assert parsed.value() == path
+
+
+def test_job_folder_names_say_what_varies():
+    from maskdet.hydra_callbacks import job_name
+
+    argv = ["-m", "data.fold=0,1,2", "model.optimizer.lr=0.001,0.01", "data.image_size=32"]
+    assert job_name(3, ["data.fold=2", "model.optimizer.lr=0.01", "data.image_size=32"], None, argv) == "3_lr-0.01+fold-2"
+    assert job_name(0, ["data.balance_by=[]"], None, ["-m", "data.balance_by=[],[gender]"]) == "0_balance_by-empty"
+    assert job_name(1, ["data.group_by=source_photo"], None, ["-m", "data.group_by=null,source_photo"]) \
+        == "1_group_by-source_photo"
+    assert job_name(5, ["hydra/launcher=joblib"], None, []) == "5_hydra_launcher-joblib"
+    assert job_name(5, [], None, []) == "5"
