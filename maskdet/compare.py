@@ -4,7 +4,9 @@
     python -m maskdet.compare outputs/train/runs/<run1> outputs/train/runs/<run2> [--out DIR]
 
 Writes comparison.md / .csv / .json, comparison_configurations.csv and comparison.png (see
-maskdet/evaluation/compare.py for the tests and why). It reads run folders only, so it needs no Hydra config.
+maskdet/evaluation/compare.py for the tests and why, and what is refused: runs tested on different data).
+It reads run folders only, so it needs no Hydra config, and writes through maskdet.writing (a symlink planted
+where a report goes is replaced, never written through).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def compare(paths: list[Path], out: Path | None) -> Path:
         single = len(paths) == 1 and paths[0].is_dir()
         out = paths[0] if single else Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
     result = write_comparison(paths, out)
-    print((out / "comparison.md").read_text())
+    print(result["markdown"])  # what was written, not what a path there now points to
     print(f"comparison of {len(result['runs'])} runs in {len(result['configurations'])} configurations: {out}")
     return out
 

@@ -1,8 +1,10 @@
 """Comparison of configurations: known answers on run folders built with known figures, the statistics
 against hand-computed values, the command line, and a real multirun whose callback writes the comparison."""
 
+import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -12,8 +14,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from maskdet.evaluation.compare import corrected_t_test, holm, mcnemar_exact, write_comparison
-from maskdet.evaluation.cv import collect_runs
+from maskdet.errors import DataError
+from maskdet.evaluation.compare import corrected_t_test, holm, load_runs, mcnemar_exact, write_comparison
+from maskdet.evaluation.cv import collect_runs, write_summary
 from maskdet.hydra_callbacks import job_name
 from tests.conftest import REPO, cli_env
 
@@ -21,8 +24,15 @@ CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_m
 N_TEST = 200
 
 
-def _run(folder, overrides, fold, accuracy, rng, gap=None, n_train=300, prefix="img"):
-    """A finished run folder whose test predictions have exactly ``accuracy`` (wrong images drawn by ``rng``)."""
+def _record(data="faces-v1", classes=CLASSES, max_epochs=20, n_test=N_TEST):
+    """A ``tested_on`` record as maskdet.evaluation.testing writes it (the fingerprint named by ``data``)."""
+    return {"fingerprint": hashlib.sha256(data.encode()).hexdigest(), "test_images": n_test,
+            "class_names": list(classes), "trainer": {"max_epochs": max_epochs, "precision": "32-true"}}
+
+
+def _run(folder, overrides, fold, accuracy, rng, gap=None, n_train=300, prefix="img", record=None):
+    """A finished run folder whose test predictions have exactly ``accuracy`` (wrong images drawn by ``rng``);
+    with ``record``, its metrics.json says what it was tested on (without: a run of an older maskdet)."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"data.fold={fold}"]))
     labels = np.array(CLASSES * (N_TEST // len(CLASSES)))
@@ -32,20 +42,21 @@ def _run(folder, overrides, fold, accuracy, rng, gap=None, n_train=300, prefix="
     pd.DataFrame({"path": [f"/data/{prefix}_{i}.jpg" for i in range(N_TEST)], "label": labels,
                   "prediction": predictions, "confidence": np.where(predictions == labels, 0.9, 0.6)}
                  ).to_csv(folder / "predictions.csv", index=False)
-    (folder / "metrics.json").write_text(json.dumps({"val": {}, "test": {"test/acc": accuracy}, "class_names": CLASSES}))
+    metrics = {"val": {}, "test": {"test/acc": accuracy}, "class_names": CLASSES}
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "tested_on": record} if record else metrics))
     (folder / "data_report.json").write_text(json.dumps({"counts": {"split": {"train": n_train, "val": 75, "test": N_TEST}}}))
     gaps = [{"attribute": "gender", "groups_ranked": 2, "gap": gap}] if gap is not None else \
         [{"attribute": "gender", "groups_ranked": 0}]
     (folder / "bias_report.json").write_text(json.dumps({"gaps": gaps}))
 
 
-def _sweep(root, configs, seed=0):
+def _sweep(root, configs, seed=0, record=None):
     """One job folder per configuration and fold: ``configs`` maps overrides to per-fold accuracies."""
     rng = np.random.default_rng(seed)
     num = 0
     for overrides, accuracies in configs.items():
         for fold, accuracy in enumerate(accuracies):
-            _run(root / f"{num}_job", list(overrides), fold, accuracy, rng, gap=0.1 + 0.01 * fold)
+            _run(root / f"{num}_job", list(overrides), fold, accuracy, rng, gap=0.1 + 0.01 * fold, record=record)
             num += 1
     return root
 
@@ -107,22 +118,32 @@ def test_files_are_written_as_strict_json_csv_markdown_and_plot(tmp_path):
     assert len(pd.read_csv(sweep / "comparison_configurations.csv")) == 2
 
 
-def test_runs_tested_on_different_images_get_no_mcnemar_and_failures_are_noted(tmp_path):
+def test_failed_untested_and_unreadable_runs_are_left_out_and_named(tmp_path):
     rng = np.random.default_rng(0)
     for fold in range(3):
         _run(tmp_path / f"a{fold}", ["model.optimizer.lr=0.1"], fold, 0.8, rng)
-        _run(tmp_path / f"b{fold}", ["model.optimizer.lr=0.2"], fold, 0.7, rng, prefix="other")
+        _run(tmp_path / f"b{fold}", ["model.optimizer.lr=0.2"], fold, 0.7, rng)
     (tmp_path / "c0" / ".hydra").mkdir(parents=True)
     (tmp_path / "c0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model.optimizer.lr=0.3", "data.fold=0"]))
     (tmp_path / "c0" / "failed.json").write_text(json.dumps({"error": "RuntimeError: loss is nan"}))
     _run(tmp_path / "d0", ["model.optimizer.lr=0.4"], 0, 0.8, rng)
     (tmp_path / "d0" / "predictions.csv").write_text("path,label\n/data/img_0.jpg,with_cloth_mask\n")
     result = write_comparison([tmp_path], tmp_path / "out")
-    assert {p["test"] for p in result["pairs"]} == {"nadeau_bengio"}
     assert set(result["runs"]["config"]) == {"model.optimizer.lr=0.1", "model.optimizer.lr=0.2"}
     notes = "\n".join(result["notes"])
-    assert "tested on different images" in notes and "loss is nan" in notes and "cannot be read" in notes
+    assert "loss is nan" in notes and "cannot be read" in notes and "older maskdet" in notes
     assert "Notes" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_recorded_runs_tested_on_moved_images_get_no_mcnemar(tmp_path):
+    """Same fingerprint (the same images' contents), other paths: pooled, but McNemar cannot pair the images."""
+    rng = np.random.default_rng(0)
+    for fold in range(3):
+        _run(tmp_path / f"a{fold}", ["model.optimizer.lr=0.1"], fold, 0.8, rng, record=_record())
+        _run(tmp_path / f"b{fold}", ["model.optimizer.lr=0.2"], fold, 0.7, rng, prefix="moved", record=_record())
+    result = write_comparison([tmp_path], tmp_path / "out")
+    assert {p["test"] for p in result["pairs"]} == {"nadeau_bengio"}
+    assert "tested on different images" in "\n".join(result["notes"])
 
 
 def test_nadeau_bengio_inflates_the_variance_and_matches_the_formula():
@@ -158,18 +179,18 @@ def test_holm_and_mcnemar_known_values():
 def test_job_folder_names_say_what_the_sweep_varies():
     overrides = ["data.fold=2", "model.optimizer.lr=0.01", "data.image_size=32", "paths.log_dir=/tmp/x"]
     argv = ["-m", "data.fold=0,1,2", "model.optimizer.lr=0.001,0.01", "data.image_size=32"]
-    assert job_name(3, overrides, None, argv) == "3_lr=0.01,fold=2"
-    assert job_name(3, overrides, {"data.fold": "range(0,3)"}, ["+experiment=custom_cnn_kfold"]) == "3_fold=2"
+    assert job_name(3, overrides, None, argv) == "3_lr-0.01+fold-2"
+    assert job_name(3, overrides, {"data.fold": "range(0,3)"}, ["+experiment=custom_cnn_kfold"]) == "3_fold-2"
     # a launcher's worker sees no sweep on its command line: every override that is not a path
-    assert job_name(3, overrides, None, ["--process-name", "w"]) == "3_lr=0.01,image_size=32,fold=2"
-    assert job_name(0, ["data.root=/a b/c"], None, ["data.root=/a b/c,/d"]) == "0_root=_a_b_c"
+    assert job_name(3, overrides, None, ["--process-name", "w"]) == "3_lr-0.01+image_size-32+fold-2"
+    assert job_name(0, ["data.root=/a b/c"], None, ["data.root=/a b/c,/d"]) == "0_root-a_b_c"
     assert job_name(0, ["model.lr=1", "optimizer.lr=2"], None, ["model.lr=1,3", "optimizer.lr=2,4"]) \
-        == "0_model.lr=1,optimizer.lr=2"
+        == "0_model.lr-1+optimizer.lr-2"
     assert len(job_name(7, [f"k{i}=" + "v" * 30 for i in range(9)], None, [])) <= 82
     assert job_name(5, [], None, []) == "5"
     # added and deleted keys: the added key is named without its +, a deletion is no part of the name
-    assert job_name(4, ["+data.subset.gender=female", "~logger", "seed=1"], None, ["-m", "seed=0,1"]) == "4_seed=1"
-    assert job_name(4, ["+data.subset.gender=female", "~logger"], None, []) == "4_gender=female"
+    assert job_name(4, ["+data.subset.gender=female", "~logger", "seed=1"], None, ["-m", "seed=0,1"]) == "4_seed-1"
+    assert job_name(4, ["+data.subset.gender=female", "~logger"], None, []) == "4_gender-female"
 
 
 def test_cv_in_job_folds_and_named_job_folders_are_collected(tmp_path):
@@ -211,8 +232,11 @@ def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tin
         cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
+    records = [json.loads(m.read_text())["tested_on"] for m in sweep.glob("*/metrics.json")]
+    assert len(records) == 6 and len({r["fingerprint"] for r in records}) == 1  # one test split, recorded
+    assert {r["trainer"]["max_epochs"] for r in records} == {1}
     names = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert names == sorted(f"{n}_seed={s},fold={f}" for n, (s, f) in enumerate((s, f) for s in (0, 1) for f in range(3)))
+    assert names == sorted(f"{n}_seed-{s}+fold-{f}" for n, (s, f) in enumerate((s, f) for s in (0, 1) for f in range(3)))
     runs = collect_runs(sweep)
     assert sorted(runs["fold"]) == [0, 0, 1, 1, 2, 2] and (runs["status"] == "ok").all()
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "cv_summary.md"):
@@ -222,3 +246,167 @@ def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tin
     assert len([r for r in rows if r["test"] == "mcnemar_exact"]) == 3  # every fold tested on the same images
     accuracy = [r for r in rows if r["metric"] == "accuracy"]
     assert accuracy and not any(r["significant"] for r in accuracy)  # seeds alone: no real difference
+
+
+# ---------------------------------------------------------------- like with like (issue 20, point 4)
+def test_two_sweeps_of_different_test_data_are_refused_naming_their_runs(tmp_path):
+    first = _sweep(tmp_path / "sweep_a", {GOOD_0: [0.8, 0.82], BAD: [0.5, 0.55]}, record=_record("faces-v1"))
+    second = _sweep(tmp_path / "sweep_b", {GOOD_0: [0.7, 0.72]}, record=_record("faces-v2"))
+    with pytest.raises(DataError) as refused:
+        write_comparison([first, second], tmp_path / "out")
+    message = str(refused.value)
+    assert "not tested on the same data" in message and "different images or labels" in message
+    assert all(str(first / f"{n}_job") in message for n in range(4)) and str(second / "0_job") in message
+    assert "\n" not in message and not (tmp_path / "out" / "comparison.md").exists()
+    # other class names: said so
+    other = _sweep(tmp_path / "sweep_c", {GOOD_0: [0.7, 0.72]}, record=_record("faces-v1", classes=CLASSES[:2]))
+    with pytest.raises(DataError, match="class names differ"):
+        write_comparison([first, other], tmp_path / "out")
+    # older runs (no record) with different test images: refused by what their predictions.csv lists
+    rng = np.random.default_rng(0)
+    _run(tmp_path / "old" / "a", ["seed=0"], 0, 0.8, rng)
+    _run(tmp_path / "old" / "b", ["seed=1"], 0, 0.8, rng, prefix="other")
+    with pytest.raises(DataError, match="predictions.csv"):
+        write_comparison([tmp_path / "old"], tmp_path / "out")
+
+
+def test_runs_without_a_record_are_left_out_beside_recorded_ones_and_named(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82], BAD: [0.5, 0.55]}, record=_record())
+    _run(sweep / "4_old", list(BAD), 2, 0.5, np.random.default_rng(3))
+    result = write_comparison([sweep], sweep)
+    assert str(sweep / "4_old") not in set(result["runs"]["run_dir"]) and len(result["runs"]) == 4
+    assert any("older maskdet" in n and str(sweep / "4_old") in n for n in result["notes"])
+
+
+def test_a_configuration_whose_runs_differ_in_max_epochs_is_split_and_named(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82, 0.79], BAD: [0.5, 0.55, 0.52]}, record=_record())
+    resumed = json.loads((sweep / "2_job" / "metrics.json").read_text())
+    resumed["tested_on"]["trainer"]["max_epochs"] = 40  # a job resumed with trainer.max_epochs=40
+    (sweep / "2_job" / "metrics.json").write_text(json.dumps(resumed))
+    result = write_comparison([sweep], sweep)
+    configs = set(result["configurations"]["config"])
+    assert configs == {"model.optimizer.lr=0.001 [trainer.max_epochs=20]", "model.optimizer.lr=0.001 "
+                       "[trainer.max_epochs=40]", "model.optimizer.lr=10"}
+    (note,) = [n for n in result["notes"] if "different trainer settings" in n]
+    assert str(sweep / "2_job") in note and str(sweep / "0_job") in note
+    # the cv summary does not pool them either, and says why
+    runs, summary = write_summary(sweep)
+    assert set(summary["config"]) == configs
+    assert "different trainer settings" in (sweep / "cv_summary.md").read_text()
+
+
+def test_cv_summary_keeps_runs_of_different_test_data_apart(tmp_path):
+    _sweep(tmp_path, {GOOD_0: [0.8, 0.82]}, record=_record("faces-v1"))
+    (tmp_path / "1_job" / "metrics.json").write_text(json.dumps(
+        {"val": {}, "test": {"test/acc": 0.9}, "tested_on": _record("faces-v2")}))
+    runs, summary = write_summary(tmp_path)
+    assert len(summary) == 2 and all("[test data " in c for c in summary["config"])
+    markdown = (tmp_path / "cv_summary.md").read_text()
+    assert "tested on different data" in markdown and "2 different test sets" in markdown
+
+
+def test_runs_without_an_ece_are_named_and_the_figure_counts_runs(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82, 0.79], BAD: [0.5, 0.55, 0.52]}, record=_record())
+    predictions = pd.read_csv(sweep / "1_job" / "predictions.csv")
+    predictions.loc[3, "confidence"] = math.nan
+    predictions.to_csv(sweep / "1_job" / "predictions.csv", index=False)
+    predictions = pd.read_csv(sweep / "4_job" / "predictions.csv")
+    predictions.loc[0, "confidence"] = math.inf
+    predictions.to_csv(sweep / "4_job" / "predictions.csv", index=False)
+    result = write_comparison([sweep], sweep)
+    configs = result["configurations"].set_index("config")
+    assert list(configs["ece_n"]) == [2, 2] and list(configs["accuracy_n"]) == [3, 3]
+    assert all(math.isfinite(v) for v in configs["ece"])
+    (note,) = [n for n in result["notes"] if n.startswith("ECE")]
+    assert str(sweep / "1_job") in note and str(sweep / "4_job") in note and "not numbers in [0, 1]" in note
+    assert "ECE leaves out 2 run(s)" in (sweep / "comparison.md").read_text()
+
+
+# ---------------------------------------------------------------- text from files, writes (issue 20, point 2)
+CRAFTED = "@cmd=x\n## Injected heading\n<img src=x onerror=alert(1)>|cell\r"
+
+
+def test_a_crafted_override_lands_escaped_one_line_per_row(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {(CRAFTED,): [0.8, 0.82], ("@cmd=$\\alpha$",): [0.6, 0.62]},
+                   record=_record())
+    write_comparison([sweep], sweep)
+    write_summary(sweep)
+    for name in ("comparison.md", "cv_summary.md"):
+        lines = (sweep / name).read_text().splitlines()
+        assert not any("<img" in line or line.startswith("## Injected") for line in lines), name
+        crafted = [line for line in lines if "Injected" in line]
+        escaped = "@cmd=x ## Injected heading &lt;img src=x onerror=alert(1)&gt;\\|cell"
+        assert crafted and all(escaped in line for line in crafted), name
+        assert all(line.startswith("| ") and line.endswith(" |") or line.startswith("- ") for line in crafted), name
+    table = pd.read_csv(sweep / "comparison.csv")
+    assert set(table["a"]) | set(table["b"]) == {"'@cmd=$\\alpha$", "'@cmd=x ## Injected heading <img src=x "
+                                                 "onerror=alert(1)>|cell"}  # a spreadsheet shows them as text
+    configurations = pd.read_csv(sweep / "comparison_configurations.csv")
+    assert "'@cmd=$\\alpha$" in set(configurations["config"])
+    assert (sweep / "comparison.png").stat().st_size > 5000  # the $...$ name did not break the figure
+
+
+def test_compare_replaces_a_planted_symlink_and_leaves_its_target_alone(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82], BAD: [0.5, 0.55]}, record=_record())
+    outside = tmp_path / "precious.txt"
+    outside.write_text("do not touch\n")
+    for name in ("comparison.md", "comparison.csv", "cv_summary.md"):
+        (sweep / name).symlink_to(outside)
+    result = subprocess.run([sys.executable, "-m", "maskdet.compare", str(sweep)], cwd=REPO,
+                            env=cli_env(tmp_path, tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert outside.read_text() == "do not touch\n"
+    assert not (sweep / "comparison.md").is_symlink() and "Comparison of configurations" in (sweep / "comparison.md").read_text()
+    assert not (sweep / "comparison.csv").is_symlink()
+    write_summary(sweep)
+    assert outside.read_text() == "do not touch\n" and not (sweep / "cv_summary.md").is_symlink()
+
+
+def test_the_command_line_refuses_different_test_data_with_a_message(tmp_path):
+    first = _sweep(tmp_path / "a", {GOOD_0: [0.8, 0.82]}, record=_record("faces-v1"))
+    second = _sweep(tmp_path / "b", {GOOD_0: [0.8, 0.82]}, record=_record("faces-v2"))
+    result = subprocess.run([sys.executable, "-m", "maskdet.compare", str(first), str(second), "--out",
+                             str(tmp_path / "out")], cwd=REPO, env=cli_env(tmp_path, tmp_path), capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not tested on the same data" in result.stderr and str(second / "0_job") in result.stderr
+
+
+def test_a_trained_run_records_what_it_was_tested_on(tiny_run):
+    """A real training run: metrics.json says which images (by content), classes and trainer settings."""
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    record = metrics["tested_on"]
+    predictions = pd.read_csv(tiny_run / "predictions.csv")
+    assert record["test_images"] == len(predictions) > 0 and len(record["fingerprint"]) == 64
+    assert record["class_names"] == metrics["class_names"]
+    assert record["trainer"]["max_epochs"] == 2 and record["trainer"]["limit_test_batches"] == 1.0
+    assert json.loads((tiny_run / "tested_on.json").read_text()) == record
+    runs, _, notes = load_runs([tiny_run])
+    assert runs["test_data"].item().startswith(record["fingerprint"][:12]) and not notes
+
+
+def test_stale_reports_beside_failed_json_are_not_counted_as_a_result(tmp_path):
+    sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82, 0.79], BAD: [0.5, 0.55, 0.52]}, record=_record())
+    (sweep / "5_job" / "failed.json").write_text(json.dumps({"error": "RuntimeError: resume failed"}))
+    result = write_comparison([sweep], sweep)
+    assert str(sweep / "5_job") not in set(result["runs"]["run_dir"])
+    assert any("resume failed" in note and str(sweep / "5_job") in note for note in result["notes"])
+
+
+def test_a_job_resumed_with_more_epochs_is_not_pooled_with_its_sibling(tiny_run, tiny_dataset, cache_dir, tmp_path):
+    """Real runs: two copies of one finished run as a sweep's jobs, one resumed with trainer.max_epochs=3."""
+    from maskdet.train import train
+    from tests.conftest import compose_train
+
+    sweep = tmp_path / "sweep"
+    for job in ("0_job", "1_job"):
+        shutil.copytree(tiny_run, sweep / job)
+    resumed = sweep / "1_job"
+    train(compose_train(["data=folder", f"data.root={tiny_dataset}", "data.num_folds=3", "trainer.max_epochs=3",
+                         "callbacks.explanations=null", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}"],
+                        resumed, cache_dir))
+    assert json.loads((resumed / "metrics.json").read_text())["tested_on"]["trainer"]["max_epochs"] == 3
+    result = write_comparison([sweep], sweep)
+    assert sorted(result["configurations"]["config"]) == ["(one configuration) [trainer.max_epochs=2]",
+                                                          "(one configuration) [trainer.max_epochs=3]"]
+    assert any("different trainer settings" in n and str(resumed) in n for n in result["notes"])

@@ -1,7 +1,11 @@
 """Summaries of a multirun: folds grouped by configuration, mean ± std, best configuration first.
 
 A job folder holds ``.hydra/overrides.yaml`` and either ``metrics.json`` (finished) or ``failed.json``
-(the error of a job that failed), so a summary never has a silent gap.
+(the error of a job that failed), so a summary never has a silent gap (``maskdet.runfolder`` says how a
+run is told). Runs are pooled only when tested alike: a configuration whose runs were tested on different
+data, or trained with different trainer settings (a job resumed with another ``trainer.max_epochs``, whose
+overrides stay those of the sweep), is split into configurations of their own, named in the notes
+(``keep_apart``). Names read from files (overrides, errors, demographic groups) are escaped where they land.
 """
 
 from __future__ import annotations
@@ -13,33 +17,42 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from maskdet import runfolder
+from maskdet.errors import DataError
+from maskdet.writing import md, one_line, write_csv, write_text
+
 METRICS = ["val/acc_best", "val/acc", "val/f1", "val/loss", "test/acc", "test/f1", "test/loss"]
 FOLD_KEY = "data.fold"
 IN_JOB_FOLD = re.compile(r"fold_(\d+)")
+NOT_RECORDED = "not recorded (written by an older maskdet)"
 
 
 def _overrides(job: Path) -> dict[str, str]:
     """The job's overrides as Hydra recorded them, key -> value text. Split by hand rather than with Hydra's
     parser (``maskdet.cli.parse_overrides``) because this module reads finished runs without Hydra; each
-    item is one ``key=value`` that Hydra wrote (no sweep); ``~key`` deletions carry no value and are skipped."""
-    path = job / ".hydra" / "overrides.yaml"
+    item is one ``key=value`` that Hydra wrote (no sweep); ``~key`` deletions carry no value and are skipped.
+    Text is folded onto one line: a crafted value must not become lines of a report."""
+    path = job / runfolder.OVERRIDES
     if not path.is_file() and IN_JOB_FOLD.fullmatch(job.name):  # a cv_in_job fold: its job's overrides
-        path = job.parent / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    return dict(item.lstrip("+~").split("=", 1) for item in items or [] if "=" in item)
+        path = job.parent / runfolder.OVERRIDES
+    try:
+        items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError as err:
+        raise DataError(f"{path} is not a list of Hydra overrides ({one_line(err)}): restore it from the "
+                        "run's copy, or leave the run out of the comparison.") from None
+    if not isinstance(items, list | type(None)):
+        raise DataError(f"{path} is not a list of Hydra overrides: restore it, or leave the run out.")
+    pairs = (one_line(item).lstrip("+~").split("=", 1) for item in items or [] if "=" in str(item))
+    return {key: value for key, value in pairs}
 
 
 def _configured_fold(job: Path) -> str | None:
     """The fold a run used when no override set it (the config default), from its saved config."""
-    path = job / ".hydra" / "config.yaml"
+    path = job / runfolder.CONFIG
     if not path.is_file():
         return None
     fold = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("fold")
     return None if fold is None else str(fold)
-
-
-def is_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in (".hydra", "metrics.json", "failed.json"))
 
 
 def _job_order(folder: Path) -> tuple:
@@ -53,10 +66,10 @@ def run_folders(paths, depth: int = 3) -> list[Path]:
     and any other folder (a sweep, ``outputs/train/runs``) the runs inside it, ``depth`` levels down."""
     found = []
     for path in map(Path, paths):
-        folds = sorted((p for p in path.glob("fold_*") if IN_JOB_FOLD.fullmatch(p.name) and is_run(p)), key=_job_order)
+        folds = sorted((p for p in path.glob("fold_*") if IN_JOB_FOLD.fullmatch(p.name) and runfolder.is_run(p)), key=_job_order)
         if folds:
             found += folds
-        elif is_run(path):
+        elif runfolder.is_run(path):
             found.append(path)
         elif path.is_dir() and depth > 0:
             found += run_folders(sorted((p for p in path.iterdir() if p.is_dir()), key=_job_order), depth - 1)
@@ -65,12 +78,33 @@ def run_folders(paths, depth: int = 3) -> list[Path]:
 
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job of the sweep: its configuration, fold, status, metrics, error and folder."""
-    return collect_jobs(sorted((p for p in Path(sweep_dir).iterdir() if is_run(p)), key=_job_order))
+    return collect_jobs(sorted((p for p in Path(sweep_dir).iterdir() if runfolder.is_run(p)), key=_job_order))
+
+
+def tested_on(metrics: dict) -> dict:
+    """A finished run's record of what it was tested on (``maskdet.evaluation.testing.tested_on``), as the
+    columns of its row: the test data in one line (fingerprint, images, classes), the number of test
+    images, the class names and the trainer settings; None for what the run does not record (written by an
+    older maskdet; the trainer of ``maskdet.evaluate``, which trained nothing)."""
+    record = metrics.get("tested_on")
+    if not isinstance(record, dict):
+        return {"test_data": None, "test_images": None, "class_names": None, "trainer": None}
+    classes = one_line(", ".join(map(str, record.get("class_names") or [])))
+    images = record.get("test_images")
+    trainer = record.get("trainer")
+    return {"test_data": one_line(f"{str(record.get('fingerprint'))[:12]}: {images} test images, classes {classes}"),
+            "test_images": images, "class_names": classes,
+            "trainer": {str(k): trainer[k] for k in sorted(trainer)} if isinstance(trainer, dict) else None}
+
+
+_STATE_ERRORS = {"resumable": "did not finish: no metrics.json and no failed.json, only a checkpoint (killed? resume "
+                              "it with ckpt_path=<run>/checkpoints/last.ckpt)",
+                 "empty": "no metrics.json and no failed.json: killed before its first checkpoint?"}
 
 
 def collect_jobs(jobs) -> pd.DataFrame:
-    """One row per run folder in ``jobs``: configuration (the overrides that differ between them), fold,
-    status, metrics, error and folder."""
+    """One row per run folder in ``jobs``: configuration (the overrides that differ between them, kept apart
+    by ``keep_apart``), fold, status, metrics, what it was tested on, error and folder."""
     rows = []
     for job in map(Path, jobs):
         overrides = _overrides(job)
@@ -78,18 +112,19 @@ def collect_jobs(jobs) -> pd.DataFrame:
         in_job_fold = IN_JOB_FOLD.fullmatch(job.name)  # folds run inside one job (cv_in_job)
         fold = in_job_fold.group(1) if fold is None and in_job_fold else fold
         fold = _configured_fold(job) if fold is None else fold
-        row = {"job": job.name, "overrides": overrides,
+        row = {"job": one_line(job.name), "overrides": overrides,
                "fold": int(fold) if fold is not None and str(fold).isdigit() else fold, "run_dir": str(job)}
-        if (job / "metrics.json").is_file():
-            metrics = json.loads((job / "metrics.json").read_text())
+        state = runfolder.state(job)
+        if state == "finished":
+            metrics = json.loads((job / runfolder.METRICS).read_text())
             flat = {**metrics.get("val", {}), **metrics.get("test", {})}
             row.update(status="ok", error="", best_epoch=metrics.get("best_epoch"),
-                       **{m: flat.get(m) for m in METRICS},
-                       **{f"bias/{k}": v for k, v in (metrics.get("bias") or {}).items()})
+                       **{m: flat.get(m) for m in METRICS}, **tested_on(metrics),
+                       **{f"bias/{one_line(k)}": v for k, v in (metrics.get("bias") or {}).items()})
         else:
-            failure = json.loads((job / "failed.json").read_text()) if (job / "failed.json").is_file() else {}
-            row.update(status="failed", error=failure.get("error", "no metrics.json and no failed.json: killed?"),
-                       best_epoch=None, **{m: None for m in METRICS})
+            failure = json.loads((job / runfolder.FAILED).read_text()) if state == "failed" else {}
+            row.update(status="failed", error=one_line(failure.get("error", _STATE_ERRORS.get(state, state))),
+                       best_epoch=None, **{m: None for m in METRICS}, **tested_on({}))
         rows.append(row)
     # a configuration is named by the overrides that differ between jobs; the shared ones are common
     keys = {k for row in rows for k in row["overrides"]}
@@ -98,7 +133,55 @@ def collect_jobs(jobs) -> pd.DataFrame:
         overrides = row.pop("overrides")
         row["config"] = " ".join(f"{k}={overrides.get(k)}" for k in varying) or "(one configuration)"
     bias = sorted({k for row in rows for k in row if k.startswith("bias/")})
-    return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias, "run_dir"])
+    return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias,
+                                       "test_data", "test_images", "class_names", "trainer", "run_dir"])
+
+
+def _trainer_text(settings: dict | None, keys) -> str:
+    if settings is None:
+        return "trainer settings not recorded"
+    return " ".join(f"trainer.{k}={settings.get(k)}" for k in keys)
+
+
+def _runs_text(folders, shown: int = 4) -> str:
+    folders = [one_line(f) for f in folders]
+    return ", ".join(folders[:shown]) + (f" and {len(folders) - shown} more" if len(folders) > shown else "")
+
+
+def keep_apart(runs: pd.DataFrame) -> list[str]:
+    """Split (in place) each configuration whose finished runs were trained with different trainer settings
+    or tested on different data into configurations of their own, and return a note naming each split:
+    pooling them would average figures of different experiments under one name."""
+    notes = []
+    finished = runs["status"] == "ok"
+    for config in list(runs.loc[finished, "config"].unique()):
+        members = runs.index[finished & (runs["config"] == config)]
+        trainers = [runs.at[i, "trainer"] for i in members]
+        kinds = {json.dumps(t, sort_keys=True, default=str) for t in trainers}
+        if len(kinds) > 1:
+            known = [t for t in trainers if t is not None]
+            keys = sorted(k for k in {k for t in known for k in t}
+                          if len({json.dumps(t.get(k), default=str) for t in known}) > 1)
+            for i, settings in zip(members, trainers):
+                runs.at[i, "config"] = f"{config} [{_trainer_text(settings, keys)}]"
+            split = runs.loc[members].groupby("config", sort=False)["run_dir"]
+            notes.append(f"{config}: its runs were trained with different trainer settings (a job resumed with "
+                         "other settings?), so they are not pooled: " +
+                         "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
+    for config in list(runs.loc[finished, "config"].unique()):
+        members = runs.index[finished & (runs["config"] == config)]
+        if runs.loc[members, "test_data"].fillna(NOT_RECORDED).nunique() > 1:
+            for i in members:
+                runs.at[i, "config"] = f"{config} [test data {runs.at[i, 'test_data'] or NOT_RECORDED}]"
+            split = runs.loc[members].groupby("config", sort=False)["run_dir"]
+            notes.append(f"{config}: its runs were tested on different data, so they are not pooled: " +
+                         "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
+    tested = runs.loc[finished].groupby(runs.loc[finished, "test_data"].fillna(NOT_RECORDED), sort=False)["config"]
+    if len(tested) > 1:
+        notes.append(f"the configurations were tested on {len(tested)} different test sets, so their test figures "
+                     "do not compare (maskdet.compare refuses them): " +
+                     "; ".join(f"{data}: {', '.join(configs.unique())}" for data, configs in tested))
+    return notes
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
@@ -132,46 +215,56 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {0.0 if pd.isna(std) else std:.4f}"
 
 
-def format_markdown(runs: pd.DataFrame, summary: pd.DataFrame, common: list[str] = ()) -> str:
+def format_markdown(runs: pd.DataFrame, summary: pd.DataFrame, common: list[str] = (), notes: list[str] = ()) -> str:
+    """The summary as markdown; every name read from a file passes through ``writing.md``."""
     shown = ["val/acc_best", "val/f1", "val/loss", "test/acc", "test/f1", "test/loss"]
-    lines = ["# Cross-validation summary", "", f"Common overrides: {' '.join(common) or '(none)'}", "",
+    lines = ["# Cross-validation summary", "", f"Common overrides: {md(' '.join(common)) or '(none)'}", "",
              "## Configurations (mean ± std over folds, best first)", "",
              "| configuration | folds | failed | " + " | ".join(shown) + " |",
              "|---" * (3 + len(shown)) + "|"]
     for _, row in summary.iterrows():
         cells = [_pm(row[f"{m} mean"], row[f"{m} std"]) for m in shown]
-        lines.append(f"| {row['config']} | {row['folds']} | {row['failed']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(row['config'])} | {row['folds']} | {row['failed']} | " + " | ".join(cells) + " |")
     bias = [c for c in summary.columns if c.startswith("bias/") and c.endswith(" mean") and "p_value" not in c]
     if bias:
         lines += ["", "## Group accuracy and largest gap (test split, mean ± std over folds)", "",
-                  "| attribute/group | " + " | ".join(summary["config"]) + " |", "|---" * (1 + len(summary)) + "|"]
+                  "| attribute/group | " + " | ".join(map(md, summary["config"])) + " |",
+                  "|---" * (1 + len(summary)) + "|"]
         for column in bias:
             cells = [_pm(row[column], row[column.replace(" mean", " std")]) for _, row in summary.iterrows()]
-            lines.append(f"| {column.removeprefix('bias/').removesuffix(' mean')} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md(column.removeprefix('bias/').removesuffix(' mean'))} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "| configuration | fold | status | best epoch | val acc | val F1 | val loss | "
               "test acc | test F1 | test loss | run folder |", "|---" * 11 + "|"]
     for _, r in runs.iterrows():
         values = " | ".join("-" if pd.isna(r[m]) else f"{r[m]:.4f}" for m in ["val/acc", "val/f1", "val/loss",
                                                                            "test/acc", "test/f1", "test/loss"])
         epoch = "-" if pd.isna(r["best_epoch"]) else int(r["best_epoch"])
-        lines.append(f"| {r['config']} | {r['fold']} | {r['status']} | {epoch} | {values} | {r['run_dir']} |")
+        lines.append(f"| {md(r['config'])} | {md(r['fold'])} | {r['status']} | {epoch} | {values} | {md(r['run_dir'])} |")
     failed = runs[runs["status"] == "failed"]
     if len(failed):
-        lines += ["", "## Failed jobs", ""] + [f"- job {r['job']} ({r['config']}, fold {r['fold']}): {r['error']}"
-                                               for _, r in failed.iterrows()]
+        lines += ["", "## Failed jobs", ""] + [f"- job {md(r['job'])} ({md(r['config'])}, fold {md(r['fold'])}): "
+                                               f"{md(r['error'])}" for _, r in failed.iterrows()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {md(note)}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _settings_text(settings) -> str:
+    return "; ".join(f"{k}={v}" for k, v in settings.items()) if isinstance(settings, dict) else ""
 
 
 def write_summary(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``cv_summary.csv`` (every run, then mean and std rows per configuration) and ``cv_summary.md``."""
     sweep_dir = Path(sweep_dir)
     runs = collect_runs(sweep_dir)
+    notes = keep_apart(runs)
     summary = summarise(runs)
     stats = []
     for _, row in summary.iterrows():
         for stat in ("mean", "std"):
             stats.append({"config": row["config"], "fold": stat, "status": f"{row['folds']} ok, {row['failed']} failed",
                           **{m: row[f"{m} {stat}"] for m in metric_columns(runs)}})
-    pd.concat([runs, pd.DataFrame(stats)], ignore_index=True).to_csv(sweep_dir / "cv_summary.csv", index=False)
-    (sweep_dir / "cv_summary.md").write_text(format_markdown(runs, summary, common_overrides(sweep_dir)))
+    table = pd.concat([runs.assign(trainer=runs["trainer"].map(_settings_text)), pd.DataFrame(stats)], ignore_index=True)
+    write_csv(table, sweep_dir / "cv_summary.csv")
+    write_text(sweep_dir / "cv_summary.md", format_markdown(runs, summary, common_overrides(sweep_dir), notes))
     return runs, summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
-from maskdet.writing import save_figure, write_csv, write_text
+from maskdet.writing import save_figure, write_csv, write_text  # noqa: E402
+
+# What the test was run on (maskdet.evaluation.testing.tested_on), written beside predictions.csv by the
+# test and copied into metrics.json by write_metrics, where compare and the cv summary read it.
+TESTED_ON = "tested_on.json"
 
 
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
@@ -91,4 +96,10 @@ def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], fo
 
 
 def write_metrics(metrics: dict, folder: str | Path) -> Path:
+    """metrics.json, with the record of what the run was tested on (``tested_on``) when its figures come
+    from a test in this folder: a comparison then pools and pairs only runs tested alike. A run that was
+    not tested (no test figures) gets no record, so an older tested_on.json is never taken for its own."""
+    record = Path(folder) / TESTED_ON
+    if metrics.get("test") and "tested_on" not in metrics and record.is_file():
+        metrics = {**metrics, "tested_on": json.loads(record.read_text())}
     return write_json(Path(folder) / "metrics.json", metrics)

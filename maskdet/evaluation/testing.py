@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from maskdet.evaluation.bias import format_markdown, write_bias_report
-from maskdet.evaluation.reports import predictions_frame, write_test_reports
+from maskdet.evaluation.reports import TESTED_ON, predictions_frame, write_test_reports
+from maskdet.jsonfile import write_json
 
 log = logging.getLogger("maskdet.evaluation")
+
+
+# Trainer settings that change what a run's figures mean: how long and how it trained, and how much of
+# the test split it saw. A sweep job resumed with another trainer.max_epochs keeps its job's overrides, so
+# only this record tells it from its siblings.
+TRAINER_SETTINGS = ("max_epochs", "max_steps", "min_epochs", "precision", "accumulate_grad_batches",
+                    "gradient_clip_val", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+                    "check_val_every_n_epoch", "val_check_interval", "fast_dev_run", "world_size")
+
+
+def images_fingerprint(images: pd.DataFrame) -> str:
+    """sha256 over the sorted (content digest, class name) pairs of the test images: two runs share it only
+    when they were tested on the same image contents with the same labels, wherever the files lie."""
+    keys = images["digest"].where(images["digest"].astype(bool), "path:" + images["path"].astype(str)) \
+        if "digest" in images.columns else "path:" + images["path"].astype(str)
+    pairs = sorted(f"{key}\t{label}" for key, label in zip(keys, images["label_name"]))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
+
+
+def trainer_settings(trainer: L.Trainer) -> dict | None:
+    """The trainer settings that matter (``TRAINER_SETTINGS``), or None when this trainer did not train
+    (``maskdet.evaluate`` tests a saved checkpoint: its trainer's epochs say nothing about the model)."""
+    if trainer.global_step == 0:
+        return None
+    settings = {name: getattr(trainer, name, None) for name in TRAINER_SETTINGS}
+    for callback in trainer.early_stopping_callbacks:
+        settings["early_stopping"] = f"{callback.monitor} patience {callback.patience} min_delta {callback.min_delta}"
+    return settings
+
+
+def tested_on(images: pd.DataFrame, class_names, trainer: L.Trainer) -> dict:
+    """What a run was tested on, recorded so that compare and the cv summary pool and pair only runs
+    tested alike: the test images' fingerprint and number, the class names and the trainer settings."""
+    return {"fingerprint": images_fingerprint(images), "test_images": len(images), "class_names": list(class_names),
+            "trainer": trainer_settings(trainer)}
 
 
 # TensorBoard shrinks an image to fit its card and shows it 1:1 with the card's "actual size" toggle; at
@@ -41,13 +79,16 @@ def bias_summary(report: dict) -> dict[str, float]:
 
 def test_and_report(trainer: L.Trainer, model, datamodule, output_dir: Path, ckpt_path: str | None = None,
                     bias: dict | None = None) -> tuple[dict, dict]:
-    """``trainer.test`` then predictions.csv, classification report, confusion matrix and bias report
-    (rank zero writes); returns the test metrics and the bias summary."""
+    """``trainer.test`` then predictions.csv, classification report, confusion matrix, bias report and
+    tested_on.json (rank zero writes; ``write_metrics`` copies the latter into metrics.json); returns the test
+    metrics and the bias summary."""
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     rows, probs = model.test_predictions()  # a collective under DDP: every rank takes part
     if not trainer.is_global_zero:
         return metrics, {}
     predictions = predictions_frame(datamodule.index, rows.numpy(), probs.numpy(), datamodule.class_names)
+    write_json(Path(output_dir) / TESTED_ON, tested_on(datamodule.index.loc[np.unique(rows.numpy())],
+                                                        datamodule.class_names, trainer))
     text = write_test_reports(predictions, datamodule.class_names, output_dir)
     log.info("classification report (test split, %d images):\n%s", len(predictions), text)
     report = write_bias_report(predictions, datamodule.class_names, output_dir, **(bias or {}))
