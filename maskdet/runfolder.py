@@ -10,6 +10,8 @@ run that is not theirs), the model card, cv and compare::
     <run>/data_report.json        what the data was; <run>/splits.csv the split of every image
     <run>/metrics.json            the run's figures and what it was tested on: the run FINISHED
     <run>/failed.json             the error of a run that did not finish: the run FAILED
+    <run>/tested_on.json          what the test ran on (test-split fingerprint, classes, trainer settings),
+                                  copied into metrics.json: compare pools only runs tested on the same data
     <run>/predictions.csv ...     reports (RESULTS below): valid only beside metrics.json
     <run>/train.log               the log (Hydra); <run>/.maskdet.lock held while a process trains in it
 
@@ -45,9 +47,10 @@ PREDICTIONS = Path("predictions.csv")
 DATA_REPORT = Path("data_report.json")
 SPLITS = Path("splits.csv")
 BIAS_REPORT = Path("bias_report.json")
+TESTED_ON = Path("tested_on.json")
 LOCK = Path(".maskdet.lock")
 # What a finished run's test wrote: read as results by compare, cv and the model card.
-RESULTS = ("metrics.json", "predictions.csv", "classification_report.txt", "confusion_matrix.csv",
+RESULTS = ("metrics.json", "tested_on.json", "predictions.csv", "classification_report.txt", "confusion_matrix.csv",
            "confusion_matrix.png", "bias_report.json", "bias_report.csv", "bias_report.md", "bias.png",
            "bias_study.csv", "bias_study_pairs.csv", "bias_study.md", "explain")
 

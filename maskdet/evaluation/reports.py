@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
+from maskdet import runfolder  # noqa: E402
 from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
@@ -21,7 +22,7 @@ from maskdet.writing import save_figure, write_csv, write_text  # noqa: E402
 
 # What the test was run on (maskdet.evaluation.testing.tested_on), written beside predictions.csv by the
 # test and copied into metrics.json by write_metrics, where compare and the cv summary read it.
-TESTED_ON = "tested_on.json"
+TESTED_ON = runfolder.TESTED_ON.name
 
 
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
