@@ -73,7 +73,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        runs, summary = write_summary(sweep_dir)
+        try:
+            runs, summary = write_summary(sweep_dir)
+        except MaskdetError as err:  # a job folder that cannot be read (a hand-edited overrides.yaml): said, exit 1
+            print(f"\nmaskdet: no sweep summary for {sweep_dir}: {err}", file=sys.stderr)
+            sys.exit(1)
         markdown = (sweep_dir / "cv_summary.md").read_text()
         from maskdet.evaluation.compare import write_comparison  # scipy/matplotlib: only when a sweep ends
 
