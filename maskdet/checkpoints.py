@@ -17,6 +17,7 @@ from maskdet.errors import ConfigError
 from maskdet.models import MaskClassifier
 from maskdet.preflight import read_checkpoint
 from maskdet.trust import check_architecture, check_saved_node
+from maskdet.writing import one_line
 
 log = logging.getLogger("maskdet.checkpoints")
 
@@ -40,7 +41,22 @@ def load_classifier(ckpt_path: str | Path, trusted_code: Iterable[str] = ()) -> 
                           f"({hparams['architecture']}, {len(hparams['class_names'])} classes, "
                           f"{hparams['image_size']} px): {first}. The file was changed after maskdet.train wrote "
                           "it; use a checkpoint as written by maskdet.train.") from None
+    trained_on = (checkpoint.get("maskdet") or {}).get("trained_on") if isinstance(checkpoint.get("maskdet"), dict) else None
+    model.trained_on = trained_on if isinstance(trained_on, dict) else None
     return model.eval()
+
+
+def warn_if_demonstration(model: MaskClassifier, ckpt_path) -> bool:
+    """Warn once when a model trained only on maskdet's embedded drawn faces is used on other images: its
+    confident answers on real photographs mean nothing (it has never seen a real face)."""
+    trained_on = getattr(model, "trained_on", None) or {}
+    if trained_on.get("synthetic") is not True:
+        return False
+    log.warning("ckpt_path=%s was trained only on maskdet's embedded, procedurally drawn faces (data=synthetic, "
+                "%s images): a demonstration model that has never seen a real face, so its answers on real "
+                "photographs mean nothing, however confident. Train on real face crops (data=folder "
+                "data.root=<folder>) for real use.", one_line(ckpt_path), one_line(trained_on.get("images")))
+    return True
 
 
 def run_data_config(ckpt_path: str | Path, data_overrides: Mapping[str, Any], fallback: DictConfig,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from maskdet.checkpoints import warn_if_demonstration
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
@@ -88,6 +89,7 @@ def export(cfg: DictConfig) -> dict:
     ckpt_path = Path(cfg.ckpt_path)
     model, datamodule, _ = checkpoint_and_data(cfg)
     model = model.cpu().eval()
+    warn_if_demonstration(model, ckpt_path)  # the exported file travels without the README's warning
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from maskdet.checkpoints import load_classifier
+from maskdet.checkpoints import load_classifier, warn_if_demonstration
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
@@ -47,6 +47,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
         detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
     model = load_classifier(cfg.ckpt_path, list(cfg.get("trusted_code") or []))
+    warn_if_demonstration(model, cfg.ckpt_path)
     if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu":
         model.cuda()
     if detector is not None:

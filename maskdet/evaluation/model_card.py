@@ -55,6 +55,12 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
              f"- Checkpoint: `{md(ckpt_path)}`; ONNX parity on {sidecar['parity']['images']} test images: "
              f"max probability difference {sidecar['parity']['max_abs_diff']:.1e}, same predicted class for all.", ""]
     lines += ["## Training data", ""]
+    trained_on = getattr(model, "trained_on", None) or {}
+    if trained_on:
+        lines.append(f"- Recorded in the checkpoint: layout `{md(trained_on.get('source'))}`, "
+                     f"{md(trained_on.get('images'))} images"
+                     + (" (**maskdet's embedded drawn faces: a demonstration model**)." if trained_on.get("synthetic") is True
+                        else "."))
     if data:
         lines.append(f"- Source: `{md(data.get('source'))}` at `{md(data.get('root'))}`; {md(data.get('num_images'))} images used.")
         split_class = data.get("counts", {}).get("split_class", {})

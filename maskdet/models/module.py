@@ -151,10 +151,22 @@ class MaskClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["maskdet"] = {
             "head": self.head_name,  # where preflight finds the output layer when it checks a checkpoint
+            "trained_on": self._provenance(),  # predict/export warn when a demonstration model meets real photos
             "rng": rng_states(),
             "val_acc_best": float(self.val_acc_best.max_value),
             "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
         }
+
+    def _provenance(self) -> dict | None:
+        """What the model was trained on: the data layout, its root and size, and whether it was maskdet's
+        embedded (procedurally drawn) dataset."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        settings, data = getattr(datamodule, "settings", None), getattr(datamodule, "data", None)
+        if settings is None or data is None:
+            return None
+        source = settings.source_name
+        return {"source": source, "root": str(data.root), "images": int(len(data.used)),
+                "synthetic": source == "synthetic"}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("maskdet", {})
