@@ -2,16 +2,23 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# `make train` installs what training needs, quietly; `make test` (and lint, bench) the dev extra as well.
+$(VENV)/.runtime: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -e '.[dev]'
-	touch $@
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.runtime
 
 .PHONY: install train test lint bench gpu-check
 install: $(VENV)/.installed
 
-train: $(VENV)/.installed  ## train the default experiment on the embedded dataset (ARGS=... adds Hydra overrides)
+train: $(VENV)/.runtime  ## train the default experiment on the embedded dataset (ARGS=... adds Hydra overrides)
 	$(PY) -m maskdet.train $(ARGS)
 
 test: $(VENV)/.installed  ## run the test suite (PYTEST_ARGS=... adds pytest options)
