@@ -83,7 +83,8 @@ def _predictions(n_per_group: dict, accuracy: dict, seed=0, classes=CLASSES) -> 
 def test_audit_finds_a_planted_gap_and_flags_small_groups(tmp_path):
     predictions = _predictions({("male", "white"): 400, ("female", "white"): 400, ("female", "others"): 10},
                                {"male": 0.9, "female": 0.6})
-    report = write_bias_report(predictions, CLASSES, tmp_path, min_group_size=30, n_bootstrap=200)
+    report = write_bias_report(predictions, CLASSES, tmp_path, min_group_size=30, n_bootstrap=200,
+                               metrics=["macro_f1", "ece"])
     gender = next(g for g in report["gaps"] if g["attribute"] == "gender")
     assert gender["best_group"] == "male" and gender["worst_group"] == "female"
     assert gender["significant"] and gender["gap_low"] > 0 and gender["p_value"] < 1e-6
@@ -100,6 +101,57 @@ def test_audit_finds_a_planted_gap_and_flags_small_groups(tmp_path):
         assert (tmp_path / name).is_file()
     markdown = (tmp_path / "bias_report.md").read_text()
     assert "| others * | 10 |" in markdown and "significant at 5 %" in markdown
+    # every table says its n, interval method and level; ECE says its binning and that its interval is not one
+    assert "| group | n | accuracy [95 % Wilson] | macro-F1 [95 % bootstrap] | ECE [95 % bootstrap] |" in markdown
+    assert "15 equal-width confidence bins" in markdown and "no std" in markdown
+    assert "| group | n | mean confidence | calibration gap [95 %] | Spiegelhalter z | p | p (holm) |" in markdown
+    assert "one family of 2 tests" in markdown and "simultaneous at 97.5 %" in markdown
+    assert any("others (n = 10) is under bias.min_group_size = 30" in w for w in report["warnings"])
+    assert female["calibration_gap_low"] < female["calibration_gap"] < female["calibration_gap_high"]
+
+
+def test_figures_that_did_not_change_do_not_move():
+    """Accuracy, Wilson intervals, the bootstrap of macro-F1 and ECE (same seed), and each largest gap's z and
+    raw p are the numbers the audit gave before the one-family, power and calibration changes."""
+    predictions = _predictions({("male", "white"): 120, ("female", "white"): 90, ("female", "black"): 45,
+                                ("male", "others"): 12}, {"male": 0.85, "female": 0.7}, seed=3)
+    before = {  # maskdet ce30108, audit(predictions, CLASSES, n_bootstrap=200, seed=7)
+        ("gender", "female"): (135, 95, 0.7037037037037037, 0.6219055356186972, 0.7742297431889779, 0.7013619167717529,
+                               0.6256094746076017, 0.7912765979261168, 0.12774871847859232, 0.09507593198462004,
+                               0.21388317799760656),
+        ("gender", "male"): (132, 113, 0.8560606060606061, 0.7861088034666418, 0.9058743422979855, 0.8556257530631639,
+                             0.7807785648190348, 0.9110700135063312, 0.13428423107581886, 0.09184965905932287,
+                             0.19909452851684348),
+        ("race", "black"): (45, 33, 0.7333333333333333, 0.5896116224686505, 0.8403509647893348, 0.7283709273182957,
+                            0.5731819242848655, 0.8279373643597782, 0.19528553987653377, 0.15217982395063034,
+                            0.3337077209887073)}
+    keys = ("n", "correct", "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high",
+            "ece", "ece_low", "ece_high")
+    for metrics in (["macro_f1", "ece"], ["macro_f1"]):  # the default leaves ECE out; macro-F1 does not move
+        report = audit(predictions, CLASSES, n_bootstrap=200, seed=7, metrics=metrics)
+        rows = {(r["attribute"], r["group"]): r for r in report["groups"]}
+        for where, values in before.items():
+            for key, value in zip(keys, values):
+                if key in rows[where]:
+                    assert rows[where][key] == value, (where, key)
+        gaps = {g["attribute"]: g for g in report["gaps"]}
+        for attribute, gap, z, p in (("gender", 0.15235690235690236, 2.9999494821777426, 0.002700243871853302),
+                                     ("race", 0.05238095238095242, 0.7654015932812621, 0.44403244451015966),
+                                     ("gender_x_race", 0.1694444444444444, 2.96142426376797, 0.0030621979548575854)):
+            assert (gaps[attribute]["gap"], gaps[attribute]["z"], gaps[attribute]["p_value_raw"]) == (gap, z, p)
+
+
+def test_correction_and_primary_metric_are_bias_options_checked_before_training(tmp_path, cache_dir):
+    from maskdet.errors import ConfigError
+    from maskdet.preflight import check_config
+
+    check_config(compose_train(["bias.correction=fdr_bh", "bias.alpha=0.1", "bias.primary_metric=accuracy"],
+                               tmp_path / "run", cache_dir), "train")
+    with pytest.raises(ConfigError, match="bias.correction='bonferroni' is not accepted"):
+        check_config(compose_train(["bias.correction=bonferroni"], tmp_path / "run", cache_dir), "train")
+    with pytest.raises(ConfigError, match="Unknown config key bias.primary"):
+        check_config(compose_train(["+bias.primary=accuracy"], tmp_path / "run", cache_dir), "train")
+    assert not (tmp_path / "run").exists()
 
 
 def lowest_recall(y_true, y_pred, confidence):
@@ -139,7 +191,8 @@ def test_a_new_per_group_figure_is_one_function_and_one_config_entry(tmp_path):
     assert female["lowest_recall_low"] <= female["lowest_recall"] <= female["lowest_recall_high"]
     assert "macro_f1" not in female and report["metrics"] == ["error_rate", "ece", "lowest_recall"]
     assert {"error_rate_low", "error_rate_high", "ece", "lowest_recall"} <= set(pd.read_csv(tmp_path / "bias_report.csv").columns)
-    assert "| group | n | accuracy | error rate | ECE | lowest recall |" in (tmp_path / "bias_report.md").read_text()
+    assert "| group | n | accuracy [95 % Wilson] | error rate [95 % bootstrap] | ECE [95 % bootstrap] | " \
+           "lowest recall [95 % bootstrap] |" in (tmp_path / "bias_report.md").read_text()
 
 
 def test_an_unknown_per_group_figure_is_refused_before_training(tmp_path, cache_dir):

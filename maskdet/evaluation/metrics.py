@@ -39,7 +39,9 @@ def macro_f1(y_true, y_pred) -> np.ndarray:
 
 def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> np.ndarray:
     """ECE of each row over ``bins`` equal-width confidence bins: the mean |confidence - accuracy| gap of
-    the bins, weighted by how many predictions fall in each."""
+    the bins, weighted by how many predictions fall in each. Biased upwards on small samples (+0.14 at
+    n = 30 for a true ECE of 0.05): the bias audit's calibration figures per group are ``bias.calibration_gap``
+    and ``bias.spiegelhalter_test`` instead."""
     confidence, correct = np.atleast_2d(confidence), np.atleast_2d(correct).astype(float)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
