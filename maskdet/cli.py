@@ -1,8 +1,9 @@
 """Hydra glue shared by the entry points (train, evaluate, predict, export, explain).
 
 ``entry_point`` is ``hydra.main`` plus two things Hydra does not do: ``group=null`` on the command line
-removes that config group (``logger=null``: no logger) instead of crashing, and a misspelt key
-(``data.batchsize=64``) gets the closest valid key after Hydra's "not in struct" message.
+removes that config group (``logger=null``: no logger) instead of crashing, and a config that does not
+compose (an unknown option ``model=resnet19``, a key that moved, a misspelt key ``data.batchsize=64``) gets
+one maskdet message with the closest valid names instead of Hydra's block.
 ``RunFolderCheck`` refuses an unwritable run folder before Hydra tries to create it, and a folder that
 holds another run before Hydra writes into it (``maskdet.runfolder``).
 """
@@ -21,7 +22,7 @@ import hydra
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
-from hydra.errors import ConfigCompositionException, HydraException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -84,34 +85,79 @@ def _first_of_each_sweep(overrides: list[str]) -> list[str]:
             for o in parse_overrides(overrides)]
 
 
-def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
-    """"Did you mean ...?" for an override of a key that does not exist: the composition is repeated
-    (only after a failed start, so it costs nothing on a good one) to get the config the key was missing
-    from, and difflib picks the closest existing keys."""
-    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+# Keys that moved: old prefix -> new prefix, so a command written for an older maskdet gets the new name.
+MOVED_KEYS = {"data.synthetic": "data.source", "data.layout": "data.source", "data.manifest": "data.source.manifest",
+              "data.per_class": "data.source.per_class"}
 
-    try:
-        args, _ = get_args_parser().parse_known_args(argv)
-        name = args.config_name or config_name
-        # a user's --config-dir (their own group options) joins the search path, as hydra.main does
-        user = [f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]"] if args.config_dir else []
-        overrides = user + args.overrides
-        err = _composition_error(config_dir, name, overrides, RunMode.MULTIRUN if args.multirun else RunMode.RUN)
-        if err is None and args.multirun:
-            err = _composition_error(config_dir, name, user + _first_of_each_sweep(args.overrides), RunMode.RUN)
-        missing = err.__cause__ if err is not None else None
-        full_key, parent = getattr(missing, "full_key", None), getattr(missing, "parent_node", None)
-        if not full_key or not isinstance(parent, DictConfig):
-            return None
-        keys = list(_dotted_keys(parent._get_root()))
-    except Exception:  # noqa: BLE001 - a hint is a courtesy: never let it hide Hydra's own message
-        return None
+
+def _closest_keys(full_key: str, keys: list[str]) -> list[str]:
     close = difflib.get_close_matches(full_key, keys, n=3, cutoff=0.75)
     if not close:  # a right name under the wrong parent (batch_size=64 for data.batch_size=64)
         leaf = full_key.rpartition(".")[2]
         by_leaf = {k.rpartition(".")[2]: k for k in keys}
         close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.75)]
-    return f"Did you mean {' or '.join(close)}?" if close else None
+    return close
+
+
+def _describe(err: ConfigCompositionException, value_of: dict[str, str]) -> str | None:
+    """One maskdet paragraph for a composition error: an unknown group option with the closest ones and
+    all options, a key that moved, or a misspelt key with the closest valid keys; None for anything else."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        options = sorted(err.options or [])
+        close = difflib.get_close_matches(option, options, n=2, cutoff=0.6)
+        plus = "+" if f"+{group}" in value_of else ""
+        guess = f"; did you mean {' or '.join(f'{plus}{group}={c}' for c in close)}?" if close else "."
+        return (f"There is no {group} option {option!r}{guess} Options: {', '.join(options) or 'none'} (maskdet/conf/"
+                f"{group}/, plus any {group}/ folder in your --config-dir).")
+    missing = err.__cause__
+    full_key, parent = getattr(missing, "full_key", None), getattr(missing, "parent_node", None)
+    if not full_key or not isinstance(parent, DictConfig):
+        return None
+    # Hydra names the first missing node (data.synthetic); the user typed the whole key (data.synthetic.per_class)
+    typed = [k.lstrip("+~") for k in value_of if k.lstrip("+~") == full_key or k.lstrip("+~").startswith(full_key + ".")]
+    full_key = typed[0] if typed else full_key
+    value = next((v for k, v in value_of.items() if k.lstrip("+~") == full_key), None)
+    assignment = "" if value is None else f"={value}"
+    for old, new in MOVED_KEYS.items():
+        if full_key == old or full_key.startswith(old + "."):
+            moved = new + full_key[len(old):]
+            return (f"{full_key} is now {moved} ({old}.* moved to {new}.*): pass {moved}{assignment} instead.")
+    close = _closest_keys(full_key, list(_dotted_keys(parent._get_root())))
+    if close:
+        return f"Unknown config key {full_key}. Did you mean {' or '.join(close)}?"
+    return (f"Unknown config key {full_key}: no such setting in maskdet's config. To add a key of your own on "
+            f"purpose, write +{full_key}{assignment}.")
+
+
+def composition_problem(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
+    """What is wrong with a command line's config, as one maskdet message (None when it composes, or when
+    the problem is Hydra's to report). Composed before Hydra runs, so the user sees one message and
+    no Hydra block; a multirun is checked with each sweep's first value (a key misspelt inside a sweep
+    would otherwise fail only in the jobs)."""
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+        if args.help or args.hydra_help or args.info is not None or args.shell_completion:
+            return None
+        name = args.config_name or config_name
+        # a user's --config-dir (their own group options) joins the search path, as hydra.main does
+        user = [f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]"] if args.config_dir else []
+        overrides = user + (_first_of_each_sweep(args.overrides) if args.multirun else args.overrides)
+        err = _composition_error(config_dir, name, overrides, RunMode.RUN)
+        if err is None:
+            return None
+        value_of = {o.input_line.partition("=")[0]: o.input_line.partition("=")[2] for o in parse_overrides(args.overrides)}
+        return _describe(err, value_of)
+    except Exception:  # noqa: BLE001 - a hint is a courtesy: never let it hide Hydra's own message
+        return None
+
+
+def key_hint(config_dir: Path, config_name: str, argv: list[str]) -> str | None:
+    """"Did you mean ...?" for an override of a key that does not exist (see ``composition_problem``)."""
+    problem = composition_problem(config_dir, config_name, argv)
+    return problem[problem.index("Did you mean"):] if problem and "Did you mean" in problem else None
 
 
 def entry_point(config_name: str, config_path: str = "conf"):
@@ -131,14 +177,11 @@ def entry_point(config_name: str, config_path: str = "conf"):
             if cfg is not None:  # called with a composed config, as hydra.main allows
                 return hydra_main(cfg)
             sys.argv[1:] = _null_groups_removed(sys.argv[1:], config_dir)
-            try:
-                return hydra_main()
-            except SystemExit as done:
-                if done.code not in (0, None):
-                    hint = key_hint(config_dir, config_name, sys.argv[1:])
-                    if hint:
-                        print(hint, file=sys.stderr)
-                raise
+            problem = composition_problem(config_dir, config_name, sys.argv[1:])
+            if problem:  # one maskdet message instead of Hydra's block
+                print(f"\nmaskdet: {problem}", file=sys.stderr)
+                sys.exit(1)
+            return hydra_main()
 
         main.maskdet_entry_point = True
         return main

@@ -18,6 +18,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskdet import runfolder
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
@@ -57,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(evaluate, cfg)
+    exit_on_error(evaluate, cfg, on_error=lambda err: runfolder.remove_if_unstarted(cfg.paths.output_dir))
 
 
 if __name__ == "__main__":

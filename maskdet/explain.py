@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from maskdet import runfolder
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
@@ -36,7 +37,7 @@ def explain(cfg: DictConfig) -> dict:
 
 @entry_point("explain")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(explain, cfg)
+    exit_on_error(explain, cfg, on_error=lambda err: runfolder.remove_if_unstarted(cfg.paths.output_dir))
 
 
 if __name__ == "__main__":

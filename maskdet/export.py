@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from maskdet import runfolder
 from maskdet.checkpoints import warn_if_demonstration
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
@@ -114,7 +115,7 @@ def export(cfg: DictConfig) -> dict:
 
 @entry_point("export")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(export, cfg)
+    exit_on_error(export, cfg, on_error=lambda err: runfolder.remove_if_unstarted(cfg.paths.output_dir))
 
 
 if __name__ == "__main__":

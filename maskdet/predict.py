@@ -25,10 +25,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
+from maskdet import runfolder
 from maskdet.checkpoints import load_classifier, warn_if_demonstration
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
+from maskdet.data.images import IMAGE_EXTENSIONS
 from maskdet.errors import DataError, exit_on_error
 from maskdet.inference import annotate, list_inputs, predict_files
 from maskdet.preflight import check_config
@@ -53,6 +55,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if detector is not None:
         return predict_scenes(cfg, model, detector)
     files, skipped = list_inputs(str(cfg.input))
+    if not files and not skipped:
+        raise DataError(f"No images in input={cfg.input}: it holds no file of a type predict reads "
+                        f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Pass a folder of face crops, an image file or a "
+                        "glob such as 'faces/*.jpg'.")
     predictions, unreadable = predict_files(model, files, cfg.batch_size,
                                             progress=lambda b: track(b, description="predicting", transient=True))
     skipped += unreadable
@@ -97,7 +103,7 @@ def predict_scenes(cfg: DictConfig, model, detector) -> pd.DataFrame:
 
 @entry_point("predict")
 def main(cfg: DictConfig) -> None:
-    exit_on_error(predict, cfg)
+    exit_on_error(predict, cfg, on_error=lambda err: runfolder.remove_if_unstarted(cfg.paths.output_dir))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,12 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     anything else is refused, before any model is built or data read."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
+        if path.is_dir():
+            inside = sorted(p.name for p in (path / "checkpoints").glob("*.ckpt")) if (path / "checkpoints").is_dir() else []
+            where = f" (its checkpoints/ holds {', '.join(inside)}: pass ckpt_path={path / 'checkpoints' / inside[0]})" \
+                if inside else ""
+            raise ConfigError(f"ckpt_path={ckpt_path} is a folder, not a checkpoint file{where}: pass a .ckpt file "
+                              "such as <run>/checkpoints/best.ckpt.")
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file from a run's checkpoints/ folder.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read on use

@@ -171,6 +171,28 @@ def clear_results(run: Path) -> list[str]:
     return removed
 
 
+def remove_run_folder(folder: Path) -> None:
+    """Delete a run folder that holds no result, first closing the log file Hydra opened inside it."""
+    folder = Path(folder)
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().is_relative_to(folder.resolve()):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_if_unstarted(folder) -> bool:
+    """A command that was refused before it wrote anything (a bad checkpoint, no images) leaves no folder:
+    removed when it holds nothing but Hydra's ``.hydra/`` and the command's log."""
+    folder = Path(str(folder))
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if any(entry.name != ".hydra" and entry.suffix != ".log" for entry in folder.iterdir()):
+        return False
+    remove_run_folder(folder)
+    return True
+
+
 def mark_failed(run: Path, err: BaseException) -> Path | None:
     """``failed.json`` beside the run's outputs: the run did not finish, and why (None if even that small
     file cannot be written, e.g. on a full disk; the error still reaches the console)."""

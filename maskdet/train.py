@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -284,13 +283,7 @@ def _remove_unstarted_run(cfg: DictConfig, err: BaseException) -> None:
     if getattr(err, "training_started", False) or runfolder.run_of_checkpoint(cfg.get("ckpt_path")) is not None \
             or isinstance(err, ExistingRunError):
         return
-    folder = Path(cfg.paths.output_dir)
-    for handler in list(logging.getLogger().handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(folder.resolve()):
-            handler.close()
-            logging.getLogger().removeHandler(handler)
-    shutil.rmtree(folder, ignore_errors=True)
-
+    runfolder.remove_run_folder(Path(cfg.paths.output_dir))
 
 if __name__ == "__main__":
     main()

@@ -211,10 +211,23 @@ def test_entry_point_without_its_required_argument(tmp_path, module, phrases):
 
 
 @pytest.mark.slow
-def test_misspelt_key_gets_the_closest_valid_key(tmp_path):
-    result = run_cli("evaluate", ["ckpt_path=x.ckpt", "data.batchsize=64"], tmp_path)
-    assert_refused(result, "Key 'batchsize' is not in struct", "Did you mean data.batch_size")
-    assert not (tmp_path / "cache").exists()
+@pytest.mark.parametrize(("module", "args", "message"), [
+    ("evaluate", ["ckpt_path=x.ckpt", "data.batchsize=64"],
+     "maskdet: Unknown config key data.batchsize. Did you mean data.batch_size or data.eval_batch_size?"),
+    ("train", ["data.synthetic.per_class=30"], "maskdet: data.synthetic.per_class is now data.source.per_class "
+     "(data.synthetic.* moved to data.source.*): pass data.source.per_class=30 instead."),
+    ("train", ["model=resnet19"], "maskdet: There is no model option 'resnet19'; did you mean model=resnet18? "
+     "Options: custom_cnn, mobilenet_v2, resnet18, timm"),
+    ("train", ["-m", "+experiment=resnet18_frozn"], "did you mean +experiment=resnet18_frozen"),
+])
+def test_a_mistake_gets_one_maskdet_message_with_a_hint(tmp_path, module, args, message):
+    """One paragraph, maskdet's, with the closest valid names: no Hydra block, no '+' advice for a key that
+    exists under another name, nothing created."""
+    result = run_cli(module, args, tmp_path)
+    assert_refused(result, message)
+    assert result.stderr.strip().count("\n") == 0, result.stderr  # one message, one line
+    assert "To append to your config" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.slow
@@ -388,3 +401,17 @@ def test_other_commands_check_their_numbers(tmp_path):
         with pytest.raises(ConfigError, match="is not accepted") as refused:
             check_config(cfg, task)
         assert message in str(refused.value), task
+
+
+@pytest.mark.slow
+def test_a_folder_as_checkpoint_and_an_empty_input_are_called_what_they_are(tmp_path):
+    run = tmp_path / "some_run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert_refused(run_cli("evaluate", [f"ckpt_path={run}"], tmp_path),
+                   f"ckpt_path={run} is a folder, not a checkpoint file",
+                   f"pass ckpt_path={run / 'checkpoints' / 'best.ckpt'}")
+    (tmp_path / "empty").mkdir()
+    assert_refused(run_cli("predict", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"input={tmp_path / 'empty'}"],
+                           tmp_path), f"No images in input={tmp_path / 'empty'}")
+    assert list(tmp_path.glob("outputs/*/runs/*")) == [], "a refused command leaves no run folder"
