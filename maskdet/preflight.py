@@ -141,7 +141,7 @@ def check_bias_options(bias: DictConfig) -> None:
     check_keys(bias, "bias", audit, skip=("predictions", "class_names"))
     attributes = bias.get("attributes", list(DEFAULT_ATTRIBUTES))
     valid = ", ".join(DEFAULT_ATTRIBUTES)
-    if not OmegaConf.is_list(attributes):
+    if not (OmegaConf.is_list(attributes) or isinstance(attributes, list | tuple)):
         raise ConfigError(f"bias.attributes={attributes!r} must be a list of attributes, e.g. bias.attributes=[gender] "
                           f"(valid: {valid}).")
     unknown = [str(a) for a in attributes if a not in DEFAULT_ATTRIBUTES]
@@ -150,6 +150,12 @@ def check_bias_options(bias: DictConfig) -> None:
                           f"use any of {valid} (e.g. bias.attributes=[gender,race]).")
     if "metrics" in bias:
         resolve_group_metrics(list(bias.metrics) if OmegaConf.is_list(bias.metrics) else bias.metrics)
+    if "primary_metric" in bias and not (bias.primary_metric == "accuracy" or str(bias.primary_metric).startswith("recall_")):
+        raise ConfigError(f"bias.primary_metric={bias.primary_metric!r}: the gap test compares proportions; use "
+                          "accuracy (the default) or recall_<class name>.")
+    if "alpha" in bias and not (isinstance(bias.alpha, float | int) and not isinstance(bias.alpha, bool)
+                                and 0 < bias.alpha < 1):
+        raise ConfigError(f"bias.alpha={bias.alpha!r} must be a number between 0 and 1 (the family's level, e.g. 0.05).")
     for key in ("min_group_size", "n_bootstrap"):
         if key in bias:
             _positive_int(bias, key, "bias.", " (the defaults are min_group_size=30, n_bootstrap=1000)")

@@ -367,6 +367,7 @@ def test_a_command_s_data_overrides_apply_on_top_of_the_run_s_own_data_config(tm
     from maskdet.checkpoints import run_data_config
     from maskdet.cli import data_changes
     from maskdet.errors import ConfigError
+    from maskdet.trust import shipped_targets
 
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     OmegaConf.save({"data": {"root": "/faces", "fold": 2, "subset": {}, "balance_by": "gender", "cache_dir": "/old"}},
@@ -374,15 +375,15 @@ def test_a_command_s_data_overrides_apply_on_top_of_the_run_s_own_data_config(tm
     command = OmegaConf.create({"root": "/other", "cache_dir": "/new"})
     changes = data_changes(["+data.subset.gender=female", "data.fold=1", "~data.balance_by", "data.size=[1, 2]",
                             "model.lr=0.1", "trainer.max_epochs=2"])
-    data = run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command)
+    data = run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command, shipped_targets())
     assert OmegaConf.to_container(data) == {"root": "/faces", "fold": 1, "subset": {"gender": "female"},
                                             "balance_by": None, "cache_dir": "/new", "size": [1, 2]}
-    assert run_data_config(tmp_path / "elsewhere" / "best.ckpt", changes, command) is command  # no run config
+    assert run_data_config(tmp_path / "elsewhere" / "best.ckpt", changes, command, shipped_targets()) is command  # no run config
     assert data_changes(["data=folder", "data.root=/x"]) is None  # another source: the command's own data config
     OmegaConf.save({"data": {"_target_": "maskdet.data.MaskDataModule", "source": "folder", "root": "/faces"}},
                    tmp_path / "run" / ".hydra" / "config.yaml")  # as runs before data layouts were readers
     with pytest.raises(ConfigError, match=r"older maskdet .*data.source='folder'.*data=<layout> data.root=<folder>"):
-        run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command)
+        run_data_config(tmp_path / "run" / "checkpoints" / "best.ckpt", changes, command, shipped_targets())
 
 
 def test_evaluate_refuses_missing_and_foreign_checkpoints(tmp_path):

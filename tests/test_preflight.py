@@ -8,6 +8,7 @@ and that no traceback reaches the user.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -415,3 +416,19 @@ def test_a_folder_as_checkpoint_and_an_empty_input_are_called_what_they_are(tmp_
     assert_refused(run_cli("predict", [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"input={tmp_path / 'empty'}"],
                            tmp_path), f"No images in input={tmp_path / 'empty'}")
     assert list(tmp_path.glob("outputs/*/runs/*")) == [], "a refused command leaves no run folder"
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"primary_metric": "macro_f1"}, "bias.primary_metric='macro_f1': the gap test compares proportions"),
+    ({"alpha": 1.5}, "bias.alpha=1.5 must be a number between 0 and 1"),
+    ({"correction": "bonferroni"}, "bias.correction='bonferroni' is not accepted"),
+])
+def test_bias_family_settings_are_refused_before_training(setting, message):
+    from omegaconf import OmegaConf
+
+    from maskdet.errors import ConfigError
+    from maskdet.preflight import check_bias_options
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_bias_options(OmegaConf.create(setting))
+    check_bias_options(OmegaConf.create({"primary_metric": "recall_with_mask", "alpha": 0.01, "correction": "fdr_bh"}))
