@@ -9,6 +9,7 @@ and a weighted sum, and maskdet needs only the plain method on the block chosen 
 from __future__ import annotations
 
 import difflib
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,6 +92,13 @@ class GradCAM:
         return (cam / peak).detach(), logits.detach()
 
 
+def _suptitle(fig: plt.Figure, text: str, fontsize: float = 9) -> None:
+    """A figure title wrapped to the figure's width (a narrow grid would cut a long title at both edges);
+    about 0.55 em per character, measured on DejaVu Sans."""
+    characters = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle(textwrap.fill(text, characters), fontsize=fontsize)
+
+
 def _show(ax, image: torch.Tensor, title: str, heat: torch.Tensor | None = None) -> None:
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
     if heat is not None:
@@ -129,7 +137,7 @@ def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, 
                 _show(ax, images[i], f"{name}\n{verdict} {confidence[i]:.2f}", heat[i])
             else:
                 ax.axis("off")
-    fig.suptitle(f"Grad-CAM at {layer}: correct (left) and misclassified (right) per class", fontsize=9)
+    _suptitle(fig, f"Grad-CAM at {layer}: correct (left) and misclassified (right) per class")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
@@ -146,7 +154,7 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
         _show(ax, image, f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}")
     if len(predictions) == 0:
         axes[0, 0].text(0, 0.5, "none", fontsize=10)
-    fig.suptitle(title, fontsize=9)
+    _suptitle(fig, title)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
@@ -161,16 +169,18 @@ def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_B
     which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
     counts = [(which == b).sum() for b in range(bins)]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, (ax, below) = plt.subplots(2, 1, figsize=(5, 5.2), sharex=True, height_ratios=(4, 1))
     ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    for b, n in enumerate(counts):
-        if n:
-            ax.text(edges[b] + 0.5 / bins, 0.02, str(n), ha="center", fontsize=6, rotation=90)
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram, ECE {ece:.3f} ({bins} bins; test split; counts at the bottom)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability diagram (test split, {len(confidence):,} images)\n"
+                 f"ECE {ece:.3f}: {bins} equal-width bins", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    below.bar(edges[:-1], counts, width=1 / bins, align="edge", edgecolor="black", color="grey")
+    below.set_ylabel("images", fontsize=8)
+    below.set_xlabel("confidence")
+    below.set_xlim(0, 1)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
@@ -192,8 +202,8 @@ def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
         ax.axis("off")
     for ax, w in zip(axes.flat, weights):
         ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
-    fig.suptitle(f"First-layer filters ({name}): {conv.out_channels} filters of "
-                 f"{conv.kernel_size[0]}x{conv.kernel_size[1]} on RGB, each scaled to its own range", fontsize=9)
+    _suptitle(fig, f"First-layer filters ({name}): {conv.out_channels} filters of "
+                   f"{conv.kernel_size[0]}x{conv.kernel_size[1]} on RGB, each scaled to its own range")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
