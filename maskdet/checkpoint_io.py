@@ -29,3 +29,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if not isinstance(err, OSError) and shutil.disk_usage(path.parent).free < 4 * 2**20:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
             raise
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Tensors and plain values only, whatever the caller asks: a checkpoint to resume from may come
+        from anyone (a copied run folder), and a full unpickle would run any code it names."""
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=True)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)

@@ -101,3 +101,23 @@ def _crop(tmp_path: Path) -> Path:
     path = tmp_path / "face.png"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(path)
     return path
+
+
+def test_a_pickled_payload_in_a_checkpoint_is_never_unpickled(copied_run, tiny_dataset, cache_dir, tmp_path):
+    marker = tmp_path / "PWNED"
+    last = copied_run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["callbacks"]["payload"] = _Marker(marker)
+    torch.save(checkpoint, last)
+    env = cli_env(cache_dir, tmp_path)
+    for args in (["maskdet.train", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
+                  "trainer.max_epochs=3", "callbacks.explanations=null", f"ckpt_path={last}"],
+                 ["maskdet.predict", f"ckpt_path={last}", f"input={_crop(tmp_path)}"]):
+        done = _run(args, env, tmp_path)
+        assert done.returncode != 0 and "is not a readable PyTorch checkpoint" in done.stderr, done.stderr[-2000:]
+        assert not marker.exists()
+    from maskdet.checkpoint_io import AtomicCheckpointIO
+
+    with pytest.raises(pickle.UnpicklingError):  # Lightning's own loading, as resume uses it, refuses it too
+        AtomicCheckpointIO().load_checkpoint(last)
+    assert not marker.exists()
