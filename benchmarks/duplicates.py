@@ -1,6 +1,7 @@
 """The duplicate finder (maskdet.data.duplicates): recall per kind of copy, false pairs, fingerprint cost.
 
     python benchmarks/duplicates.py [--quick] [--copies 300] [--cache-dir .cache/maskdet]
+    python benchmarks/duplicates.py --speed [--repeat 3]
 
 Copies: ``--copies`` images drawn (seed 0) from the embedded default dataset (8,605 images, generated into
 the cache folder on first use) and from 17 scikit-image photographs (astronaut, coffee, rocket, ...) are
@@ -16,13 +17,22 @@ False pairs: all pairs among the 8,605 embedded images (all different drawings),
 photographs. Fingerprint cost: version 1 (one pHash and one thumbnail) against the current fingerprint on
 the same images, one thread, one process, best of 3, as a ratio. ``--quick``: 60 copies, 2,000 embedded
 images.
+
+``--speed``: the cost of finding the near pairs of the 8,605 embedded images, in one process, ``--repeat``
+times interleaved, medians: the comparison before the pair cache (one int32 distance matrix per 256 rows,
+``near_pairs_v2`` below), ``near_pairs`` now (cache-sized uint8 tiles), and what a later run or fold pays:
+``load_or_compute`` reading the cached fingerprints and pairs (a fresh cache folder under ``--cache-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import shutil
+import statistics
 import time
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -125,12 +135,70 @@ def cost(paths: list[str]) -> tuple[float, float]:
     return best["v1"], best["now"]
 
 
+def near_pairs_v2(hashes: np.ndarray, thumbs: np.ndarray, max_bits: int = dups.HAMMING_BITS,
+                  min_correlation: float = dups.MIN_CORRELATION, chunk: int = 256) -> np.ndarray:
+    """near_pairs as of FINGERPRINT_VERSION 2's first commit (ad868ee), for the speed ratio."""
+    n, k = hashes.shape[:2]
+    rgb = thumbs.reshape(n, k, -1, 3).astype(np.float32)
+    is_grey = np.abs(np.diff(rgb[:, 0], axis=-1)).mean(axis=(1, 2)) < dups.GREY_SPREAD
+    colour, grey = dups._unit(thumbs), dups._unit(rgb @ dups._LUMA)
+    flat = hashes.reshape(n * k, -1)
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, n, chunk):
+        block = hashes[start:start + chunk, 0]
+        distance = np.zeros((len(block), n * k), dtype=np.int32)
+        for word in range(hashes.shape[2]):
+            distance += np.bitwise_count(block[:, word, None] ^ flat[None, :, word])
+        i, jv = np.nonzero(distance <= max_bits)
+        bits = distance[i, jv]
+        i, j, v = i + start, jv // k, jv % k
+        keep = (i < j) | ((v > 0) & (i != j))
+        i, j, v, bits = i[keep], j[keep], v[keep], bits[keep]
+        either_grey = is_grey[i] | is_grey[j]
+        confirmed = np.where(either_grey, (bits <= dups.GREY_BITS)
+                             & (np.einsum("ij,ij->i", grey[i, 0], grey[j, v]) >= dups.MIN_GREY_CORRELATION),
+                             np.einsum("ij,ij->i", colour[i, 0], colour[j, v]) >= min_correlation)
+        found.append(np.stack([np.minimum(i, j)[confirmed], np.maximum(i, j)[confirmed]], axis=1))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def speed(cache_dir: str, repeat: int) -> None:
+    """Seconds to find the embedded dataset's near pairs: before, now, and read from the cache."""
+    index = read_synthetic(cache_dir).index.sort_values("path").reset_index(drop=True)
+    digests = index["path"].map(lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    cache = Path(cache_dir) / "speed-benchmark"
+    shutil.rmtree(cache, ignore_errors=True)
+    start = time.perf_counter()
+    hashes, thumbs = dups.load_or_compute(index["path"], digests, cache)  # fingerprints and pairs, computed
+    print(f"{len(index)} images: fingerprints + pairs computed in {time.perf_counter() - start:.1f} s "
+          f"(K = {hashes.shape[1]} variants)", flush=True)
+    times: dict[str, list[float]] = {"before (ad868ee)": [], "near_pairs now": [], "cached (a later run)": []}
+    for _ in range(repeat):
+        for name, work in (("before (ad868ee)", lambda: near_pairs_v2(hashes, thumbs)),
+                           ("near_pairs now", lambda: dups.near_pairs(hashes, thumbs)),
+                           ("cached (a later run)", lambda: dups.load_or_compute(index["path"], digests, cache))):
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    assert np.array_equal(near_pairs_v2(hashes, thumbs), dups.near_pairs(hashes, thumbs))
+    before = statistics.median(times["before (ad868ee)"])
+    for name, seconds in times.items():
+        print(f"{name:22s} median {statistics.median(seconds):6.2f} s  (x{before / statistics.median(seconds):.1f} "
+              f"faster than before; runs: {', '.join(f'{t:.2f}' for t in seconds)})", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--copies", type=int, default=None)
     parser.add_argument("--cache-dir", default=".cache/maskdet")
+    parser.add_argument("--speed", action="store_true", help="time finding the near pairs (see above)")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.speed:
+        speed(args.cache_dir, args.repeat)
+        return
     copies = args.copies or (60 if args.quick else 300)
 
     paths = sorted(read_synthetic(args.cache_dir).index["path"])

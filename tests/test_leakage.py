@@ -125,6 +125,22 @@ def test_known_copies_are_found_and_unrelated_images_are_not(planted, cache_dir)
     assert "exact group" in format_report(report) and "near group" in format_report(report)
 
 
+def test_a_second_preparation_reads_the_pairs_found_by_the_first(planted, tmp_path):
+    root, copies, _ = planted
+    cache = tmp_path / "cache"
+    assert report_of(datamodule(root, cache))["duplicates"]["near_groups"] == 4
+    [pairs_file] = (cache / "fingerprints").glob("*.pairs-*.npy")  # beside the fingerprints, keyed by content
+    assert len(np.load(pairs_file)) == 5  # every planted copy (the exact one is also within the thresholds)
+    np.save(pairs_file, np.zeros((0, 2), np.int64))  # forget them: a run that reads the file finds none
+    written = pairs_file.stat().st_mtime_ns
+    again = report_of(datamodule(root, cache, num_folds=4))  # another fold count: the same dataset, the same pairs
+    assert again["duplicates"]["near_groups"] == 0 and again["duplicates"]["exact_groups"] == 1
+    assert pairs_file.stat().st_mtime_ns == written  # read, not recomputed
+    pairs_file.unlink()  # a missing file is computed again
+    assert report_of(datamodule(root, cache))["duplicates"]["near_groups"] == 4
+    assert len(np.load(pairs_file)) == 5
+
+
 def test_drop_keeps_one_copy_and_lists_the_others(planted, cache_dir):
     root, copies, _ = planted
     dm = datamodule(root, cache_dir, duplicates="drop")
@@ -306,7 +322,7 @@ def test_leakage_study_experiment_runs_both_policies(tmp_path, cache_dir):
     sweep = next((tmp_path / "outputs" / "leakage_study" / "multiruns").iterdir())
     text = (sweep / "leakage_study.md").read_text()
     assert "image-level (data.group_by=null)" in text and "grouped (data.group_by=source_photo)" in text
-    grouped = next(sweep.glob("*group_by=source_photo"))
+    grouped = next(sweep.glob("*group_by-source_photo"))
     report = json.loads((grouped / "data_report.json").read_text())
     assert report["split_groups"]["groups_of_several_images"] == 24
     assert report["split_groups"]["groups_crossing_splits"] == 0

@@ -12,7 +12,10 @@ accuracy. Three things tie images together:
   images correlate by at least ``MIN_CORRELATION``.
   The hash alone cannot separate copies from unrelated look-alikes on the embedded dataset (every image is
   a centred face on a smooth background), so the colour check is needed; both thresholds were measured
-  there (numbers in ``HAMMING_BITS``' comment);
+  there (numbers in ``HAMMING_BITS``' comment). Comparing all N x N K hash pairs is the costly part, so the
+  pairs found are cached beside the fingerprints, keyed by content and thresholds: a dataset's pairs are
+  computed once (2.7 s for the 8,605 embedded images, 8.5 s before the tiled comparison; two busy cores) and
+  every later run and fold reads them (0.06 s; ``benchmarks/duplicates.py --speed``);
 * **named groups** (``data.group_by``): a manifest ``group`` column, a regex over the file name, or the
   ``source_photo`` rule for UTKFace-style names, whose ``[age]_[gender]_[race]_[datetime]`` prefix names
   the original photograph under every mask.
@@ -60,7 +63,10 @@ VARIANTS = ((False, 1.0, 0.0), (True, 1.0, 0.0), (False, 0.95, 0.0), (False, 0.9
 # (99 % within 24) of the image as it is; flipped copies match the mirrored variant within a few bits, centred
 # crops the nearest crop within 30 bits, rotations the nearest rotation within 48. Unrelated images fall within
 # 40 bits too (2,082 pairs), hence the confirmation. Crops at another place than the centre are not covered
-# (about half are caught; README).
+# (175/300 caught on the embedded set, 21/60 on photos). Tried (same copies): 0.95 and 0.9 crops anchored at the
+# 4 corners and 4 edge midpoints (K = 24, 3x the compare and crop cost) catch 290/300 and 38/60 but pair 2
+# embedded and 1 LFW images falsely (correlation 0.9721-0.9723), and MIN_CORRELATION 0.975 to avoid that costs
+# recall; 0.95 corners only (K = 12, correlation 0.975): 250/300 and 30/60, still 1 LFW pair. Not adopted.
 HAMMING_BITS = 56
 # Same measurement: copies correlate with the matching variant at >= 0.975 (brightness x1.1 and rotations
 # worst); unrelated images at most 0.964 among 1,500 x 8,605 (image, variant) pairs within 56 bits (0.961 with
@@ -122,13 +128,44 @@ def _fingerprint_file(path: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((len(VARIANTS), _WORDS), np.uint64), np.zeros((len(VARIANTS), THUMB_SIZE**2 * 3), np.uint8)
 
 
+def fingerprint_key(digests: pd.Series) -> str:
+    """The fingerprint cache's content key: FINGERPRINT_VERSION and the images' digests, in order."""
+    return hashlib.sha256(f"v{FINGERPRINT_VERSION}|{'|'.join(digests)}".encode()).hexdigest()[:20]
+
+
+def pairs_key(digests: pd.Series) -> str:
+    """The pair cache's key: the fingerprint key and every threshold ``near_pairs`` uses."""
+    thresholds = (HAMMING_BITS, MIN_CORRELATION, GREY_SPREAD, GREY_BITS, MIN_GREY_CORRELATION)
+    return hashlib.sha256(f"{fingerprint_key(digests)}|{thresholds}".encode()).hexdigest()[:20]
+
+
+def _write_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)  # atomic: a reader sees no file or the whole file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# near_pairs of the datasets load_or_compute has read in this process, by pairs_key (a few, newest last), for
+# find_duplicates: prepare.py calls load_or_compute(paths, digests, cache_dir) then find_duplicates(index,
+# hashes, thumbs), and only the first knows the cache folder.
+_PAIRS: dict[str, np.ndarray] = {}
+
+
 def load_or_compute(paths: pd.Series, digests: pd.Series, cache_dir: str | Path,
                     workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fingerprints of ``paths`` (N x K x 4 hashes, N x K x 768 thumbnails), computed from the files (not the
     decoded cache, so that grouping, and hence the split, does not change with data.image_size) once per file
-    content, then read from the cache."""
-    key = hashlib.sha256(f"v{FINGERPRINT_VERSION}|{'|'.join(digests)}".encode()).hexdigest()[:20]
+    content, then read from the cache; and their ``near_pairs``, computed once per content and thresholds
+    (``<cache>/fingerprints/<fingerprint key>.pairs-<pairs key>.npy``, under the same lock, written
+    atomically) and kept for ``find_duplicates``, so that every later run and fold reads them."""
+    key = fingerprint_key(digests)
     path = Path(cache_dir) / "fingerprints" / f"{key}.npz"
+    pairs_path = path.with_name(f"{key}.pairs-{pairs_key(digests)}.npy")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         if not path.exists():
@@ -138,12 +175,18 @@ def load_or_compute(paths: pd.Series, digests: pd.Series, cache_dir: str | Path,
             k = len(VARIANTS)
             hashes = np.stack([h for h, _ in found]) if found else np.zeros((0, k, _WORDS), np.uint64)
             thumbs = np.stack([t for _, t in found]) if found else np.zeros((0, k, THUMB_SIZE**2 * 3), np.uint8)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, hashes=hashes, thumbs=thumbs)
-            os.replace(tmp, path)  # atomic: a reader sees no file or the whole file
-    with np.load(path) as stored:
-        return stored["hashes"], stored["thumbs"]
+            _write_atomically(path, lambda handle: np.savez(handle, hashes=hashes, thumbs=thumbs))
+        with np.load(path) as stored:
+            hashes, thumbs = stored["hashes"], stored["thumbs"]
+        if not pairs_path.exists():
+            pairs = near_pairs(hashes, thumbs, workers=workers)
+            _write_atomically(pairs_path, lambda handle: np.save(handle, pairs))
+    pairs = np.load(pairs_path)
+    _PAIRS.pop(pairs_key(digests), None)
+    _PAIRS[pairs_key(digests)] = pairs
+    while len(_PAIRS) > 8:
+        del _PAIRS[next(iter(_PAIRS))]
+    return hashes, thumbs
 
 
 # ---------------------------------------------------------------------------------- pairs
@@ -161,35 +204,84 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-6)
 
 
+def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise correlation of two stacks of thumbnails (flattened)."""
+    return np.einsum("ij,ij->i", _unit(a), _unit(b))
+
+
+def _grey(thumbs: np.ndarray) -> np.ndarray:
+    """Grey versions (M x 256) of M flattened RGB thumbnails."""
+    return thumbs.reshape(len(thumbs), thumbs.shape[1] // 3, 3).astype(np.float32) @ _LUMA
+
+
+def _within(query: np.ndarray, table: np.ndarray, max_bits: int, workers: int | None = None, rows: int = 64,
+            cols: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (q, t, bits) of every ``query`` x ``table`` pair of hashes (Q x W and T x W uint64 words) whose
+    Hamming distance ``bits`` is within ``max_bits``.
+
+    All pairs are compared, but cheaply: XOR and popcount word by word into uint8 sums, in tiles of
+    ``rows`` x ``cols`` (about 0.5 MB each) that stay in the CPU cache and reuse their buffers, in
+    ``workers`` threads (numpy releases the GIL); the exact distance is then taken for the few candidates
+    only (a uint8 sum wraps at 256, i.e. only for exactly complementary hashes, which the exact distance
+    drops again)."""
+    columns = np.ascontiguousarray(table.T)  # word-major: one contiguous row of words per hash word
+
+    def scan(first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        xor = np.empty((rows, cols), np.uint64)
+        count = np.empty((rows, cols), np.uint8)
+        total = np.empty((rows, cols), np.uint8)
+        found_q, found_t = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for r in range(first, last, rows):
+            block = query[r:min(r + rows, last)]
+            for c in range(0, len(table), cols):
+                part = columns[:, c:c + cols]
+                shape = (slice(len(block)), slice(part.shape[1]))
+                x, n, t = xor[shape], count[shape], total[shape]
+                np.bitwise_xor(block[:, 0, None], part[None, 0], out=x)
+                np.bitwise_count(x, out=t)
+                for word in range(1, query.shape[1]):
+                    np.bitwise_xor(block[:, word, None], part[None, word], out=x)
+                    np.bitwise_count(x, out=n)
+                    t += n
+                q, j = np.nonzero(t <= max_bits)
+                found_q.append(q + r)
+                found_t.append(j + c)
+        return np.concatenate(found_q), np.concatenate(found_t)
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(query) // rows))
+    bounds = np.linspace(0, len(query), workers + 1).astype(int) // rows * rows
+    bounds[-1] = len(query)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(scan, bounds[:-1], bounds[1:]))
+    q, t = np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
+    bits = np.bitwise_count(query[q] ^ table[t]).sum(axis=1, dtype=np.int64)
+    close = bits <= max_bits
+    return q[close], t[close], bits[close]
+
+
 def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_bits: int = HAMMING_BITS,
-               min_correlation: float = MIN_CORRELATION, chunk: int = 256) -> np.ndarray:
+               min_correlation: float = MIN_CORRELATION, workers: int | None = None) -> np.ndarray:
     """Pairs (i < j) of near-duplicates: image i as it is against every variant of image j (and, for variant
     0, j > i only), pHash within ``max_bits`` and colour thumbnails correlating by at least ``min_correlation``;
     when either image is grey, within GREY_BITS and grey thumbnails correlating by MIN_GREY_CORRELATION. All
-    pairs are compared, in chunks (N^2 K popcounts: 27 s for the 8,605 embedded images on two busy cores); written with numpy because
-    imagehash compares one pair at a time."""
+    N x N K hash pairs are compared (``_within``); written with numpy because imagehash compares one pair at
+    a time. ``find_duplicates`` reads the pairs cached by ``load_or_compute`` instead of calling this."""
     n, k = hashes.shape[:2]
-    rgb = thumbs.reshape(n, k, -1, 3).astype(np.float32)
-    is_grey = np.abs(np.diff(rgb[:, 0], axis=-1)).mean(axis=(1, 2)) < GREY_SPREAD
-    colour, grey = _unit(thumbs), _unit(rgb @ _LUMA)
-    flat = hashes.reshape(n * k, -1)  # row j * k + v: variant v of image j
-    found = [np.zeros((0, 2), dtype=np.int64)]
-    for start in range(0, n, chunk):
-        block = hashes[start:start + chunk, 0]
-        distance = np.zeros((len(block), n * k), dtype=np.int32)
-        for word in range(hashes.shape[2]):
-            distance += np.bitwise_count(block[:, word, None] ^ flat[None, :, word])
-        i, jv = np.nonzero(distance <= max_bits)
-        bits = distance[i, jv]
-        i, j, v = i + start, jv // k, jv % k
-        keep = (i < j) | ((v > 0) & (i != j))
-        i, j, v, bits = i[keep], j[keep], v[keep], bits[keep]
-        either_grey = is_grey[i] | is_grey[j]
-        confirmed = np.where(either_grey,
-                             (bits <= GREY_BITS) & (np.einsum("ij,ij->i", grey[i, 0], grey[j, v]) >= MIN_GREY_CORRELATION),
-                             np.einsum("ij,ij->i", colour[i, 0], colour[j, v]) >= min_correlation)
-        found.append(np.stack([np.minimum(i, j)[confirmed], np.maximum(i, j)[confirmed]], axis=1))
-    return np.unique(np.concatenate(found), axis=0)
+    first = thumbs[:, 0].reshape(n, thumbs.shape[-1] // 3, 3).astype(np.float32)
+    is_grey = np.abs(np.diff(first, axis=-1)).mean(axis=(1, 2)) < GREY_SPREAD
+    i, jv, bits = _within(hashes[:, 0], hashes.reshape(n * k, hashes.shape[-1]), max(max_bits, GREY_BITS), workers)
+    j, v = jv // k, jv % k  # row j * k + v: variant v of image j
+    either_grey = is_grey[i] | is_grey[j]
+    keep = ((i < j) | ((v > 0) & (i != j))) & (bits <= np.where(either_grey, GREY_BITS, max_bits))
+    i, j, v, either_grey = i[keep], j[keep], v[keep], either_grey[keep]
+    confirmed = np.zeros(len(i), bool)
+    for start in range(0, len(i), 16384):  # thumbnails gathered and normalised a slice of candidates at a time
+        part = slice(start, start + 16384)
+        a, b, g = thumbs[i[part], 0], thumbs[j[part], v[part]], either_grey[part]
+        confirmed[part][~g] = _correlation(a[~g], b[~g]) >= min_correlation
+        confirmed[part][g] = _correlation(_grey(a[g]), _grey(b[g])) >= MIN_GREY_CORRELATION
+    found = np.stack([np.minimum(i, j)[confirmed], np.maximum(i, j)[confirmed]], axis=1)
+    return np.unique(found.reshape(-1, 2), axis=0)
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -202,10 +294,14 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------- duplicates
 def find_duplicates(index: pd.DataFrame, hashes: np.ndarray, thumbs: np.ndarray) -> pd.DataFrame:
     """Add ``dup_group`` (-1: no copy), ``dup_kind`` (exact / near) and ``duplicate_of`` (the path of the
-    group's first image, "" for that image itself) to ``index``, whose rows match ``hashes``/``thumbs``."""
+    group's first image, "" for that image itself) to ``index``, whose rows match ``hashes``/``thumbs``.
+    The near pairs are those ``load_or_compute`` cached for these digests, else computed now."""
     index = index.reset_index(drop=True)
     rows = np.arange(len(index))
-    component = components(len(index), np.concatenate([exact_pairs(index["digest"]), near_pairs(hashes, thumbs)]))
+    near = _PAIRS.get(pairs_key(index["digest"]))
+    if near is None:
+        near = near_pairs(hashes, thumbs)
+    component = components(len(index), np.concatenate([exact_pairs(index["digest"]), near]))
     in_group = np.bincount(component)[component] > 1
     first = pd.Series(rows).groupby(component).transform("first").to_numpy()
     one_digest = index.groupby(component)["digest"].transform("nunique").to_numpy() == 1
