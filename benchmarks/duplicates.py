@@ -169,7 +169,7 @@ def speed(cache_dir: str, repeat: int) -> None:
     cache = Path(cache_dir) / "speed-benchmark"
     shutil.rmtree(cache, ignore_errors=True)
     start = time.perf_counter()
-    hashes, thumbs = dups.load_or_compute(index["path"], digests, cache)  # fingerprints and pairs, computed
+    hashes, thumbs, _ = dups.load_or_compute(index["path"], digests, cache)  # fingerprints and pairs, computed
     print(f"{len(index)} images: fingerprints + pairs computed in {time.perf_counter() - start:.1f} s "
           f"(K = {hashes.shape[1]} variants)", flush=True)
     times: dict[str, list[float]] = {"before (ad868ee)": [], "near_pairs now": [], "cached (a later run)": []}

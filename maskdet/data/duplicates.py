@@ -150,19 +150,13 @@ def _write_atomically(path: Path, write) -> None:
         raise
 
 
-# near_pairs of the datasets load_or_compute has read in this process, by pairs_key (a few, newest last), for
-# find_duplicates: prepare.py calls load_or_compute(paths, digests, cache_dir) then find_duplicates(index,
-# hashes, thumbs), and only the first knows the cache folder.
-_PAIRS: dict[str, np.ndarray] = {}
-
-
 def load_or_compute(paths: pd.Series, digests: pd.Series, cache_dir: str | Path,
-                    workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    workers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fingerprints of ``paths`` (N x K x 4 hashes, N x K x 768 thumbnails), computed from the files (not the
     decoded cache, so that grouping, and hence the split, does not change with data.image_size) once per file
     content, then read from the cache; and their ``near_pairs``, computed once per content and thresholds
     (``<cache>/fingerprints/<fingerprint key>.pairs-<pairs key>.npy``, under the same lock, written
-    atomically) and kept for ``find_duplicates``, so that every later run and fold reads them."""
+    atomically), so that every later run and fold reads them. Returns (hashes, thumbnails, near pairs)."""
     key = fingerprint_key(digests)
     path = Path(cache_dir) / "fingerprints" / f"{key}.npz"
     pairs_path = path.with_name(f"{key}.pairs-{pairs_key(digests)}.npy")
@@ -181,12 +175,7 @@ def load_or_compute(paths: pd.Series, digests: pd.Series, cache_dir: str | Path,
         if not pairs_path.exists():
             pairs = near_pairs(hashes, thumbs, workers=workers)
             _write_atomically(pairs_path, lambda handle: np.save(handle, pairs))
-    pairs = np.load(pairs_path)
-    _PAIRS.pop(pairs_key(digests), None)
-    _PAIRS[pairs_key(digests)] = pairs
-    while len(_PAIRS) > 8:
-        del _PAIRS[next(iter(_PAIRS))]
-    return hashes, thumbs
+    return hashes, thumbs, np.load(pairs_path)
 
 
 # ---------------------------------------------------------------------------------- pairs
@@ -265,7 +254,7 @@ def near_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_bits: int = HAMMING_B
     0, j > i only), pHash within ``max_bits`` and colour thumbnails correlating by at least ``min_correlation``;
     when either image is grey, within GREY_BITS and grey thumbnails correlating by MIN_GREY_CORRELATION. All
     N x N K hash pairs are compared (``_within``); written with numpy because imagehash compares one pair at
-    a time. ``find_duplicates`` reads the pairs cached by ``load_or_compute`` instead of calling this."""
+    a time. ``load_or_compute`` caches its result per dataset."""
     n, k = hashes.shape[:2]
     first = thumbs[:, 0].reshape(n, thumbs.shape[-1] // 3, 3).astype(np.float32)
     is_grey = np.abs(np.diff(first, axis=-1)).mean(axis=(1, 2)) < GREY_SPREAD
@@ -292,15 +281,12 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- duplicates
-def find_duplicates(index: pd.DataFrame, hashes: np.ndarray, thumbs: np.ndarray) -> pd.DataFrame:
+def find_duplicates(index: pd.DataFrame, near: np.ndarray) -> pd.DataFrame:
     """Add ``dup_group`` (-1: no copy), ``dup_kind`` (exact / near) and ``duplicate_of`` (the path of the
-    group's first image, "" for that image itself) to ``index``, whose rows match ``hashes``/``thumbs``.
-    The near pairs are those ``load_or_compute`` cached for these digests, else computed now."""
+    group's first image, "" for that image itself) to ``index``; ``near``: its rows' near pairs
+    (``near_pairs``, as ``load_or_compute`` returns them)."""
     index = index.reset_index(drop=True)
     rows = np.arange(len(index))
-    near = _PAIRS.get(pairs_key(index["digest"]))
-    if near is None:
-        near = near_pairs(hashes, thumbs)
     component = components(len(index), np.concatenate([exact_pairs(index["digest"]), near]))
     in_group = np.bincount(component)[component] > 1
     first = pd.Series(rows).groupby(component).transform("first").to_numpy()

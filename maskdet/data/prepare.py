@@ -207,8 +207,8 @@ def duplicates_and_groups(index: pd.DataFrame, policy: str, rule: tuple | None,
     """Find copies (data.duplicates), drop them under ``drop``, and give every image its ``split_group``:
     copies (unless ``policy`` is ``keep``) and the groups of ``rule`` (parsed data.group_by), merged.
     Returns (index, dropped rows, skipped entries, number of images no group rule matched)."""
-    hashes, thumbs = dups.load_or_compute(index["path"], index["digest"], cache_dir)
-    index = dups.find_duplicates(index, hashes, thumbs)
+    _, _, near = dups.load_or_compute(index["path"], index["digest"], cache_dir)
+    index = dups.find_duplicates(index, near)
     dropped, removed = index.iloc[:0], []
     if policy == "drop":
         index, dropped, removed = dups.drop_copies(index)
