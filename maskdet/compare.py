@@ -3,8 +3,11 @@
     python -m maskdet.compare outputs/train/multiruns/<time>            # a sweep: writes into it
     python -m maskdet.compare outputs/train/runs/<run1> outputs/train/runs/<run2> [--out DIR]
 
+    python -m maskdet.compare <sweep> --primary-metric macro_f1 --correction fdr_bh --primary-attribute race
+
 Writes comparison.md / .csv / .json, comparison_configurations.csv and comparison.png (see
-maskdet/evaluation/compare.py for the tests and why, and what is refused: runs tested on different data).
+maskdet/evaluation/compare.py for the tests and why: one declared family of tests per report, a paired
+two-level bootstrap on a shared holdout; and what is refused: runs tested on different data).
 It reads run folders only, so it needs no Hydra config, and writes through maskdet.writing (a symlink planted
 where a report goes is replaced, never written through).
 """
@@ -12,19 +15,20 @@ where a report goes is replaced, never written through).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 from maskdet.errors import exit_on_error
 
 
-def compare(paths: list[Path], out: Path | None) -> Path:
+def compare(paths: list[Path], out: Path | None, **options) -> Path:
     from maskdet.evaluation.compare import write_comparison
 
     if out is None:  # one sweep (or folder of runs): beside its runs; several: a new folder of its own
         single = len(paths) == 1 and paths[0].is_dir()
         out = paths[0] if single else Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    result = write_comparison(paths, out)
+    result = write_comparison(paths, out, **options)
     print(result["markdown"])  # what was written, not what a path there now points to
     print(f"comparison of {len(result['runs'])} runs in {len(result['configurations'])} configurations: {out}")
     return out
@@ -35,8 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep folder, a folder of runs, or run folders")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write (default: the folder given, if one; else outputs/compare/<time>)")
+    parser.add_argument("--primary-metric", default="accuracy", choices=["accuracy", "macro_f1", "ece", "gap"],
+                        help="the metric whose test over folds is each pair's confirmatory test (default accuracy)")
+    parser.add_argument("--correction", default="holm", choices=["holm", "fdr_bh"],
+                        help="how the report's one family of tests is corrected: holm (family-wise error, default) "
+                             "or fdr_bh (Benjamini-Hochberg, false discovery rate)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="the family's level (default 0.05)")
+    parser.add_argument("--primary-attribute", default=None,
+                        help="the attribute whose gap is compared (default: the first every run's bias report has)")
+    parser.add_argument("--bootstrap", type=int, default=4000,
+                        help="image resamples of the two-level bootstrap (default 4000; smallest p = 2/(B+1))")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     args = parser.parse_args(argv)
-    exit_on_error(compare, args.paths, args.out)
+    options = {"primary_metric": args.primary_metric, "correction": args.correction, "alpha": args.alpha,
+               "primary_attribute": args.primary_attribute, "n_boot": args.bootstrap, "seed": args.seed}
+    exit_on_error(functools.partial(compare, **options), args.paths, args.out)
 
 
 if __name__ == "__main__":

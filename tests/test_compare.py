@@ -68,7 +68,7 @@ KNOWN = {GOOD_0: [0.80, 0.82, 0.79, 0.81, 0.80], GOOD_1: [0.81, 0.80, 0.80, 0.82
          BAD: [0.55, 0.60, 0.52, 0.58, 0.57]}
 
 
-def _pairs(result, a, b, test="nadeau_bengio", metric="accuracy"):
+def _pairs(result, a, b, test="bootstrap", metric="accuracy"):
     name = {GOOD_0: "model.optimizer.lr=0.001 seed=0", GOOD_1: "model.optimizer.lr=0.001 seed=1",
             BAD: "model.optimizer.lr=10 seed=0"}
     return [p for p in result["pairs"] if {p["a"], p["b"]} == {name[a], name[b]} and p["test"] == test
@@ -79,22 +79,29 @@ def test_seed_only_difference_is_not_significant_and_a_clearly_better_configurat
     result = write_comparison([_sweep(tmp_path, KNOWN)], tmp_path)
     (seeds,) = _pairs(result, GOOD_0, GOOD_1)
     assert seeds["n_folds"] == 5 and not seeds["significant"] and seeds["ci_low"] < 0 < seeds["ci_high"]
+    assert seeds["role"] == "confirmatory" and seeds["conditional_on"].startswith("nothing")
     assert all(not p["significant"] for p in _pairs(result, GOOD_0, GOOD_1, "mcnemar_exact"))
+    # one family: 3 pairs x 3 metrics over folds (no gap: predictions.csv has no group columns) + 3 x 5 McNemar
+    family = result["family"]
+    assert family["size"] == 3 * 3 + 15 and family["interval_level"] == pytest.approx(1 - 0.05 / 24)
+    assert all(p["interval_level"] == family["interval_level"] for p in result["pairs"])
     for good in (GOOD_0, GOOD_1):
         (better,) = _pairs(result, good, BAD)
-        assert better["a"].endswith(good[1]) and better["significant"] and better["p_holm"] < 0.01
+        assert better["a"].endswith(good[1]) and better["significant"] and better["p_adjusted"] < 0.05
         assert better["difference"] == pytest.approx(np.mean(KNOWN[good]) - np.mean(KNOWN[BAD]))
-        assert better["ci_low"] > 0.1
+        assert better["ci_low"] > 0  # the simultaneous interval agrees with the verdict here
         per_fold = _pairs(result, good, BAD, "mcnemar_exact")
         assert len(per_fold) == 5 and all(p["significant"] and p["difference"] > 0.15 for p in per_fold)
-    # configurations: best accuracy first, intervals from the t distribution over the 5 folds
+    # configurations: best accuracy first, a two-level bootstrap interval wider than the t interval over
+    # folds (which ignores test-set sampling), the sample std over folds
     configs = result["configurations"]
     assert configs["config"].iloc[-1] == "model.optimizer.lr=10 seed=0"
     bad = configs.iloc[-1]
     half = stats.t.ppf(0.975, 4) * np.std(KNOWN[BAD], ddof=1) / math.sqrt(5)
     assert bad["accuracy"] == pytest.approx(np.mean(KNOWN[BAD]))
-    assert bad["accuracy_high"] - bad["accuracy"] == pytest.approx(half)
-    assert bad["largest_gap"] == pytest.approx(0.12) and bad["ece"] > 0
+    assert bad["accuracy_std"] == pytest.approx(np.std(KNOWN[BAD], ddof=1))
+    assert bad["accuracy_high"] - bad["accuracy_low"] > 2 * half
+    assert bad["gap"] == pytest.approx(0.12) and bad["ece"] > 0
 
 
 def test_files_are_written_as_strict_json_csv_markdown_and_plot(tmp_path):
@@ -103,17 +110,17 @@ def test_files_are_written_as_strict_json_csv_markdown_and_plot(tmp_path):
     write_comparison([sweep], sweep)
     rows = json.loads((sweep / "comparison.json").read_text(),
                       parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    # 4 metrics across folds + 3 folds of McNemar, one object each
-    assert len(rows) == 4 + 3 and {"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", "test",
-                                   "p_holm"} <= set(rows[0])
-    assert {r["metric"] for r in rows if r["test"] == "nadeau_bengio"} == {"accuracy", "macro_f1", "ece", "largest_gap"}
-    (gap,) = [r for r in rows if r["metric"] == "largest_gap"]
-    assert gap["n_folds"] == 2
+    # 3 metrics across folds (the gap cannot be resampled: no group columns) + 3 folds of McNemar
+    assert len(rows) == 3 + 3 and {"a", "b", "metric", "difference", "ci_low", "ci_high", "p_value", "test",
+                                   "p_adjusted", "role", "interval_level"} <= set(rows[0])
+    assert {r["metric"] for r in rows if r["test"] == "bootstrap"} == {"accuracy", "macro_f1", "ece"}
     assert rows[-1]["n_folds"] is None and rows[-1]["fold"] == 2  # missing figures are null, not NaN
     table = pd.read_csv(sweep / "comparison.csv")
-    assert len(table) == 7 and set(table["test"]) == {"nadeau_bengio", "mcnemar_exact"}
+    assert len(table) == 6 and set(table["test"]) == {"bootstrap", "mcnemar_exact"}
     markdown = (sweep / "comparison.md").read_text()
-    assert "Nadeau-Bengio" in markdown and "McNemar" in markdown and "| model.optimizer.lr=0.001 | 3 |" in markdown
+    assert "two-level bootstrap" in markdown and "McNemar" in markdown and "| model.optimizer.lr=0.001 | 3 |" in markdown
+    assert "sample std" in markdown and "15 equal-width" in markdown and "one family" in markdown.lower()
+    assert "gender gap leaves out 1 run(s)" in markdown
     assert (sweep / "comparison.png").stat().st_size > 5000
     assert len(pd.read_csv(sweep / "comparison_configurations.csv")) == 2
 
@@ -142,8 +149,9 @@ def test_recorded_runs_tested_on_moved_images_get_no_mcnemar(tmp_path):
         _run(tmp_path / f"a{fold}", ["model.optimizer.lr=0.1"], fold, 0.8, rng, record=_record())
         _run(tmp_path / f"b{fold}", ["model.optimizer.lr=0.2"], fold, 0.7, rng, prefix="moved", record=_record())
     result = write_comparison([tmp_path], tmp_path / "out")
-    assert {p["test"] for p in result["pairs"]} == {"nadeau_bengio"}
-    assert "tested on different images" in "\n".join(result["notes"])
+    assert {p["test"] for p in result["pairs"]} == {"bootstrap"}  # no McNemar
+    notes = "\n".join(result["notes"])
+    assert "tested on different images" in notes and "resampled independently" in notes
 
 
 def test_nadeau_bengio_inflates_the_variance_and_matches_the_formula():

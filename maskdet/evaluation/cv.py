@@ -1,4 +1,4 @@
-"""Summaries of a multirun: folds grouped by configuration, mean ± std, best configuration first.
+"""Summaries of a multirun: folds grouped by configuration, mean ± sample std (ddof = 1), best configuration first.
 
 A job folder holds ``.hydra/overrides.yaml`` and either ``metrics.json`` (finished) or ``failed.json``
 (the error of a job that failed), so a summary never has a silent gap (``maskdet.runfolder`` says how a
@@ -148,6 +148,22 @@ def _runs_text(folders, shown: int = 4) -> str:
     return ", ".join(folders[:shown]) + (f" and {len(folders) - shown} more" if len(folders) > shown else "")
 
 
+def per_fold_test(runs: pd.DataFrame) -> bool:
+    """Whether the finished runs form the per-fold test design: two or more folds, each run by two or more
+    runs, every fold's runs tested on one recorded test set, and every fold on a different one (each fold tested on its own held-out images,
+    the same for every configuration of the fold). maskdet's training does not produce it today (the test
+    split is one holdout); runs re-tested per fold do."""
+    finished = runs[runs["status"] == "ok"]
+    if len(finished) < 2 or finished["test_data"].isna().any():
+        return False
+    folds = finished.groupby(finished["fold"].astype(str), sort=False)
+    per_fold, runs_per_fold = folds["test_data"].nunique(), folds.size()
+    # two or more runs (configurations) on every fold: one configuration whose folds were tested on different
+    # data cannot be told from a mistake, so it is kept apart (keep_apart) or refused (maskdet.compare)
+    return len(per_fold) >= 2 and (per_fold == 1).all() and (runs_per_fold >= 2).all() and \
+        finished.drop_duplicates("fold")["test_data"].nunique() == len(per_fold)
+
+
 def keep_apart(runs: pd.DataFrame) -> list[str]:
     """Split (in place) each configuration whose finished runs were trained with different trainer settings
     or tested on different data into configurations of their own, and return a note naming each split:
@@ -168,7 +184,8 @@ def keep_apart(runs: pd.DataFrame) -> list[str]:
             notes.append(f"{config}: its runs were trained with different trainer settings (a job resumed with "
                          "other settings?), so they are not pooled: " +
                          "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
-    for config in list(runs.loc[finished, "config"].unique()):
+    by_fold = per_fold_test(runs)  # each fold tested on its own images: by design, not kept apart
+    for config in list(runs.loc[finished, "config"].unique()) if not by_fold else []:
         members = runs.index[finished & (runs["config"] == config)]
         if runs.loc[members, "test_data"].fillna(NOT_RECORDED).nunique() > 1:
             for i in members:
@@ -177,7 +194,7 @@ def keep_apart(runs: pd.DataFrame) -> list[str]:
             notes.append(f"{config}: its runs were tested on different data, so they are not pooled: " +
                          "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
     tested = runs.loc[finished].groupby(runs.loc[finished, "test_data"].fillna(NOT_RECORDED), sort=False)["config"]
-    if len(tested) > 1:
+    if len(tested) > 1 and not by_fold:
         notes.append(f"the configurations were tested on {len(tested)} different test sets, so their test figures "
                      "do not compare (maskdet.compare refuses them): " +
                      "; ".join(f"{data}: {', '.join(configs.unique())}" for data, configs in tested))
@@ -198,10 +215,11 @@ def common_overrides(sweep_dir: str | Path) -> list[str]:
 
 
 def summarise(runs: pd.DataFrame, rank_by: str = "val/acc_best") -> pd.DataFrame:
-    """Mean and std of every metric per configuration over its finished folds, best ``rank_by`` first."""
+    """Mean, sample std (ddof = 1; nan for one fold) and count of every metric per configuration over its
+    finished folds, best ``rank_by`` first."""
     columns = metric_columns(runs)
     finished = runs[runs["status"] == "ok"].astype({c: float for c in columns})
-    grouped = finished.groupby("config")[columns].agg(["mean", "std"])
+    grouped = finished.groupby("config")[columns].agg(["mean", "std", "count"])  # std: sample (ddof = 1)
     grouped.columns = [f"{metric} {stat}" for metric, stat in grouped.columns]
     counts = runs.groupby("config").agg(folds=("status", lambda s: int((s == "ok").sum())),
                                         failed=("status", lambda s: int((s == "failed").sum())))
@@ -209,29 +227,41 @@ def summarise(runs: pd.DataFrame, rank_by: str = "val/acc_best") -> pd.DataFrame
     return table.sort_values(f"{rank_by} mean", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _pm(mean: float, std: float) -> str:
+def _pm(mean: float, std: float, n: float | None = None, folds: int | None = None) -> str:
+    """mean ± sample std; one value: no std (it is undefined); n shown where fewer folds than the row's."""
     if pd.isna(mean):
         return "-"
-    return f"{mean:.4f} ± {0.0 if pd.isna(std) else std:.4f}"
+    text = f"{mean:.4f} (one fold: no std)" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+    return text + (f" (n = {int(n)})" if n is not None and folds is not None and 1 < n < folds else "")
 
 
 def format_markdown(runs: pd.DataFrame, summary: pd.DataFrame, common: list[str] = (), notes: list[str] = ()) -> str:
     """The summary as markdown; every name read from a file passes through ``writing.md``."""
     shown = ["val/acc_best", "val/f1", "val/loss", "test/acc", "test/f1", "test/loss"]
     lines = ["# Cross-validation summary", "", f"Common overrides: {md(' '.join(common)) or '(none)'}", "",
-             "## Configurations (mean ± std over folds, best first)", "",
+             "**Conventions.** mean ± std over a configuration's finished folds; std is the sample std (ddof = 1), "
+             "and a configuration with one fold shows none (undefined); n = folds, or the n given in a cell. No "
+             "intervals here: the test figures are on one shared holdout, so the folds' spread is training "
+             "variability given this test split and ignores test-set sampling; comparison.md gives intervals and "
+             "tests that account for both (and ECE: top-label, 15 equal-width confidence bins). val/acc_best is "
+             "a maximum over epochs (biased upwards).", "",
+             "## Configurations (mean ± sample std over folds, n = folds; best val/acc_best first)", "",
              "| configuration | folds | failed | " + " | ".join(shown) + " |",
              "|---" * (3 + len(shown)) + "|"]
     for _, row in summary.iterrows():
-        cells = [_pm(row[f"{m} mean"], row[f"{m} std"]) for m in shown]
+        cells = [_pm(row[f"{m} mean"], row[f"{m} std"], row[f"{m} count"], row["folds"]) for m in shown]
         lines.append(f"| {md(row['config'])} | {row['folds']} | {row['failed']} | " + " | ".join(cells) + " |")
     bias = [c for c in summary.columns if c.startswith("bias/") and c.endswith(" mean") and "p_value" not in c]
     if bias:
-        lines += ["", "## Group accuracy and largest gap (test split, mean ± std over folds)", "",
+        lines += ["", "## Group accuracy and each attribute's gap (test split, mean ± sample std over folds)", "",
+                  "A group's accuracy, and per attribute its gap (best minus worst ranked group in the audit's primary "
+                  "metric, bias_report.json): the same attribute in every run. n = the configuration's folds, or "
+                  "the n given in a cell (a group or gap some runs lack).", "",
                   "| attribute/group | " + " | ".join(map(md, summary["config"])) + " |",
                   "|---" * (1 + len(summary)) + "|"]
         for column in bias:
-            cells = [_pm(row[column], row[column.replace(" mean", " std")]) for _, row in summary.iterrows()]
+            cells = [_pm(row[column], row[column.replace(" mean", " std")], row[column.replace(" mean", " count")],
+                         row["folds"]) for _, row in summary.iterrows()]
             lines.append(f"| {md(column.removeprefix('bias/').removesuffix(' mean'))} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "| configuration | fold | status | best epoch | val acc | val F1 | val loss | "
               "test acc | test F1 | test loss | run folder |", "|---" * 11 + "|"]
