@@ -21,14 +21,15 @@ from maskdet.writing import atomic_file
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
-        try:
-            with atomic_file(path, "wb") as handle:
+        with atomic_file(path, "wb") as handle:
+            try:
                 torch.save(checkpoint, handle)
-        except BaseException as err:
-            # torch.save reports a full disk as a RuntimeError from its zip writer: name it for what it is
-            if not isinstance(err, OSError) and shutil.disk_usage(path.parent).free < 4 * 2**20:
-                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
-            raise
+            except RuntimeError as err:
+                # torch.save reports a full disk as a RuntimeError from its zip writer: name it for what it is
+                # (checked while the partial file still fills the disk)
+                if shutil.disk_usage(path.parent).free < 4 * 2**20:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+                raise
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         """Tensors and plain values only, whatever the caller asks: a checkpoint to resume from may come

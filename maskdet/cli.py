@@ -14,6 +14,7 @@ import copy
 import difflib
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -216,6 +217,8 @@ class RunFolderCheck(Callback):
         from maskdet import runfolder
         from maskdet.errors import ConfigError
 
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP process Lightning started inside rank 0's own run
+            return
         try:
             resolved = copy.deepcopy(config)
             folder, subdir = Path(str(resolved.hydra.run.dir)), resolved.hydra.output_subdir

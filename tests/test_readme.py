@@ -99,7 +99,8 @@ NOT_OVERRIDES = {
 }
 
 TRAIN_RUN = Command("python -m maskdet.train", 0, inline=False)  # <run> and <a>
-FOLDER_RUN = Command("python -m maskdet.train data=folder data.root=/data/faces", 0, inline=False)  # <b>
+QUICK_RUN = Command("python -m maskdet.train data.source.per_class=200 trainer.max_epochs=3", 0, inline=False)  # <b>:
+# the same (tiny) embedded data as <a>, so that compare may compare them (runs of other data are refused)
 SWEEP = Command("python -m maskdet.train -m model.optimizer.lr=1e-3,1e-4 data.fold=0,1,2", 0, inline=False)
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$")  # outputs/<task>/runs/<timestamp>_<id>
 
@@ -291,7 +292,7 @@ class Workspace:
         values = {  # README placeholder -> what stands for it here (computed when first needed)
             "<run>": lambda: self.run_dir().name,
             "<a>": lambda: self.run_dir().name,
-            "<b>": lambda: self.run_dir(FOLDER_RUN).name,
+            "<b>": lambda: self.run_dir(QUICK_RUN).name,
             "<sweep>": lambda: self.sweep_dir().name,
             "/data/faces": lambda: str(self.faces),
             "/other/faces": lambda: str(self.faces),

@@ -130,7 +130,7 @@ def test_a_killed_build_leaves_no_half_cache_and_the_next_build_completes(tiny_d
     assert not [p for p in decoded_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
     paths = pd.Series((tmp_path / "paths.txt").read_text().split("\n"))
-    with caplog.at_level(logging.INFO, logger="maskdet.data"):
+    with caplog.at_level(logging.INFO, logger="maskdet.summary"):  # progress lines reach the console (no terminal)
         decoded = cache.load_or_build(paths, 64, tmp_path / "cache")
         features = cache.load_or_build_features(decoded, "k", lambda images: images.flatten(1)[:, :4])
     assert not half.exists() and not [p for p in decoded_dir.iterdir() if p.name.startswith(".")]

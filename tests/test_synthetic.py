@@ -87,8 +87,8 @@ def test_bad_spec_is_explained():
 def test_generation_reports_its_progress(tmp_path, caplog):
     from maskdet.data.synthetic import generate, make_spec
 
-    with caplog.at_level("INFO", logger="maskdet.data"):
+    with caplog.at_level("INFO", logger="maskdet.summary"):  # without a terminal, progress lines reach the console
         generate(make_spec(per_class=300, seed=3, size=32), tmp_path / "faces", workers=1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "maskdet.data"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "maskdet.summary"]
     assert lines[0].startswith("generating 1,200 embedded images") and any(" % (" in line for line in lines)
     assert "done in" in lines[-1] and len(list((tmp_path / "faces").rglob("*.jpg"))) == 1200
