@@ -81,10 +81,13 @@ def test_seed_only_difference_is_not_significant_and_a_clearly_better_configurat
     assert seeds["n_folds"] == 5 and not seeds["significant"] and seeds["ci_low"] < 0 < seeds["ci_high"]
     assert seeds["role"] == "confirmatory" and seeds["conditional_on"].startswith("nothing")
     assert all(not p["significant"] for p in _pairs(result, GOOD_0, GOOD_1, "mcnemar_exact"))
-    # one family: 3 pairs x 3 metrics over folds (no gap: predictions.csv has no group columns) + 3 x 5 McNemar
+    # the configurations' family: 3 pairs x 3 metrics over folds (no gap: predictions.csv has no group columns);
+    # the trained models' family: 3 pairs x 5 folds of McNemar, corrected among themselves
     family = result["family"]
-    assert family["size"] == 3 * 3 + 15 and family["interval_level"] == pytest.approx(1 - 0.05 / 24)
-    assert all(p["interval_level"] == family["interval_level"] for p in result["pairs"])
+    assert family["size"] == 3 * 3 and family["interval_level"] == pytest.approx(1 - 0.05 / 9)
+    assert family["models_size"] == 15 and family["models_interval_level"] == pytest.approx(1 - 0.05 / 15)
+    assert all(p["interval_level"] == (family["interval_level"] if p["test"] != "mcnemar_exact"
+                                       else family["models_interval_level"]) for p in result["pairs"])
     for good in (GOOD_0, GOOD_1):
         (better,) = _pairs(result, good, BAD)
         assert better["a"].endswith(good[1]) and better["significant"] and better["p_adjusted"] < 0.05
@@ -119,7 +122,7 @@ def test_files_are_written_as_strict_json_csv_markdown_and_plot(tmp_path):
     assert len(table) == 6 and set(table["test"]) == {"bootstrap", "mcnemar_exact"}
     markdown = (sweep / "comparison.md").read_text()
     assert "two-level bootstrap" in markdown and "McNemar" in markdown and "| model.optimizer.lr=0.001 | 3 |" in markdown
-    assert "sample std" in markdown and "15 equal-width" in markdown and "one family" in markdown.lower()
+    assert "sample std" in markdown and "15 equal-width" in markdown and "two declared families" in markdown.lower()
     assert "gender gap leaves out 1 run(s)" in markdown
     assert (sweep / "comparison.png").stat().st_size > 5000
     assert len(pd.read_csv(sweep / "comparison_configurations.csv")) == 2
