@@ -311,7 +311,8 @@ def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(streng
     cfg = compose_train(["data.source.per_class=400", "data.source.size=40", "data.source.seed=5",  # seed 4 drew a weak planted effect (gap 0.04-0.09); 5 and 6: 0.16, 0.19
                          f"data.source.bias={{attribute: gender, group: 1, strength: {strength}}}",
                          "data.num_folds=5", "trainer.max_epochs=10", "~logger", "~callbacks.explanations",
-                         "bias.n_bootstrap=200"],
+                         "bias.n_bootstrap=200",
+                         "bias.attributes=[gender]"],  # the study's declared family: the planted attribute's one test
                         tmp_path, cache_dir)
     train(cfg)
     report = json.loads((tmp_path / "bias_report.json").read_text())
