@@ -62,6 +62,8 @@ def train(cfg: DictConfig) -> dict:
     if resume is not None and resume.run_dir is not None:  # Python API; the CLI is there already (hydra/train.yaml)
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
     output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank != 0:  # a DDP process Lightning started inside rank 0's run: rank 0 owns the folder
+        return _train_in(cfg, output_dir, resume)
     if resume is None or resume.run_dir is None:
         runfolder.refuse_existing_run(output_dir, "train", own_config=True)
     with runfolder.training_lock(output_dir):  # a second resume of this run is refused, not interleaved

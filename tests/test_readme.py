@@ -86,6 +86,8 @@ NOT_RUNNABLE = {
         "starts a server that runs until stopped; test_tensorboard_reads_the_runs reads the same folder",
     "source .venv/bin/activate": "changes the calling shell",
     "wandb sync": "uploads offline runs to a W&B account over the network",
+    "python tests/test_compare_statistics.py 200": "the README's simulation tables (about 5 minutes); the same "
+        "simulations run smaller in tests/test_compare_statistics.py",
 }
 # `make TARGET` runs as `make -n` (the target exists, its recipe expands), `pip install` is checked against
 # pyproject's extras (no network here), `pytest` collects without running, and `python benchmarks/X.py`
