@@ -82,7 +82,8 @@ class SweepSummary(Callback):
         from maskdet.evaluation.compare import write_comparison  # scipy/matplotlib: only when a sweep ends
 
         try:
-            write_comparison([sweep_dir], sweep_dir)
+            options = OmegaConf.to_container(config.comparison) if "comparison" in config else {}
+            write_comparison([sweep_dir], sweep_dir, **options)  # the sweep's comparison.* (conf/comparison)
             comparison = (sweep_dir / "comparison.md").read_text()
             log.info("comparison: %s\n%s", sweep_dir / "comparison.md", comparison)
         except MaskdetError as err:  # e.g. every job failed, or none was tested: said, not hidden

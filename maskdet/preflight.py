@@ -161,6 +161,18 @@ def check_bias_options(bias: DictConfig) -> None:
             _positive_int(bias, key, "bias.", " (the defaults are min_group_size=30, n_bootstrap=1000)")
 
 
+def check_comparison_options(comparison: DictConfig) -> None:
+    """The options of the comparison a sweep writes when it ends (``comparison.*``, keyword arguments of
+    ``maskdet.evaluation.compare.write_comparison``), which would otherwise be refused after every job ran."""
+    from maskdet.evaluation.compare import check_options, write_comparison
+
+    check_keys(comparison, "comparison", write_comparison, skip=("paths", "out_dir"))
+    try:
+        check_options(**{k: comparison[k] for k in ("primary_metric", "correction", "alpha", "n_boot") if k in comparison})
+    except ConfigError as err:
+        raise ConfigError(f"comparison.*, the comparison written when a sweep ends: {err}") from None
+
+
 def read_checkpoint(ckpt_path: str | Path) -> dict:
     """A maskdet checkpoint as a dict, loaded safely (``weights_only``) and checked whole (``checkpoint_problem``);
     anything else is refused, before any model is built or data read."""
@@ -428,6 +440,8 @@ def check_config(cfg: DictConfig, task: str) -> None:
             check_keys(cfg[group], group)
     if isinstance(cfg.get("bias"), DictConfig):
         check_bias_options(cfg.bias)
+    if isinstance(cfg.get("comparison"), DictConfig):
+        check_comparison_options(cfg.comparison)
     if isinstance(cfg.get("explain"), DictConfig):
         from maskdet.evaluation.explain import write_explanations
 

@@ -1,6 +1,7 @@
 """Comparison of configurations: known answers on run folders built with known figures, the statistics
 against hand-computed values, the command line, and a real multirun whose callback writes the comparison."""
 
+import functools
 import hashlib
 import json
 import math
@@ -14,11 +15,11 @@ import pytest
 import yaml
 from scipy import stats
 
-from maskdet.errors import DataError
+from maskdet.errors import ConfigError, DataError
 from maskdet.evaluation.compare import corrected_t_test, holm, load_runs, mcnemar_exact, write_comparison
 from maskdet.evaluation.cv import collect_runs, write_summary
 from maskdet.hydra_callbacks import job_name
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, compose_train
 
 CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
 N_TEST = 200
@@ -239,7 +240,8 @@ def test_command_line_compares_run_folders_and_refuses_when_none_is_usable(tmp_p
 def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tiny_dataset, cache_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "maskdet.train", "-m", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
-         "trainer.max_epochs=1", "~logger", "callbacks.explanations=null", "seed=0,1", "data.fold=0,1,2"],
+         "trainer.max_epochs=1", "~logger", "callbacks.explanations=null", "seed=0,1", "data.fold=0,1,2",
+         "comparison.correction=fdr_bh", "comparison.n_boot=500"],  # the sweep's comparison options (conf/comparison)
         cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
@@ -253,6 +255,8 @@ def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tin
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "cv_summary.md"):
         assert (sweep / name).is_file(), name
     rows = json.loads((sweep / "comparison.json").read_text())
+    declared = (sweep / "comparison.md").read_text()
+    assert "Benjamini-Hochberg" in declared and "500 resamples" in declared  # comparison.* reached the report
     assert {(r["a"], r["b"]) for r in rows} in ({("seed=0", "seed=1")}, {("seed=1", "seed=0")})
     assert len([r for r in rows if r["test"] == "mcnemar_exact"]) == 3  # every fold tested on the same images
     accuracy = [r for r in rows if r["metric"] == "accuracy"]
@@ -421,3 +425,24 @@ def test_a_job_resumed_with_more_epochs_is_not_pooled_with_its_sibling(tiny_run,
     assert sorted(result["configurations"]["config"]) == ["(one configuration) [trainer.max_epochs=2]",
                                                           "(one configuration) [trainer.max_epochs=3]"]
     assert any("different trainer settings" in n and str(resumed) in n for n in result["notes"])
+
+
+# ---------------------------------------------------------------- a sweep's comparison options (comparison.*)
+def test_the_sweep_comparison_options_are_checked_before_training_and_default_as_the_command_does(tmp_path, cache_dir):
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from maskdet.preflight import check_config
+
+    defaults = OmegaConf.load(REPO / "maskdet" / "conf" / "comparison" / "default.yaml")
+    signature = inspect.signature(write_comparison).parameters
+    assert {k: signature[k].default for k in defaults} == OmegaConf.to_container(defaults)  # one set of defaults
+    compose = functools.partial(compose_train, output_dir=tmp_path / "run", cache_dir=cache_dir)
+    check_config(compose(["comparison.correction=fdr_bh", "comparison.alpha=0.1"]), "train")
+    for override, words in [("+comparison.corection=fdr_bh", "Did you mean"),
+                            ("comparison.correction=bonferroni", "holm"),
+                            ("comparison.n_boot=50", "at least 200")]:
+        with pytest.raises(ConfigError, match=words) as refused:
+            check_config(compose([override]), "train")
+        assert "comparison" in str(refused.value), refused.value

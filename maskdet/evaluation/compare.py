@@ -103,7 +103,9 @@ TESTS = {"bootstrap": "paired two-level bootstrap (test images and folds)",
          "mcnemar_exact": "McNemar's exact test (one fold's two runs)"}
 
 
-def _options(primary_metric: str, correction: str, alpha: float, n_boot: int) -> None:
+def check_options(primary_metric: str = "accuracy", correction: str = "holm", alpha: float = ALPHA,
+                  n_boot: int = N_BOOT) -> None:
+    """Refuse a comparison option that no comparison could use (also checked before a sweep starts)."""
     if primary_metric not in METRICS:
         raise ConfigError(f"primary metric {primary_metric!r}: use one of {', '.join(METRICS)}.")
     if correction not in CORRECTIONS:
@@ -819,7 +821,7 @@ def write_comparison(paths, out_dir: str | Path, primary_metric: str = "accuracy
     """Compare the runs under ``paths`` and write comparison.md / .csv / .json, comparison_configurations.csv
     and comparison.png into ``out_dir`` (through ``maskdet.writing``: a planted symlink is replaced, never
     written through); return the configurations, pairs, family, runs, notes and the markdown."""
-    _options(primary_metric, correction, alpha, n_boot)
+    check_options(primary_metric, correction, alpha, n_boot)
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
