@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.cli import parse_overrides
 from maskdet.errors import MaskdetError
-from maskdet.evaluation.cv import FOLD_KEY, write_summary
+from maskdet.evaluation.cv import FOLD_KEY, console_summary, write_summary
 
 log = logging.getLogger("maskdet.sweep")
 NAME_LIMIT = 80  # characters after the job number: folder names stay short on every file system
@@ -66,8 +66,10 @@ if not OmegaConf.has_resolver("job_name"):
 
 class SweepSummary(Callback):
     """Write cv_summary.csv / .md and the comparison of configurations (comparison.md/.csv/.json/.png) in
-    the sweep folder, with a TensorBoard text + scalars; exit non-zero after writing them if any job
-    failed, so a failure is neither silent nor a reason to lose the others."""
+    the sweep folder, with a TensorBoard text + scalars and the HParams config of all the sweep's runs; end
+    the console with the best configurations in a few lines and where the full summary is (all of it with
+    verbose=true); exit non-zero after writing them if any job failed, so a failure is neither silent nor a
+    reason to lose the others."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -85,11 +87,12 @@ class SweepSummary(Callback):
             options = OmegaConf.to_container(config.comparison) if "comparison" in config else {}
             write_comparison([sweep_dir], sweep_dir, **options)  # the sweep's comparison.* (conf/comparison)
             comparison = (sweep_dir / "comparison.md").read_text()
-            log.info("comparison: %s\n%s", sweep_dir / "comparison.md", comparison)
         except MaskdetError as err:  # e.g. every job failed, or none was tested: said, not hidden
             comparison = f"No comparison: {err}"
             log.warning("%s", comparison)
         from torch.utils.tensorboard import SummaryWriter
+
+        from maskdet.loggers import write_sweep_hparams
 
         with SummaryWriter(str(sweep_dir / "tensorboard")) as writer:
             writer.add_text("cv_summary", markdown)
@@ -97,7 +100,13 @@ class SweepSummary(Callback):
             for rank, row in summary.iterrows():
                 for metric in ("val/acc_best", "test/acc", "test/f1"):
                     writer.add_scalar(f"cv_{metric} mean", row[f"{metric} mean"], global_step=rank)
-        log.info("sweep summary: %s\n%s", sweep_dir / "cv_summary.md", markdown)
+            try:  # HParams: the settings that differ across the sweep's runs first; failed jobs marked failed
+                write_sweep_hparams(sweep_dir, writer, runs)
+            except Exception as err:  # noqa: BLE001 - the dashboard's layout must not cost the sweep its summary
+                log.warning("no HParams config for the sweep's TensorBoard: %s", err)
+        if config.get("verbose"):
+            print(f"\n{comparison}\n{markdown}")
+        print("\n" + console_summary(runs, summary, sweep_dir))
         failed = runs[runs["status"] == "failed"]
         if len(failed):
             print(f"\nmaskdet: {len(failed)} of {len(runs)} sweep jobs failed; see {sweep_dir / 'cv_summary.md'}",

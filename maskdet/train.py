@@ -125,6 +125,9 @@ def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
         err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
         if trainer.is_global_zero:
             runfolder.mark_failed(output_dir, err)
+            from maskdet.loggers import log_failure  # TensorBoard: the run's session marked failed
+
+            log_failure(trainer, hparams_of(cfg), err)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             raise TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
                                f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
@@ -218,31 +221,17 @@ def _instantiate_logger(logger_cfg: DictConfig, resume: Resume | None):
 
 def hparams_of(cfg: DictConfig) -> dict:
     """The settings that tell runs apart, flat (``model.optimizer.lr``...), for TensorBoard's HParams tab."""
-    flat = {}
-    for section in ("data", "model", "trainer"):
-        for key, value in flatten(OmegaConf.to_container(cfg[section], resolve=True), section).items():
-            if key.endswith("_target_") or key in ("data.cache_dir", "data.root", "trainer.default_root_dir"):
-                continue
-            if isinstance(value, (int, float, str, bool)):
-                flat[key] = value
-            elif value is not None:
-                flat[key] = str(value)
-    flat["seed"] = cfg.seed
-    return flat
+    from maskdet.loggers import hparams_of as flat
+
+    return flat(cfg)
 
 
 def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
-    """The run's settings with its final figures, once, so a sweep can be sorted in the HParams tab."""
-    final = {f"final/{k}": v for k, v in metrics["test"].items()}
-    final.update({f"final/{k}": v for k, v in metrics["val"].items() if k in ("val/acc_best", "val/acc")})
-    final.update({f"final/bias/{k}": v for k, v in metrics["bias"].items() if k.endswith("/gap")})
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):  # settings and figures in one HParams record
-            logger.log_hyperparams(hparams_of(cfg), metrics=final, step=trainer.global_step)
-        else:
-            logger.log_hyperparams(hparams_of(cfg))
-            logger.log_metrics(final, step=trainer.global_step)
-        logger.save()
+    """The run's settings with its final figures, once, at the last training step, so a sweep can be sorted
+    in the HParams tab (TensorBoard's layout: maskdet/loggers.py)."""
+    from maskdet.loggers import log_final
+
+    log_final(trainer, hparams_of(cfg), metrics)
 
 
 def train_cv(cfg: DictConfig) -> dict:

@@ -42,9 +42,11 @@ def _strict_json(path: Path):
 def _val_points(run: Path) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from maskdet.loggers import tb_tag
+
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()  # honours purge_step, as TensorBoard itself does
-    return [(e.step, e.value) for e in events.Scalars("val/acc")]
+    return [(e.step, e.value) for e in events.Scalars(tb_tag("val/acc"))]
 
 
 @pytest.mark.slow
@@ -266,9 +268,11 @@ def test_tensorboard_hparams_tab_holds_the_settings_with_the_final_figures(train
     assert hparams["model.optimizer.lr"].number_value == pytest.approx(1e-3) and "data.fold" in hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metric_tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"final/test/acc", "final/test/f1", "final/val/acc_best"} <= metric_tags
+    from maskdet.loggers import tb_tag  # TensorBoard's tags: sections numbered (tests/test_loggers.py)
+
+    assert {tb_tag("final/test/acc"), tb_tag("final/test/f1"), tb_tag("final/val/acc_best")} <= metric_tags
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert events.Scalars("final/test/acc")[-1].value == pytest.approx(metrics["test"]["test/acc"])
+    assert events.Scalars(tb_tag("final/test/acc"))[-1].value == pytest.approx(metrics["test"]["test/acc"])
 
 
 def test_a_fixed_split_source_without_test_images_is_refused_before_training_unless_test_false(

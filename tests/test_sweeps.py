@@ -87,10 +87,19 @@ def test_kfold_experiment_runs_every_fold_and_summarises(tiny_dataset, cache_dir
 @pytest.mark.slow
 def test_mixed_sweep_with_a_failing_job_summarises_the_rest(tiny_dataset, cache_dir, tmp_path):
     result, (sweep,) = _multirun(tmp_path, cache_dir, "data=folder", f"data.root={tiny_dataset}",
-                                 "data.num_folds=3", "trainer.max_epochs=1", "~logger",
+                                 "data.num_folds=3", "trainer.max_epochs=1", "callbacks.explanations=null",
                                  "model.optimizer.lr=1e-3,-1.0", "data.fold=0,1")
     assert result.returncode == 1  # a job failed: said at the end, after the summary was written
     assert "2 of 4 sweep jobs failed" in result.stderr
+    # the console ends with the best configurations in a few lines and where the full summary is
+    ending = result.stdout[result.stdout.rindex("sweep: 4 jobs"):].strip().splitlines()
+    assert len(ending) <= 6, ending
+    assert ending[0].startswith("sweep: 4 jobs (2 finished, 2 failed), 2 configurations")
+    assert ending[1].startswith("  1. model.optimizer.lr=0.001: val/acc_best ") and "(2 folds)" in ending[1]
+    assert ending[2] == "  2. model.optimizer.lr=-1.0: no finished fold (2 failed)"
+    assert f"full summary: {sweep / 'cv_summary.md'}" in ending[3]
+    assert "# Cross-validation summary" not in result.stdout and "| attribute/group" not in result.stdout
+    _check_sweep_tensorboard(sweep)
     summary = (sweep / "cv_summary.md").read_text()
     assert "| data.fold" not in summary  # folds are grouped, not configurations
     runs = pd.read_csv(sweep / "cv_summary.csv")
@@ -99,6 +108,47 @@ def test_mixed_sweep_with_a_failing_job_summarises_the_rest(tiny_dataset, cache_
     assert (good["status"] == "ok").all() and len(good) == 2
     assert (bad["status"] == "failed").all()
     assert bad["error"].str.contains("model.optimizer.lr=-1.0 is not accepted: it must be a finite number above 0").all()
+
+
+def _check_sweep_tensorboard(sweep):
+    """The sweep's HParams config declares the settings that differ across its runs first (then the main
+    metrics), and its failed jobs are sessions with status failure, as TensorBoard's own backend serves them."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    from maskdet.loggers import MAIN_METRICS, tb_tag
+    from tests.test_loggers import _events, _hparams, served_by_tensorboard
+
+    experiment = _hparams(_events(sweep / "tensorboard"))["experiment"]
+    leading = [h.name for h in experiment.hparam_infos if h.differs]
+    assert leading[:2] == ["data.fold", "model.optimizer.lr"]  # what differs across the runs, first
+    assert "model.architecture" in leading and len(leading) == 5  # topped up to the five TensorBoard shows
+    assert [m.name.tag for m in experiment.metric_infos][:3] == [tb_tag(m) for m in MAIN_METRICS[:3]]
+    for job in ("2_lr--1.0+fold-0", "3_lr--1.0+fold-1"):  # refused before training: marked at the sweep's end
+        assert _hparams(_events(sweep / job / "tensorboard"))["end"].status == api_pb2.STATUS_FAILURE
+    served, groups = served_by_tensorboard(sweep)
+    assert [h["name"] for h in served["hparamInfos"][:5]] == sorted(leading)
+    statuses = {g["name"].split("/")[0]: g["sessions"][0]["status"] for g in groups}
+    assert statuses == {"0_lr-0.001+fold-0": "STATUS_SUCCESS", "1_lr-0.001+fold-1": "STATUS_SUCCESS",
+                        "2_lr--1.0+fold-0": "STATUS_FAILURE", "3_lr--1.0+fold-1": "STATUS_FAILURE"}
+    for group in groups:  # each run's final figures reach its row, read from the tags the config names
+        if group["sessions"][0]["status"] == "STATUS_SUCCESS":
+            assert tb_tag("final/test/acc") in {m["name"]["tag"] for m in group["metricValues"]}
+
+
+def test_console_summary_ranks_a_few_configurations_and_names_the_full_summary(tmp_path):
+    from maskdet.evaluation.cv import console_summary
+
+    for num, (lr, acc) in enumerate([("1e-1", 0.5), ("1e-2", 0.9), ("1e-3", 0.7), ("1e-4", 0.6), ("1e-5", 0.4)]):
+        for fold in (0, 1):
+            _job(tmp_path, 2 * num + fold, [f"model.optimizer.lr={lr}", f"data.fold={fold}"], acc + fold / 100)
+    runs, summary = write_summary(tmp_path)
+    lines = console_summary(runs, summary, tmp_path).splitlines()
+    assert lines[0] == "sweep: 10 jobs (10 finished, 0 failed), 5 configurations; best first by mean val/acc_best over folds:"
+    assert [line.split(":")[0] for line in lines[1:4]] == ["  1. model.optimizer.lr=1e-2", "  2. model.optimizer.lr=1e-3",
+                                                           "  3. model.optimizer.lr=1e-4"]
+    assert "val/acc_best 0.9050 ± 0.0071" in lines[1] and "(2 folds)" in lines[1]
+    assert lines[4] == "  ... and 2 more configurations"
+    assert lines[5].startswith(f"full summary: {tmp_path / 'cv_summary.md'}") and len(lines) == 6
 
 
 def test_two_seeded_deterministic_runs_give_identical_metrics(tiny_dataset, cache_dir, tmp_path):

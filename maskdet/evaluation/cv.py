@@ -298,3 +298,34 @@ def write_summary(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     write_csv(table, sweep_dir / "cv_summary.csv")
     write_text(sweep_dir / "cv_summary.md", format_markdown(runs, summary, common_overrides(sweep_dir), notes))
     return runs, summary
+
+
+def _short(mean: float, std: float) -> str:
+    """mean ± sample std in a console line; the mean alone for one fold (the line gives the folds)."""
+    return "-" if pd.isna(mean) else f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def console_summary(runs: pd.DataFrame, summary: pd.DataFrame, sweep_dir: str | Path, shown: int = 3,
+                    rank_by: str = "val/acc_best") -> str:
+    """A sweep's last words on the console, a few lines: its jobs, its best configurations ranked (mean ±
+    sample std over folds) and where the full summary and the comparison are."""
+    sweep_dir = Path(sweep_dir)
+    failed = int((runs["status"] == "failed").sum())
+    lines = [f"sweep: {len(runs)} jobs ({len(runs) - failed} finished, {failed} failed), {len(summary)} "
+             f"configuration{'s' * (len(summary) != 1)}; best first by mean {rank_by} over folds:"]
+    for rank, row in summary.head(shown).iterrows():
+        name = one_line(row["config"])
+        name = name if len(name) <= 100 else name[:99] + "…"
+        if not row["folds"]:
+            lines.append(f"  {rank + 1}. {name}: no finished fold ({row['failed']} failed)")
+            continue
+        figures = ", ".join(f"{label} {_short(row[f'{m} mean'], row[f'{m} std'])}" for m, label in
+                            ((rank_by, rank_by), ("test/acc", "test acc"), ("test/f1", "macro-F1")))
+        folds = f"{row['folds']} fold{'s' * (row['folds'] != 1)}" + (f", {row['failed']} failed" if row["failed"] else "")
+        lines.append(f"  {rank + 1}. {name}: {figures} ({folds})")
+    if len(summary) > shown:
+        lines.append(f"  ... and {len(summary) - shown} more configurations")
+    lines.append(f"full summary: {sweep_dir / 'cv_summary.md'} (every run, group and gap; also .csv)")
+    if (sweep_dir / "comparison.md").is_file():
+        lines.append(f"comparison of configurations (intervals, tests): {sweep_dir / 'comparison.md'}")
+    return "\n".join(lines)

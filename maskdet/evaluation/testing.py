@@ -82,7 +82,10 @@ def test_and_report(trainer: L.Trainer, model, datamodule, output_dir: Path, ckp
     """``trainer.test`` then predictions.csv, classification report, confusion matrix, bias report and
     tested_on.json (rank zero writes; ``write_metrics`` copies the latter into metrics.json); returns the test
     metrics and the bias summary."""
-    metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    from maskdet.loggers import at_final_step
+
+    with at_final_step(trainer):  # TensorBoard: test figures at the last training step, not one past it
+        metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     rows, probs = model.test_predictions()  # a collective under DDP: every rank takes part
     if not trainer.is_global_zero:
         return metrics, {}
@@ -98,16 +101,19 @@ def test_and_report(trainer: L.Trainer, model, datamodule, output_dir: Path, ckp
 
 
 def _log_to_tensorboard(trainer: L.Trainer, report: dict, output_dir: Path) -> None:
+    from maskdet.loggers import final_step
+
+    step = final_step(trainer)  # at the last training step: single points do not stretch the step axis
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_image"):
             continue
         for row in report["groups"]:
-            experiment.add_scalar(f"bias/{row['attribute']}/{row['group']}/accuracy", row["accuracy"], trainer.global_step)
+            experiment.add_scalar(f"bias/{row['attribute']}/{row['group']}/accuracy", row["accuracy"], step)
         for gap in report["gaps"]:
             if "gap" in gap:
-                experiment.add_scalar(f"bias/{gap['attribute']}/largest_gap", gap["gap"], trainer.global_step)
+                experiment.add_scalar(f"bias/{gap['attribute']}/largest_gap", gap["gap"], step)
         for name in ("bias.png", "confusion_matrix.png"):
-            experiment.add_image(name.removesuffix(".png"), tensorboard_image(output_dir / name), trainer.global_step,
+            experiment.add_image(name.removesuffix(".png"), tensorboard_image(output_dir / name), step,
                                  dataformats="HWC")
         experiment.flush()
