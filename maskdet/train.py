@@ -18,7 +18,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,7 +37,7 @@ from maskdet.evaluation.testing import test_and_report
 from maskdet.jsonfile import dumps
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train
-from maskdet.resume import Resume, check_resume, flatten, register_resume_resolvers
+from maskdet.resume import Resume, check_resume, register_resume_resolvers
 from maskdet.runfolder import ExistingRunError
 
 log = logging.getLogger("maskdet.train")
