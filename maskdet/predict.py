@@ -43,6 +43,9 @@ register_resolvers()
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Every check that needs no data first (also when called from Python), then the predictions."""
     check_config(cfg, "predict")
+    from maskdet.evaluation.abstention import abstain_from_config
+
+    abstain_from_config(cfg.get("abstain"), None, cfg.ckpt_path, detect=cfg.get("detect", False))  # refuse early
     detector = None
     if cfg.get("detect", False):  # a wrong detector setting stops the run before the checkpoint is loaded
         from maskdet.detect import build_detector
@@ -62,6 +65,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     predictions, unreadable = predict_files(model, files, cfg.batch_size,
                                             progress=lambda b: track(b, description="predicting", transient=True))
     skipped += unreadable
+    predictions = abstain_from_config(cfg.get("abstain"), predictions, cfg.ckpt_path)  # "uncertain" below it
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(predictions, out / "predictions.csv")

@@ -52,7 +52,7 @@ LOCK = Path(".maskdet.lock")
 # What a finished run's test wrote: read as results by compare, cv and the model card.
 RESULTS = ("metrics.json", "tested_on.json", "predictions.csv", "classification_report.txt", "confusion_matrix.csv",
            "confusion_matrix.png", "bias_report.json", "bias_report.csv", "bias_report.md", "bias.png",
-           "bias_study.csv", "bias_study_pairs.csv", "bias_study.md", "explain")
+           "bias_study.csv", "bias_study_pairs.csv", "bias_study.md", "explain", "calibration")
 
 
 def is_run(folder: Path) -> bool:

@@ -160,8 +160,9 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
     return fig
 
 
-def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_BINS) -> plt.Figure:
-    """Accuracy per confidence bin against the diagonal, with the ECE of the same bins in the title."""
+def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_BINS, title: str | None = None) -> plt.Figure:
+    """Accuracy per confidence bin against the diagonal, with the ECE of the same bins in the title (after
+    ``title``, when given: calibration draws one before and one after temperature scaling)."""
     confidence = predictions["confidence"].to_numpy()
     correct = (predictions["label"] == predictions["prediction"]).to_numpy()
     ece = float(expected_calibration_error(confidence, correct, bins)[0])
@@ -174,7 +175,7 @@ def reliability_diagram(predictions: pd.DataFrame, path: Path, bins: int = ECE_B
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Reliability diagram (test split, {len(confidence):,} images)\n"
+    ax.set_title(f"Reliability diagram{f' {title}' if title else ''} (test split, {len(confidence):,} images)\n"
                  f"ECE {ece:.3f}: {bins} equal-width bins", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     below.bar(edges[:-1], counts, width=1 / bins, align="edge", edgecolor="black", color="grey")

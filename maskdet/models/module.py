@@ -48,6 +48,10 @@ class MaskClassifier(L.LightningModule):
         self.net, self.head_name = build_network(architecture, num_classes, image_size, weights, freeze)
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
+        # Temperature scaling (Guo et al. 2017): logits / T. 1 while training; fitted on the validation split
+        # after fit (maskdet.models.calibration) and saved in the checkpoint's state_dict, so evaluate, predict,
+        # explain and the ONNX graph all give calibrated probabilities. Checkpoints older than it load with T = 1.
+        self.register_buffer("temperature", torch.ones(()))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
@@ -68,7 +72,7 @@ class MaskClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # channels-last: convolutions run faster in it on CPUs (about 15-25 % here) and on tensor cores
         images = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net(images) / self.temperature  # x / 1.0 is x exactly: training is unchanged
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
@@ -99,7 +103,7 @@ class MaskClassifier(L.LightningModule):
         follows memory order and training on cached features must equal training through the backbone."""
         if features.dim() == 4:
             features = features.contiguous(memory_format=torch.channels_last)
-        return self.head(features).flatten(1)
+        return self.head(features).flatten(1) / self.temperature
 
     def backbone_key(self) -> str:
         """Identifies the frozen backbone's function: architecture, weights (by content), normalisation."""
@@ -117,6 +121,14 @@ class MaskClassifier(L.LightningModule):
             self.net.eval()
             self.head.train()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint written before temperature scaling has no ``temperature``: it loads with T = 1 (its
+        outputs unchanged), also through Lightning's strict loading on resume."""
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ----------------------------------------------------------------- steps
     def _step(self, batch: dict, stage: str, metrics: MetricCollection) -> tuple[torch.Tensor, torch.Tensor]:
