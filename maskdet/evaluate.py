@@ -48,6 +48,16 @@ def evaluate(cfg: DictConfig) -> dict:
     test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, None, cfg.get("bias"))
     metrics = {"test": {k: float(v) for k, v in test_metrics.items()}, "bias": bias, "checkpoint": str(ckpt_path),
                "data": OmegaConf.to_container(data_cfg, resolve=True)}
+    robustness = cfg.get("robustness")
+    if robustness is not None and robustness.get("enabled"):
+        from maskdet.evaluation.robustness import write_robustness_report
+
+        options = {k: v for k, v in OmegaConf.to_container(robustness, resolve=True).items() if k != "enabled"}
+        report = write_robustness_report(model, datamodule, output_dir / "robustness",
+                                         device=trainer.strategy.root_device, **options)
+        metrics["robustness"] = {f"{r['corruption']}@{r['severity']}": r["accuracy"] for r in report["rows"]
+                                 if r["attribute"] == "overall"}
+        summary("robustness: %s", output_dir / "robustness" / "robustness.md")
     write_metrics(metrics, output_dir)
     log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
     summary("run folder: %s", output_dir)
