@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.runtime
 
-.PHONY: install train test lint bench gpu-check
+.PHONY: install train test test-extras lint bench gpu-check
 install: $(VENV)/.installed
 
 train: $(VENV)/.runtime  ## train the default experiment on the embedded dataset (ARGS=... adds Hydra overrides)
@@ -23,6 +23,9 @@ train: $(VENV)/.runtime  ## train the default experiment on the embedded dataset
 
 test: $(VENV)/.installed  ## run the test suite (PYTEST_ARGS=... adds pytest options)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-extras: $(VENV)/.installed  ## the built wheel in fresh venvs, with no extra and with each extra alone (a few minutes)
+	$(PY) -m pytest -m extras tests/test_extras.py --dist load $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check maskdet tests benchmarks

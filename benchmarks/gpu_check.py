@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -277,12 +278,23 @@ class Check:
 
     def ddp(self, limit: float) -> dict:
         figures = self.tiny_run("ddp", limit, trainer=self.sizes.ddp, peak=False, explanations=False)
-        # Lightning logs "Initializing distributed: GLOBAL_RANK: r, MEMBER: r+1/world" from each DDP process
-        members = {line.rsplit("MEMBER:", 1)[1].strip() for line in self.last_output.splitlines()
+        # Lightning logs "Initializing distributed: GLOBAL_RANK: r, MEMBER: r+1/world" from each DDP process: into
+        # the run's train.log (the quiet console no longer shows it), and on the console with verbose=true
+        log = self.runs["ddp"] / "train.log"
+        written = (log.read_text(errors="replace") if log.is_file() else "") + "\n" + self.last_output
+        # (rank zero's; other ranks' lines reach the file on some platforms only), then, from rank zero once every
+        # process joined, "All distributed processes registered. Starting with N processes"
+        members = {line.rsplit("MEMBER:", 1)[1].strip() for line in written.splitlines()
                    if "Initializing distributed" in line and "MEMBER:" in line}
-        if not members:
-            raise StepFailed("the run did not go through torch.distributed (no 'Initializing distributed' line)")
-        return {**figures, "ddp processes": ", ".join(sorted(members))}
+        started = re.findall(r"Starting with (\d+) processes", written)
+        backend = re.findall(r"distributed_backend=(\w+)", written)
+        if not members or not started:
+            raise StepFailed(f"the run did not go through torch.distributed (no 'Initializing distributed' and "
+                             f"'Starting with N processes' lines in {log} or on the console)")
+        world = int(started[-1])
+        if world != int(sorted(members)[0].split("/")[1]):
+            raise StepFailed(f"torch.distributed started {world} processes, Lightning expected {sorted(members)[0]}")
+        return {**figures, "ddp processes": world, "backend": backend[-1] if backend else "?"}
 
     def predict(self, limit: float) -> dict:
         run_dir = self.runs.get("gpu custom_cnn") or _missing("gpu custom_cnn")

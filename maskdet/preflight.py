@@ -7,6 +7,7 @@ that would fail only after training (a bias option, a checkpoint to resume from)
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 from collections.abc import Callable
@@ -251,6 +252,19 @@ def checkpoint_problem(checkpoint: dict) -> str | None:
     return None
 
 
+def check_robustness_options(robustness: DictConfig) -> None:
+    """``robustness.*`` of evaluate (``maskdet.evaluation.robustness``): keys and values, before any work."""
+    from maskdet.evaluation.robustness import check_options, robustness_report
+
+    settings = OmegaConf.masked_copy(robustness, [k for k in robustness if k != "enabled"])
+    check_keys(settings, "robustness", robustness_report, skip=("model", "datamodule", "device", "split"))
+    enabled = robustness.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"robustness.enabled={enabled!r} must be true or false.")
+    check_options(**{k: robustness[k] for k in ("corruptions", "severities", "attributes", "n_bootstrap",
+                                                "min_group_size", "alpha") if k in robustness})
+
+
 def three_numbers(values, positive: bool = False) -> str | None:
     """None when ``values`` is three finite numbers (above 0 if ``positive``: a std divides); else what it
     must be."""
@@ -320,7 +334,7 @@ PER_CLASS = Accepts(lambda v: (_is_whole(v) and v >= 1) or (OmegaConf.is_list(v)
 # Each numeric setting of the shipped configs (and Lightning's Trainer) with what it accepts, checked by
 # check_numbers before any data work. Lightning's conventions hold: -1 means "no limit" where Lightning says so.
 NUMBERS: dict[str, Accepts] = {
-    "seed": SEED, "data.seed": SEED, "data.source.seed": SEED, "bias.seed": SEED,
+    "seed": SEED, "data.seed": SEED, "data.source.seed": SEED, "bias.seed": SEED, "robustness.seed": SEED,
     "data.source.per_class": PER_CLASS,
     "data.source.size": _whole(32, note=" (pixels of the generated images)"),
     "data.source.bias.strength": _number(least=0, most=1, note=" (0: off, 1: strongest)"),
@@ -347,6 +361,8 @@ NUMBERS: dict[str, Accepts] = {
     "trainer.devices": DEVICES,
     "trainer.fast_dev_run": FAST_DEV_RUN,
     "every_n_frames": _whole(1, note=" (1: every frame of a video)"),
+    "abstain.threshold": _number(least=0, most=1, null="always answer", note=" (a confidence)"),
+    "abstain.target_error": _number(above=0, below=1, null="no threshold from the validation split"),
     "max_abs_diff": _number(least=0),
     "detector.scale_factor": _number(above=1),
     "detector.min_neighbors": _whole(0),
@@ -365,6 +381,7 @@ LEAVES: dict[str, Accepts] = {
     "every_n_epochs": _whole(0, null="Lightning's default"),
     "every_n_train_steps": _whole(0, null="Lightning's default"),
     "per_class": _whole(1), "gallery_size": _whole(1), "low_confidence": _number(least=0, most=1),
+    "target_error": _number(above=0, below=1, note=" (an error rate)"),
     "step_size": _whole(1), "T_max": _whole(1), "gamma": _number(above=0),
     "factor": _number(above=0, below=1), "eta_min": _number(least=0), "min_lr": _number(least=0),
 }
@@ -432,16 +449,43 @@ def check_model(cfg: DictConfig) -> None:
         build_network(model.architecture, 2, int(cfg.data.get("image_size", 32)), None, "none")
 
 
+# What each optional logger imports, and the extra that installs it: named before any work starts (Lightning
+# raises only at the logger's first call, and MLflow's own error for a SQLite store without SQLAlchemy names
+# neither the package nor the extra).
+LOGGER_EXTRAS = {"MLFlowLogger": ("mlflow", "track"), "WandbLogger": ("wandb", "track")}
+
+
+def check_logger_extras(loggers: DictConfig) -> None:
+    for name, node in loggers.items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        module, extra = LOGGER_EXTRAS.get(target.rpartition(".")[2], (None, None))
+        if module is None:
+            continue
+        missing = [m for m in (module,) if importlib.util.find_spec(m) is None]
+        if module == "mlflow" and str(node.get("tracking_uri") or "").startswith("sqlite:"):
+            # the local store needs what the full mlflow package brings (mlflow-skinny lacks it)
+            missing += [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+        if missing:
+            full = " (the full mlflow package, not mlflow-skinny)" if module == "mlflow" else ""
+            raise ConfigError(f"logger.{name} ({target}) needs {', '.join(missing)}, which this environment lacks: "
+                              f"pip install 'maskdet[{extra}]'{full}, or leave this logger out (~logger.{name}).")
+
+
 def check_config(cfg: DictConfig, task: str) -> None:
     """Every check that needs no data, for entry point ``task`` (train, evaluate, explain, export, predict)."""
     check_required(cfg, task)
-    for group in ("data", "model", "trainer", "callbacks", "logger"):
-        if isinstance(cfg.get(group), DictConfig):
-            check_keys(cfg[group], group)
+    # bias and comparison first: callbacks interpolate them (${bias.alpha}), and a bad value is named where set
     if isinstance(cfg.get("bias"), DictConfig):
         check_bias_options(cfg.bias)
     if isinstance(cfg.get("comparison"), DictConfig):
         check_comparison_options(cfg.comparison)
+    if isinstance(cfg.get("robustness"), DictConfig):
+        check_robustness_options(cfg.robustness)
+    for group in ("data", "model", "trainer", "callbacks", "logger"):
+        if isinstance(cfg.get(group), DictConfig):
+            check_keys(cfg[group], group)
+    if isinstance(cfg.get("logger"), DictConfig):
+        check_logger_extras(cfg.logger)
     if isinstance(cfg.get("explain"), DictConfig):
         from maskdet.evaluation.explain import write_explanations
 

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py: harmless where there is no GPU; its helpers pick the right files.
 
-The check itself needs a CUDA device (or minutes of CPU with --cpu-rehearsal), so it is not run here.
+The whole check needs a CUDA device (or minutes of CPU with --cpu-rehearsal); of it, only the rehearsal's DDP
+step runs here.
 """
 
 import importlib.util
@@ -59,3 +60,15 @@ def test_table_shows_failures_with_their_error(tmp_path):
     assert table[0] == "header"
     assert table[4] == "| dataset | ok | 12.0 | 120 | images: 8605 |"
     assert table[5] == "| ddp | FAIL | 3.2 | 120 | ERROR: exit status 1: a / b |"
+
+
+@pytest.mark.slow
+def test_the_rehearsal_ddp_step_passes_on_two_cpu_processes(tmp_path):
+    """The DDP step of ``--cpu-rehearsal``, as the check runs it (trainer=ddp_sim: two gloo processes): it must
+    find both processes in what the run wrote, so that a lent GPU is not spent on a false failure."""
+    gpu_check = _module()
+    check = gpu_check.Check(gpu_check.REHEARSAL, tmp_path / "work", tmp_path, 600, rehearsal=True)
+    check.step("ddp", check.ddp)
+    (result,) = check.results
+    assert result.status == "ok", (result.error, (tmp_path / "gpu_check.log").read_text()[-3000:])
+    assert result.figures["ddp processes"] == 2 and result.figures["backend"] == "gloo"
