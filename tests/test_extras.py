@@ -12,13 +12,13 @@ wheels pip uses everywhere on this machine; nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -148,11 +148,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+def _loopback(port: int, path: str, body: dict | None = None) -> bytes:
+    """One HTTP request to 127.0.0.1 only (http.client: no proxy settings apply, nothing leaves the machine)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST" if body is not None else "GET", path,
+                           body=json.dumps(body) if body is not None else None,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200, (path, response.status)
+        return response.read()
+    finally:
+        connection.close()
 
 
 def test_track_logs_to_mlflow_and_mlflow_ui_serves_the_run(base, wheel, tmp_path):
@@ -167,23 +174,22 @@ def test_track_logs_to_mlflow_and_mlflow_ui_serves_the_run(base, wheel, tmp_path
                                "--host", "127.0.0.1", "--port", str(port)], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
         for _ in range(120):
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
+                _loopback(port, "/health")
                 break
             except OSError:
                 assert server.poll() is None, server.stdout.read()[-3000:]
                 time.sleep(1)
-        experiment = _get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tracked")["experiment"]
-        (found,) = _get(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        experiment = json.loads(_loopback(port, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=tracked"))
+        (found,) = json.loads(_loopback(port, "/api/2.0/mlflow/runs/search",
+                                        {"experiment_ids": [experiment["experiment"]["experiment_id"]]}))["runs"]
         assert found["info"]["status"] == "FINISHED"
         logged = {m["key"]: m["value"] for m in found["data"]["metrics"]}
         assert logged["test/acc"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
         params = {p["key"]: p["value"] for p in found["data"]["params"]}
         assert params["model.architecture"] == "custom_cnn" and params["trainer.max_epochs"] == "1", params
-        with urllib.request.urlopen(url, timeout=30) as page:  # the UI itself
-            assert b"<html" in page.read(2000).lower()
+        assert b"<html" in _loopback(port, "/")[:2000].lower()  # the UI itself
     finally:
         server.terminate()
         server.wait(timeout=60)
