@@ -249,7 +249,9 @@ def checkpoint_problem(checkpoint: dict) -> str | None:
         problem = three_numbers(hparams[key], positive=key == "std")
         if problem:
             return f"{key}={repr(hparams[key])[:80]} must be {problem}"
-    return None
+    from maskdet.models.calibration import calibration_problem
+
+    return calibration_problem(checkpoint)
 
 
 def check_robustness_options(robustness: DictConfig) -> None:

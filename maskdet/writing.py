@@ -108,6 +108,12 @@ def one_line(text) -> str:
     return _CONTROL.sub(" ", str(text)).strip()
 
 
+def plot_text(text) -> str:
+    """``text`` from a file as matplotlib text: one line, and ``$`` escaped (it would start mathtext, and a
+    malformed formula fails the whole figure)."""
+    return one_line(text).replace("$", r"\$")
+
+
 def md(text) -> str:
     """``text`` safe inside a markdown table cell or line: one line, HTML-escaped, ``|`` escaped."""
     return html.escape(one_line(text), quote=False).replace("|", "\\|")

@@ -248,3 +248,39 @@ def test_a_long_run_on_a_small_dataset_is_over_confident_and_scaling_lowers_its_
     assert report["temperature"] > 1.5
     assert overall["ece"]["after"] < overall["ece"]["before"] and overall["ece"]["change_high"] < 0
     assert overall["nll"]["after"] < overall["nll"]["before"]
+
+
+TAMPERED_CALIBRATION = {  # what a stranger's checkpoint holds -> what the refusal says
+    "zero_t": (lambda c: c["state_dict"].__setitem__("temperature", torch.tensor(0.0)),
+               "temperature tensor(0.) must be one finite number above 0"),
+    "nan_t": (lambda c: c["state_dict"].__setitem__("temperature", torch.tensor(float("nan"))),
+              "must be one finite number above 0"),
+    "record_t": (lambda c: c["maskdet"]["calibration"].__setitem__("temperature", "2"),
+                 "maskdet.calibration.temperature='2' must be one finite number above 0"),
+    "confidence_text": (lambda c: c["maskdet"]["calibration"].__setitem__("val_confidence", "0.9, 0.8"),
+                        "val_confidence must be a 1-D tensor"),
+    "confidence_range": (lambda c: c["maskdet"]["calibration"].__setitem__(
+        "val_confidence", c["maskdet"]["calibration"]["val_confidence"] * 5), "outside [0, 1]"),
+    "lengths": (lambda c: c["maskdet"]["calibration"].__setitem__(
+        "val_correct", c["maskdet"]["calibration"]["val_correct"][:1]), "validation confidences but 1 outcomes"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED_CALIBRATION)
+def test_a_checkpoint_with_a_tampered_temperature_or_record_is_refused(tiny_run, tmp_path, case):
+    from maskdet.checkpoints import load_classifier
+    from maskdet.errors import ConfigError
+
+    change, message = TAMPERED_CALIBRATION[case]
+    checkpoint = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    change(checkpoint)
+    ckpt = tmp_path / f"{case}.ckpt"
+    torch.save(checkpoint, ckpt)
+    with pytest.raises(ConfigError) as refused:
+        load_classifier(ckpt)
+    assert f"ckpt_path={ckpt} contradicts itself: " in str(refused.value) and message in str(refused.value)
+    if case == "confidence_text":  # predict with abstain.target_error reads the record: refused before any output
+        with pytest.raises(ConfigError, match="val_confidence must be"):
+            _predict([f"ckpt_path={ckpt}", f"input={tiny_run}", f"paths.output_dir={tmp_path / 'out'}",
+                      "abstain.target_error=0.2"])
+        assert not (tmp_path / "out" / "predictions.csv").exists()

@@ -86,3 +86,22 @@ def test_explanation_figures(model, tmp_path):
     }
     for name, fig in figures.items():
         assert fig is not None and _titles_outside(fig) == [], name
+
+
+def test_names_from_files_that_look_like_mathtext_do_not_break_figures(tmp_path):
+    """Class and group names come from folder names and CSV cells: ``$\\frac$`` is a malformed formula that
+    would make matplotlib fail the whole figure; it is drawn as the text it is."""
+    import numpy as np
+
+    from maskdet.evaluation.reports import confusion_matrix_figure
+    from maskdet.evaluation.robustness import plot_groups
+    from maskdet.writing import save_figure
+
+    names = ["$\\frac$", "with$mask"]
+    save_figure(confusion_matrix_figure(np.array([[3, 1], [0, 4]]), names), tmp_path / "cm.png")
+    labels = [t.get_text() for t in confusion_matrix_figure(np.array([[3, 1], [0, 4]]), names).axes[0].get_xticklabels()]
+    assert labels == ["\\$\\frac\\$", "with\\$mask"]
+    rows = [{"attribute": "race", "group": g, "corruption": c, "severity": s, "n": 5, "accuracy": 0.5}
+            for g in names for c, s in (("clean", 0), ("blur", 1))]
+    plot_groups({"rows": rows, "corruptions": ["blur"], "severities": [1]}, tmp_path / "groups.png")
+    assert (tmp_path / "cm.png").stat().st_size > 5000 and (tmp_path / "groups.png").stat().st_size > 5000

@@ -116,9 +116,18 @@ def test_the_report_matches_an_independent_recomputation(tmp_path):
     names, severities = ["noise", "low_light", "occlude_eyes"], [1, 5]
     report = write_robustness_report(model, data, tmp_path, corruptions=names, severities=severities,
                                      min_group_size=5, n_bootstrap=50, seed=4)
-    for f in ("robustness.csv", "robustness.json", "robustness.md", "robustness.png"):
+    for f in ("robustness.csv", "robustness.json", "robustness.md", "robustness.png", "robustness_groups.png"):
         assert (tmp_path / f).is_file(), f
     table = pd.read_csv(tmp_path / "robustness.csv")
+    # the per-group heat map: each group's accuracy averaged over the severities, clean first
+    from maskdet.evaluation.robustness import plot_groups
+
+    cells = np.asarray(plot_groups(report, tmp_path / "again.png").axes[0].images[0].get_array())
+    grouped = table[(table.attribute != "overall") & (table.group != "unknown")]
+    first = grouped.iloc[0]
+    mine = grouped[(grouped.attribute == first.attribute) & (grouped.group == first.group)]
+    assert cells[0, 0] == pytest.approx(mine[mine.severity == 0]["accuracy"].item())
+    assert list(cells[0, 1:]) == pytest.approx([mine[mine.corruption == n]["accuracy"].mean() for n in names])
     images = data.images.float() / 255
     for name, severity in [("clean", 0)] + [(n, s) for n in names for s in severities]:
         if name == "clean":

@@ -68,7 +68,7 @@ from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.errors import ConfigError
 from maskdet.evaluation.metrics import resolve_group_metrics
 from maskdet.jsonfile import write_json
-from maskdet.writing import md, save_figure, write_csv, write_text
+from maskdet.writing import md, plot_text, save_figure, write_csv, write_text
 
 DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
 # Per-group figures with bootstrap intervals (metrics.GROUP_METRICS). Binned ECE ("ece") is no longer among
@@ -487,7 +487,7 @@ def plot(report: dict, path: Path) -> plt.Figure:
                                        fmt="o", markersize=4, capsize=2,
                                        color="tab:blue" if r["ranked"] else "tab:gray")
         handles["overall"] = ax.axvline(overall, color="black", linestyle="--", linewidth=1)
-        ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['n']})" for r in rows], fontsize=8)
+        ax.set_yticks(range(len(rows)), [f"{plot_text(r['group'])} (n={r['n']})" for r in rows], fontsize=8)
         ax.set_ylim(len(rows) - 0.5, -0.5)  # first group on top
         ax.set_title(attribute.replace("_x_", " × ").replace("_", " "), loc="left", fontsize=9, fontweight="bold")
         ax.grid(axis="x", alpha=0.3)

@@ -86,7 +86,7 @@ from maskdet.evaluation.bias import CORRECTIONS, adjust_p_values, wilson_interva
 from maskdet.evaluation.cv import collect_jobs, keep_apart, per_fold_test, run_folders  # noqa: E402
 from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error, macro_f1  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
-from maskdet.writing import md, one_line, save_figure, write_csv, write_text  # noqa: E402
+from maskdet.writing import md, one_line, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
 METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE", "gap": "gap"}
 LOWER_IS_BETTER = {"ece", "gap"}
@@ -786,18 +786,13 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
     return "\n".join(lines) + "\n"
 
 
-def _label(name: str) -> str:
-    """A configuration name as matplotlib text: ``$`` would start mathtext (and a malformed one fails)."""
-    return one_line(name).replace("$", r"\$")
-
-
 def plot(configs: pd.DataFrame, path: Path, attribute: str | None = None, design: str = "shared") -> None:
     """One panel per metric: each configuration's mean and pointwise 95 % interval, and the number of runs
     behind it (a run without the figure is left out, and named in comparison.md)."""
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 1.2 + 0.45 * len(configs)),
                              sharey=True, squeeze=False)
     y = np.arange(len(configs))[::-1]
-    for ax, (metric, title) in zip(axes[0], titles(_label(attribute or "")).items()):
+    for ax, (metric, title) in zip(axes[0], titles(plot_text(attribute or "")).items()):
         mean = configs[metric].to_numpy(float)
         low, high = configs[f"{metric}_low"].to_numpy(float), configs[f"{metric}_high"].to_numpy(float)
         err = np.clip(np.nan_to_num(np.vstack([mean - low, high - mean])), 0, None)  # ECE's can exclude its mean
@@ -806,7 +801,7 @@ def plot(configs: pd.DataFrame, path: Path, attribute: str | None = None, design
             ax.text(0.99, row, f"n={n}", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7)
         ax.set_title(f"{title}{' (lower is better)' if metric in LOWER_IS_BETTER else ''}", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(y, [_label(c) for c in configs["config"]], fontsize=8)
+    axes[0, 0].set_yticks(y, [plot_text(c) for c in configs["config"]], fontsize=8)
     method = "two-level bootstrap (test images and folds)" if design == "shared" else "corrected t over folds"
     fig.suptitle(f"Pointwise 95 % intervals, {method}, test split; n: runs with the figure; ECE {ECE_BINS} bins",
                  fontsize=10)

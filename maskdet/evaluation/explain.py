@@ -103,7 +103,7 @@ def _show(ax, image: torch.Tensor, title: str, heat: torch.Tensor | None = None)
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
     if heat is not None:
         ax.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title.replace("$", r"\$"), fontsize=7)  # class names from folder names: no mathtext
     ax.axis("off")
 
 

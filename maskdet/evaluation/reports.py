@@ -18,7 +18,7 @@ from maskdet import runfolder  # noqa: E402
 from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS  # noqa: E402
 from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
-from maskdet.writing import save_figure, write_csv, write_text  # noqa: E402
+from maskdet.writing import plot_text, save_figure, write_csv, write_text  # noqa: E402
 
 # What the test was run on (maskdet.evaluation.testing.tested_on), written beside predictions.csv by the
 # test and copied into metrics.json by write_metrics, where compare and the cv summary read it.
@@ -76,8 +76,8 @@ def confusion_matrix_figure(matrix: np.ndarray, names: Sequence[str]) -> plt.Fig
         for (i, j), value in np.ndenumerate(values):
             ax.text(j, i, text(value), ha="center", va="center", fontsize=9,
                     color="white" if value > top / 2 else "black")
-        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=9)
-        ax.set_yticks(range(n), names, fontsize=9)
+        ax.set_xticks(range(n), [plot_text(c) for c in names], rotation=45, ha="right", fontsize=9)
+        ax.set_yticks(range(n), [plot_text(c) for c in names], fontsize=9)
         ax.set_xlabel("predicted class")
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("true class")

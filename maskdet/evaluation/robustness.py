@@ -47,7 +47,7 @@ from maskdet.data.demographics import UNKNOWN  # noqa: E402
 from maskdet.errors import ConfigError  # noqa: E402
 from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
-from maskdet.writing import md, save_figure, write_csv, write_text  # noqa: E402
+from maskdet.writing import md, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
 log = logging.getLogger("maskdet.robustness")
 
@@ -352,7 +352,7 @@ def plot(report: dict, path: Path) -> plt.Figure:
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if grid[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(severities)), [str(s) for s in severities], fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_yticks(range(len(names)), [plot_text(n) for n in names], fontsize=8)
     ax.set_xlabel("severity", fontsize=9)
     ax.set_title(f"test accuracy under corruption (clean {overall.get(('clean', 0), math.nan):.3f})", fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy")
@@ -361,8 +361,35 @@ def plot(report: dict, path: Path) -> plt.Figure:
     return fig
 
 
+def plot_groups(report: dict, path: Path) -> plt.Figure | None:
+    """Heat map per demographic group: group (rows) x corruption (columns), each cell the group's accuracy
+    averaged over the severities (the clean accuracy first), so a group that breaks first stands out; None
+    when the test split has no group columns."""
+    rows = [r for r in report["rows"] if r["attribute"] != "overall" and r["group"] != UNKNOWN]
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    frame["where"] = frame["attribute"].map(plot_text) + ": " + frame["group"].map(plot_text) \
+        + " (n=" + frame["n"].astype(str) + ")"
+    frame["column"] = np.where(frame["severity"] == 0, "clean", frame["corruption"])
+    grid = frame.pivot_table(index="where", columns="column", values="accuracy", aggfunc="mean", sort=False)
+    grid = grid[[c for c in ["clean", *report["corruptions"]] if c in grid.columns]]
+    fig, ax = plt.subplots(figsize=(2.6 + 0.75 * grid.shape[1], 1.0 + 0.32 * grid.shape[0]), layout="constrained")
+    image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
+        if math.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(grid.shape[1]), [plot_text(c) for c in grid.columns], fontsize=8, rotation=45, ha="right")
+    ax.set_yticks(range(grid.shape[0]), list(grid.index), fontsize=7)
+    ax.set_title("test accuracy per group, mean over severities " + ", ".join(map(str, report["severities"])), fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    save_figure(fig, path, dpi=200)
+    plt.close(fig)
+    return fig
+
+
 def write_robustness_report(model: torch.nn.Module, datamodule, folder: str | Path, **options) -> dict:
-    """robustness.csv / .json / .md and robustness.png in ``folder``."""
+    """robustness.csv / .json / .md, robustness.png (overall) and robustness_groups.png (per group) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     report = robustness_report(model, datamodule, **options)
@@ -371,5 +398,6 @@ def write_robustness_report(model: torch.nn.Module, datamodule, folder: str | Pa
     write_json(folder / "robustness.json", report)
     write_text(folder / "robustness.md", format_markdown(report))
     plot(report, folder / "robustness.png")
+    plot_groups(report, folder / "robustness_groups.png")
     report["per_image"] = per_image
     return report

@@ -109,8 +109,43 @@ def write_calibration(ckpt_path: str | Path, record: dict) -> None:
 
 
 def read_calibration(checkpoint: dict) -> dict | None:
-    """The calibration record of a checkpoint read by ``preflight.read_checkpoint``, or None (written before
-    temperature scaling, or by a run without it)."""
+    """The calibration record of a checkpoint read by ``preflight.read_checkpoint`` (which refused the file if
+    ``calibration_problem`` found one), or None (written before temperature scaling, or by a run without it)."""
     state = checkpoint.get("maskdet")
     record = state.get("calibration") if isinstance(state, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def calibration_problem(checkpoint: dict) -> str | None:
+    """What is wrong with a checkpoint's temperature and calibration record (None when nothing is): the file
+    may come from someone else, and T divides every logit while the validation confidences choose the
+    abstention threshold, so both are checked as data before use."""
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint.get("state_dict"), dict) else {}
+    t = state_dict.get("temperature")
+    if t is not None and not (isinstance(t, torch.Tensor) and t.numel() == 1 and t.is_floating_point()
+                              and math.isfinite(float(t)) and float(t) > 0):
+        return f"its temperature {repr(t)[:60]} must be one finite number above 0"
+    state = checkpoint.get("maskdet")
+    record = state.get("calibration") if isinstance(state, dict) else None
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        return f"maskdet.calibration is a {type(record).__name__}, not a record"
+    temperature = record.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        return f"maskdet.calibration.temperature={repr(temperature)[:60]} must be one finite number above 0"
+    if t is not None and not math.isclose(float(t), temperature, rel_tol=1e-5):
+        return f"the state_dict's temperature {float(t):.6g} differs from maskdet.calibration's {temperature:.6g}"
+    confidence, correct = record.get("val_confidence"), record.get("val_correct")
+    if confidence is None and correct is None:
+        return None
+    if not (isinstance(confidence, torch.Tensor) and confidence.dim() == 1 and confidence.is_floating_point()):
+        return "maskdet.calibration.val_confidence must be a 1-D tensor of floating-point confidences"
+    if not (isinstance(correct, torch.Tensor) and correct.dim() == 1 and correct.dtype == torch.bool):
+        return "maskdet.calibration.val_correct must be a 1-D tensor of true/false"
+    if len(confidence) != len(correct):
+        return f"maskdet.calibration holds {len(confidence)} validation confidences but {len(correct)} outcomes"
+    if len(confidence) and not bool(((confidence >= 0) & (confidence <= 1)).all()):
+        return "maskdet.calibration.val_confidence holds values outside [0, 1] (or NaN)"
+    return None
