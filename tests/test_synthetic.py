@@ -92,3 +92,42 @@ def test_generation_reports_its_progress(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "maskdet.summary"]
     assert lines[0].startswith("generating 1,200 embedded images") and any(" % (" in line for line in lines)
     assert "done in" in lines[-1] and len(list((tmp_path / "faces").rglob("*.jpg"))) == 1200
+
+
+def test_planted_label_errors_and_outliers_are_listed_beside_the_dataset(tmp_path):
+    """label_noise files a share of images under a wrong class and outliers adds non-faces; planted.csv
+    (beside the dataset, not in it) says which, and each flipped file is the image drawn for its true class."""
+    import pandas as pd
+
+    from maskdet.data.synthetic import INCORRECT, NOT_A_FACE, draw_image, planted_path
+
+    spec = make_spec(per_class=60, seed=5, size=40, incorrect_wear=True, label_noise=0.1, outliers=7)
+    out = ensure_dataset(spec, tmp_path)
+    planted = pd.read_csv(planted_path(out))
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CLASSES, INCORRECT])  # nothing else inside
+    assert len(_files(out)) == 5 * 60 + 7
+    flipped, outliers = planted[planted.kind == "flipped"], planted[planted.kind == "outlier"]
+    assert len(outliers) == 7 and set(outliers.true_label) == {NOT_A_FACE}
+    assert 0.05 < len(flipped) / 300 < 0.16  # 10 % +/- sampling
+    assert (flipped.given_label != flipped.true_label).all()
+    for row in flipped.head(5).itertuples():
+        n = int(row.path.rsplit("_", 1)[1].split(".")[0])
+        name, data = draw_image(spec, spec.classes.index(row.true_label), n)
+        assert row.path == f"{row.given_label}/{name}" and (out / row.path).read_bytes() == data
+    assert all((out / p).is_file() for p in planted.path)
+    # the options stay out of the key when off: cached datasets of older specs are still found
+    assert make_spec(per_class=3, size=40).key() == make_spec(per_class=3, size=40, label_noise=0, outliers=0).key()
+
+
+def test_incorrect_wear_adds_a_fifth_class_and_bad_options_are_explained(tmp_path):
+    from maskdet.data.sources import read_synthetic
+    from maskdet.data.synthetic import INCORRECT
+
+    scan = read_synthetic(tmp_path, per_class=[3, 3, 3, 3], size=40, incorrect_wear=True)
+    assert scan.index.label_name.value_counts().to_dict() == {**dict.fromkeys(CLASSES, 3), INCORRECT: 3}
+    with pytest.raises(ValueError, match="label_noise must be a share from 0"):
+        make_spec(per_class=3, label_noise=0.7)
+    with pytest.raises(ValueError, match="cannot be combined with data.source.shared_faces"):
+        make_spec(per_class=3, label_noise=0.1, shared_faces=2)
+    with pytest.raises(ValueError, match="5 positive ints"):
+        make_spec(per_class=[1, 2], incorrect_wear=True)

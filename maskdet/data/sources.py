@@ -32,7 +32,7 @@ import pandas as pd
 
 from maskdet.data.demographics import NAME_ATTRIBUTES, UNKNOWN, normalise_group, parse_utkface_name
 from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
-from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, ensure_dataset, make_spec
+from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, INCORRECT, ensure_dataset, make_spec
 from maskdet.errors import DataError
 
 INDEX_COLUMNS = ["path", "label_name", "age", *NAME_ATTRIBUTES]
@@ -92,9 +92,10 @@ def scan(reader: Reader, root: str | Path | None, cache_dir: str | Path) -> Scan
 
 
 def class_order(names: Iterable[str]) -> list[str]:
-    """The COMP6721 study's order (without_mask, surgical, cloth, ffp2) for the mask classes; otherwise sorted."""
+    """The COMP6721 study's order (without_mask, surgical, cloth, ffp2, then mask_weared_incorrect) for the mask
+    classes; otherwise sorted."""
     names = set(names)
-    known = list(CLASSES) + ["with_mask"]
+    known = [*CLASSES, INCORRECT, "with_mask"]
     if names <= set(known):
         return [n for n in known if n in names]
     return sorted(names)
@@ -173,11 +174,12 @@ def read_class_folders(root: str | Path) -> Scan:
 
 
 def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6721_COUNTS, seed: int = 0,
-                   size: int = 128, bias: Mapping | None = None, shared_faces: int = 1) -> Scan:
+                   size: int = 128, bias: Mapping | None = None, shared_faces: int = 1, incorrect_wear: bool = False,
+                   label_noise: float = 0.0, outliers: int = 0) -> Scan:
     """The embedded dataset (``maskdet.data.synthetic``), generated into ``cache_dir`` on first use; the
     options are ``synthetic.make_spec``'s."""
     try:
-        spec = make_spec(per_class, seed, size, bias, shared_faces)
+        spec = make_spec(per_class, seed, size, bias, shared_faces, incorrect_wear, label_noise, outliers)
     except (TypeError, ValueError) as err:
         raise DataError(str(err)) from None
     return read_class_folders(ensure_dataset(spec, cache_dir))

@@ -9,6 +9,13 @@ cups, pale cloth masks) so that they are told apart by shape and texture (pleats
 not by one colour statistic. The ``bias`` knob weakens the evidence (contrast, blur, occlusion) for one
 demographic group so that a bias audit has a known answer.
 
+Two options make known answers for other audits. ``incorrect_wear`` adds a fifth class,
+``mask_weared_incorrect`` (a surgical or cloth mask worn below the nose or on the chin, as in the Kaggle
+face-mask detection set's class of that name). ``label_noise`` (a share) files that share of the images
+under a wrong class folder and ``outliers`` (a count) adds images that are not faces at all, spread over the
+class folders; what was planted is listed in ``<dataset>.planted.csv`` beside the dataset (path, given
+label, true label, kind), never inside it, so that a label-issue finder can be scored against the truth.
+
 Every image is drawn from its own RNG seeded by (seed, class, n): the same seed gives the same bytes.
 With ``shared_faces=k`` (k > 1) one photograph is drawn under k mask classes, as MaskTheFace did with
 UTKFace: face, background, pose, lighting and JPEG quality come from an RNG seeded by the face, only the
@@ -20,6 +27,7 @@ mask from the image's own RNG, and the copies share the ``[age]_[gender]_[race]_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -39,6 +47,8 @@ from maskdet.data.demographics import NAME_ATTRIBUTES
 from maskdet.progress import progress
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
+INCORRECT = "mask_weared_incorrect"  # the optional fifth class (the Kaggle face-mask detection set's name)
+NOT_A_FACE = "not_a_face"  # the true label of a planted outlier in planted.csv
 COMP6721_COUNTS = (2160, 2103, 2162, 2180)  # the COMP6721 study's class counts (8,605 images)
 GENERATOR_VERSION = 6  # bump when drawing changes, so cached datasets are regenerated
 
@@ -71,11 +81,19 @@ class SyntheticSpec:
     size: int = 128
     bias: BiasKnob = field(default_factory=BiasKnob)
     shared_faces: int = 1  # k > 1: every face is drawn under k mask classes
+    incorrect_wear: bool = False  # True: a fifth class, masks worn below the nose or on the chin
+    label_noise: float = 0.0  # this share of images filed under a wrong class folder
+    outliers: int = 0  # this many images that are not faces, spread over the class folders
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return (*CLASSES, INCORRECT) if self.incorrect_wear else CLASSES
 
     def key(self) -> str:
         fields = asdict(self)
-        if fields["shared_faces"] == 1:  # off: the key (and so the cached dataset) of every older spec stays
-            del fields["shared_faces"]
+        for name, off in (("shared_faces", 1), ("incorrect_wear", False), ("label_noise", 0.0), ("outliers", 0)):
+            if fields[name] == off:  # off: the key (and so the cached dataset) of every older spec stays
+                del fields[name]
         text = json.dumps({"v": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -86,14 +104,28 @@ def make_spec(
     size: int = 128,
     bias: dict | BiasKnob | None = None,
     shared_faces: int | None = 1,
+    incorrect_wear: bool = False,
+    label_noise: float = 0.0,
+    outliers: int = 0,
 ) -> SyntheticSpec:
-    """Build a spec from config values: ``per_class`` is one int for every class or one per class."""
-    counts = (int(per_class),) * len(CLASSES) if isinstance(per_class, int) else tuple(int(c) for c in per_class)
-    if len(counts) != len(CLASSES) or min(counts) < 1:
+    """Build a spec from config values: ``per_class`` is one int for every class or one per class (with
+    ``incorrect_wear``, four counts give the fifth class their mean, so the defaults still apply)."""
+    if not isinstance(incorrect_wear, bool):
+        raise ValueError(f"data.source.incorrect_wear must be true or false, got {incorrect_wear!r}.")
+    classes = (*CLASSES, INCORRECT) if incorrect_wear else CLASSES
+    counts = (int(per_class),) * len(classes) if isinstance(per_class, int) else tuple(int(c) for c in per_class)
+    if incorrect_wear and len(counts) == len(CLASSES):
+        counts = (*counts, round(sum(counts) / len(counts)))
+    if len(counts) != len(classes) or min(counts) < 1:
         raise ValueError(
-            f"data.source.per_class must be a positive int or {len(CLASSES)} positive ints "
-            f"(one per class: {', '.join(CLASSES)}), got {per_class!r}."
+            f"data.source.per_class must be a positive int or {len(classes)} positive ints "
+            f"(one per class: {', '.join(classes)}), got {per_class!r}."
         )
+    if isinstance(label_noise, bool) or not isinstance(label_noise, int | float) or not 0 <= label_noise < 0.5:
+        raise ValueError(f"data.source.label_noise must be a share from 0 (off) to below 0.5 (the share of images "
+                         f"filed under a wrong class), got {label_noise!r}.")
+    if isinstance(outliers, bool) or not isinstance(outliers, int) or outliers < 0:
+        raise ValueError(f"data.source.outliers must be a whole number of non-face images (0: off), got {outliers!r}.")
     if size < 32:
         raise ValueError(f"data.source.size must be at least 32 pixels, got {size}.")
     knob = bias if isinstance(bias, BiasKnob) else BiasKnob(**(dict(bias) if bias else {}))
@@ -103,7 +135,11 @@ def make_spec(
     if isinstance(shared, bool) or not isinstance(shared, int) or not 1 <= shared <= len(CLASSES):
         raise ValueError(f"data.source.shared_faces must be a whole number from 1 (off) to {len(CLASSES)} (each "
                          f"face under that many mask classes), got {shared_faces!r}.")
-    return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob, shared_faces=shared)
+    if label_noise and shared > 1:
+        raise ValueError("data.source.label_noise cannot be combined with data.source.shared_faces > 1: a face's copies "
+                         "share one file name, so a copy filed under another class would overwrite that class's copy.")
+    return SyntheticSpec(per_class=counts, seed=int(seed), size=int(size), bias=knob, shared_faces=shared,
+                         incorrect_wear=incorrect_wear, label_noise=float(label_noise), outliers=int(outliers))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +235,10 @@ def _draw_face(rng, size, age, gender, race, mask_class, mask_rng=None) -> Image
     left, right = cx - fw * 0.54, cx + fw * 0.54
     line_w = max(1, int(size / 64))
     rng = rng if mask_rng is None else mask_rng
+    if mask_class == INCORRECT:  # a surgical or cloth mask pulled down: the nose shows, or mouth and nose do
+        mask_class = "with_surgical_mask" if rng.random() < 0.6 else "with_cloth_mask"
+        drop = (ny + fh * 0.05 - top) if rng.random() < 0.6 else (my + fh * 0.05 - top)  # below the nose | on the chin
+        top, bottom = top + drop, min(bottom + drop, cy + fh * 0.62)
     if mask_class == "with_surgical_mask":
         colour = _apart(skin, _jitter(rng, _SURGICAL[int(rng.choice(5, p=[0.45, 0.3, 0.1, 0.05, 0.1]))], 8))
         d.rounded_rectangle([left, top, right, bottom], radius=fw * 0.08, fill=colour, outline=_edge(colour))
@@ -286,7 +326,7 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
         int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
     size = spec.size
     img = _background(rng, size)
-    face = _draw_face(rng, size, age, gender, race, CLASSES[class_index], mask_rng)
+    face = _draw_face(rng, size, age, gender, race, spec.classes[class_index], mask_rng)
     face = face.rotate(float(rng.normal(0, 9)), resample=Image.BILINEAR, center=(size / 2, size / 2))
     img.paste(face, (0, 0), face)
 
@@ -308,36 +348,105 @@ def draw_image(spec: SyntheticSpec, class_index: int, n: int) -> tuple[str, byte
     return f"{age}_{gender}_{race}_{stamp}_{n}.jpg", buf.getvalue()
 
 
-def _write_images(args: tuple[SyntheticSpec, int, int, int, str]) -> int:
+def filed_under(spec: SyntheticSpec, class_index: int, n: int) -> int:
+    """The class folder image ``n`` of class ``class_index`` is filed under: its own, or with probability
+    ``label_noise`` another one chosen uniformly (a six-word seed: never an image's or a face's)."""
+    if not spec.label_noise:
+        return class_index
+    rng = np.random.default_rng([spec.seed, class_index, n, GENERATOR_VERSION, 0, 1])
+    if rng.random() >= spec.label_noise:
+        return class_index
+    others = [c for c in range(len(spec.classes)) if c != class_index]
+    return others[int(rng.integers(len(others)))]
+
+
+def draw_outlier(spec: SyntheticSpec, i: int) -> tuple[int, str, bytes]:
+    """Planted outlier ``i``: no face, only shapes, stripes and texture on a background; filed under class
+    ``i mod classes`` with a UTKFace-style name numbered after that class's faces."""
+    rng = np.random.default_rng([spec.seed, i, GENERATOR_VERSION, 0, 2, 0])
+    class_index = i % len(spec.classes)
+    size = spec.size
+    img = _background(rng, size)
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 9))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = rng.uniform(-0.2, 0.9, 2) * size
+        x1, y1 = x0 + rng.uniform(0.1, 0.7) * size, y0 + rng.uniform(0.1, 0.7) * size
+        shape = rng.choice(["rectangle", "ellipse", "line", "stripes"])
+        if shape == "rectangle":
+            d.rectangle([x0, y0, x1, y1], fill=colour)
+        elif shape == "ellipse":
+            d.ellipse([x0, y0, x1, y1], fill=colour)
+        elif shape == "line":
+            d.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, max(2, size // 10))))
+        else:
+            for k in range(int(rng.integers(3, 8))):
+                y = y0 + k * size / 12
+                d.line([0, y, size, y + rng.normal(0, size / 20)], fill=colour, width=max(1, size // 40))
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 2.0) * size / 128))
+    age, gender, race = _demographics(rng)
+    n = spec.per_class[class_index] + i
+    stamp = "2017{:02d}{:02d}{:02d}{:02d}{:02d}{:03d}".format(
+        int(rng.integers(1, 13)), int(rng.integers(1, 29)), int(rng.integers(0, 24)),
+        int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(0, 1000)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(60, 96)))
+    return class_index, f"{age}_{gender}_{race}_{stamp}_{n}.jpg", buf.getvalue()
+
+
+def _write_images(args: tuple[SyntheticSpec, int, int, int, str]) -> tuple[int, list[dict]]:
     """Images ``start..stop`` of one class (each image has its own random stream, so chunks give the same
-    bytes in any order)."""
+    bytes in any order), with the planted ones listed (class_index -1: the outliers ``start..stop``)."""
     spec, class_index, start, stop, out = args
-    folder = Path(out) / CLASSES[class_index]
-    folder.mkdir(parents=True, exist_ok=True)
+    planted = []
     for n in range(start, stop):
-        name, data = draw_image(spec, class_index, n)
+        if class_index < 0:
+            filed, name, data = draw_outlier(spec, n)
+            truth, kind = NOT_A_FACE, "outlier"
+        else:
+            name, data = draw_image(spec, class_index, n)
+            filed, truth, kind = filed_under(spec, class_index, n), spec.classes[class_index], "flipped"
+        folder = Path(out) / spec.classes[filed]
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-    return stop - start
+        if kind == "outlier" or filed != class_index:
+            planted.append({"path": f"{spec.classes[filed]}/{name}", "given_label": spec.classes[filed],
+                            "true_label": truth, "kind": kind})
+    return stop - start, planted
 
 
 def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -> Path:
-    """Write the dataset into ``out`` (which must not exist yet), in chunks over worker processes."""
+    """Write the dataset into ``out`` (which must not exist yet), in chunks over worker processes, and what
+    was planted (``label_noise``, ``outliers``) into ``planted_path(out)`` beside it."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose a new --out folder.")
     chunk = 250
     jobs = [(spec, c, start, min(start + chunk, count), str(out))
-            for c, count in enumerate(spec.per_class) for start in range(0, count, chunk)]
+            for c, count in enumerate((*spec.per_class, spec.outliers)) for start in range(0, count, chunk)]
+    jobs = [(spec, -1 if c == len(spec.per_class) else c, *rest) for spec, c, *rest in jobs]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    with progress(f"generating {sum(spec.per_class):,} embedded images into {out}", sum(spec.per_class)) as advance:
-        if workers == 1:
-            for job in jobs:
-                advance(_write_images(job))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for done in pool.map(_write_images, jobs):
-                    advance(done)
+    total = sum(spec.per_class) + spec.outliers
+    planted = []
+    with progress(f"generating {total:,} embedded images into {out}", total) as advance, \
+            contextlib.nullcontext() if workers == 1 else ProcessPoolExecutor(workers) as pool:
+        results = map(_write_images, jobs) if pool is None else pool.map(_write_images, jobs)
+        for count, rows in results:
+            advance(count)
+            planted += rows
+    if spec.label_noise or spec.outliers:
+        rows = sorted(planted, key=lambda r: r["path"])
+        text = "path,given_label,true_label,kind\n" + "".join(
+            f"{r['path']},{r['given_label']},{r['true_label']},{r['kind']}\n" for r in rows)
+        planted_path(out).write_text(text)
     return out
+
+
+def planted_path(dataset: str | Path) -> Path:
+    """Where the list of planted label errors and outliers of a generated dataset is kept: beside it."""
+    dataset = Path(dataset)
+    return dataset.parent / f"{dataset.name}.planted.csv"
 
 
 def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
@@ -360,6 +469,8 @@ def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         generate(spec, tmp / "data")
+        if planted_path(tmp / "data").exists():  # first: a dataset in place always has its truth beside it
+            os.replace(planted_path(tmp / "data"), planted_path(final))
         try:
             os.rename(tmp / "data", final)
         except OSError:
@@ -382,12 +493,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bias-group", type=int, default=1, help="code of the disadvantaged group")
     parser.add_argument("--bias-strength", type=float, default=0.0, help="0 = off, 1 = strongest")
     parser.add_argument("--shared-faces", type=int, default=1, help="draw each face under this many mask classes")
+    parser.add_argument("--incorrect-wear", action="store_true", help=f"add a fifth class, {INCORRECT}")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="share of images filed under a wrong class")
+    parser.add_argument("--outliers", type=int, default=0, help="number of non-face images in the class folders")
     args = parser.parse_args(argv)
     per_class = args.per_class[0] if len(args.per_class) == 1 else args.per_class
-    spec = make_spec(per_class, args.seed, args.size,
-                     BiasKnob(args.bias_attribute, args.bias_group, args.bias_strength), args.shared_faces)
+    try:
+        spec = make_spec(per_class, args.seed, args.size,
+                         BiasKnob(args.bias_attribute, args.bias_group, args.bias_strength), args.shared_faces,
+                         args.incorrect_wear, args.label_noise, args.outliers)
+    except ValueError as err:
+        parser.error(str(err))
     out = generate(spec, args.out)
-    print(f"wrote {sum(spec.per_class)} images in {len(CLASSES)} class folders to {out}")
+    planted = f"; planted label errors and outliers listed in {planted_path(out)}" if planted_path(out).exists() else ""
+    print(f"wrote {sum(spec.per_class) + spec.outliers} images in {len(spec.classes)} class folders to {out}{planted}")
 
 
 if __name__ == "__main__":
