@@ -65,8 +65,8 @@ if not OmegaConf.has_resolver("job_name"):
 
 
 class SweepSummary(Callback):
-    """Write cv_summary.csv / .md and the comparison of configurations (comparison.md/.csv/.json/.png) in
-    the sweep folder, with a TensorBoard text + scalars and the HParams config of all the sweep's runs; end
+    """Write cv_summary.csv / .md, the likely label errors of a k-fold sweep (label_issues.csv/.md/.png) and
+    the comparison of configurations (comparison.md/.csv/.json/.png) in the sweep folder, with a TensorBoard text + scalars and the HParams config of all the sweep's runs; end
     the console with the best configurations in a few lines and where the full summary is (all of it with
     verbose=true); exit non-zero after writing them if any job failed, so a failure is neither silent nor a
     reason to lose the others."""
@@ -81,6 +81,13 @@ class SweepSummary(Callback):
             print(f"\nmaskdet: no sweep summary for {sweep_dir}: {err}", file=sys.stderr)
             sys.exit(1)
         markdown = (sweep_dir / "cv_summary.md").read_text()
+        if runs.loc[runs["status"] == "ok", "fold"].nunique() >= 2:  # a k-fold sweep: every image was held out once
+            from maskdet.evaluation.label_issues import write_label_issues
+
+            try:
+                write_label_issues(sweep_dir)
+            except MaskdetError as err:  # e.g. trained with callbacks.calibration=null: said, the sweep goes on
+                log.warning("no label issues for %s: %s", sweep_dir, err)
         from maskdet.evaluation.compare import write_comparison  # scipy/matplotlib: only when a sweep ends
 
         try:

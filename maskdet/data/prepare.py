@@ -9,9 +9,11 @@ that into batches.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +56,7 @@ class DataSettings:
     duplicates: str = "group"
     group_by: str | Mapping | None = None
     splits_file: str | None = None
+    exclude: str | None = None
 
     def __post_init__(self):
         # Every value is checked here, before any file is read or written (maskdet.preflight builds the
@@ -108,6 +111,8 @@ class DataSettings:
             raise ConfigError(f"data.duplicates={self.duplicates!r} is unknown: use group (copies stay in one split), "
                               "drop (keep one copy) or keep (no grouping; warns when copies cross splits).")
         dups.parse_group_by(self.group_by)  # refuses a malformed rule
+        if self.exclude is not None:
+            read_exclusions(self.exclude)  # refuses a missing or malformed list before any work
         # normalised forms (frozen: set through object.__setattr__)
         object.__setattr__(self, "balance_by", tuple(balance_by))
         object.__setattr__(self, "subset", dict(self.subset or {}))
@@ -149,6 +154,49 @@ class PreparedData:
         return self.index[self.index["selected"]]
 
 
+EXCLUDED = "excluded: listed in data.exclude"
+
+
+def read_exclusions(path: str | Path) -> list[str]:
+    """The image paths that ``data.exclude`` lists: a CSV with a ``path`` column, such as a k-fold sweep's
+    label_issues.csv (maskdet.label_issues); paths absolute or relative to ``data.root``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.exclude={path} does not exist: give a CSV with a 'path' column, such as the "
+                          "label_issues.csv that a k-fold sweep writes, or data.exclude=null.")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ConfigError(f"data.exclude={path} is not a readable CSV file ({type(err).__name__}): give a UTF-8 "
+                          "CSV with a 'path' column.") from None
+    if "path" not in table.columns:
+        raise ConfigError(f"data.exclude={path} has no 'path' column (columns: {list(table.columns)[:8]}): give a "
+                          "CSV with one image path per row under the header 'path'.")
+    return [p for p in table["path"] if p.strip()]
+
+
+def exclude_listed(index: pd.DataFrame, listed_file: str, root: str | None,
+                   say: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+    """``index`` without the images ``listed_file`` names (each one reported as skipped, with the reason);
+    refused when it names none of them (a list written for other data), warned when it names files the
+    index does not hold."""
+    listed = {os.path.normpath(p if os.path.isabs(p) or root is None else os.path.join(root, p))
+              for p in read_exclusions(listed_file)}
+    paths = index["path"].map(os.path.normpath)
+    hit = paths.isin(listed).to_numpy()
+    if listed and not hit.any():
+        raise DataError(f"data.exclude={listed_file} lists {len(listed)} images, none of them in this dataset "
+                        f"(e.g. {sorted(listed)[0]}): it was written for other data or another data.root.")
+    unmatched = len(listed) - int(hit.sum())
+    if unmatched and say:
+        log.warning("data.exclude=%s: %d of the %d listed images are not in this dataset (already gone, or from other "
+                    "data)", listed_file, unmatched, len(listed))
+    if say:
+        log.info("data.exclude=%s: %d images left out", listed_file, int(hit.sum()))
+    reason = f"{EXCLUDED}={listed_file}"
+    return index[~hit], [skip(p, reason) for p in index.loc[hit, "path"]]
+
+
 def scan_source(settings: DataSettings) -> sources.Scan:
     return sources.scan(settings.source, settings.root, settings.cache_dir)
 
@@ -156,8 +204,9 @@ def scan_source(settings: DataSettings) -> sources.Scan:
 def build_caches(settings: DataSettings) -> None:
     """The disk work, once (``LightningDataModule.prepare_data``): generate or list the source, decode the cache."""
     found = scan_source(settings)
-    if settings.decoded_cache and len(found.index):
-        cache.load_or_build(found.index["path"], settings.image_size, settings.cache_dir)
+    index = exclude_listed(found.index, settings.exclude, found.root, say=False)[0] if settings.exclude else found.index
+    if settings.decoded_cache and len(index):  # the same file list as usable_index: one cache, built once
+        cache.load_or_build(index["path"], settings.image_size, settings.cache_dir)
 
 
 def prepare(settings: DataSettings) -> PreparedData:
@@ -185,6 +234,9 @@ def usable_index(settings: DataSettings) -> tuple[pd.DataFrame, list[dict], cach
     found = scan_source(settings)
     index = sources.apply_label_map(sources.fill_unknown(found.index), settings.label_map)
     skipped = list(found.skipped)
+    if settings.exclude:
+        index, excluded = exclude_listed(index, settings.exclude, found.root)
+        skipped += excluded
     decoded = cache.load_or_build(index["path"], settings.image_size, settings.cache_dir) if settings.decoded_cache \
         else cache.validate(index["path"])
     index = index.assign(cache_row=np.arange(len(index)), error=decoded.errors.values, digest=decoded.digests.values)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
+from maskdet.data.prepare import EXCLUDED
 from maskdet.jsonfile import write_json
 from maskdet.writing import write_csv
 
@@ -75,6 +76,9 @@ def format_report(report: dict) -> str:
         lines += ["", f"{report['unknown_demographics']} images have names that do not parse as UTKFace "
                       "(age_gender_race_...): their demographics are 'unknown'."]
     lines += _format_leakage(report)
+    excluded = sum(s["reason"].startswith(EXCLUDED) for s in report["skipped"])
+    if excluded:
+        lines += ["", f"{excluded} images left out because data.exclude lists them (below, among the skipped files)"]
     lines += ["", f"skipped files: {len(report['skipped'])}"]
     lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines)

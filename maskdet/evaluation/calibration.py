@@ -31,6 +31,7 @@ from maskdet.writing import md, write_csv, write_text
 
 log = logging.getLogger("maskdet.calibration")
 
+VAL_PREDICTIONS = "val_predictions.csv"  # in calibration/: the validation split's held-out probabilities
 FIGURES = {"nll": "NLL", "brier": "Brier", "ece": "ECE"}
 
 
@@ -181,17 +182,27 @@ class Calibration(L.Callback):
             current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             pl_module.load_state_dict(torch.load(best, map_location=pl_module.device, weights_only=True)["state_dict"])
             try:
-                logits, labels, _ = split_logits(pl_module, trainer.datamodule, "val")
+                logits, labels, rows = split_logits(pl_module, trainer.datamodule, "val")
             finally:
                 pl_module.load_state_dict(current)
             t = fit_temperature(logits, labels) if self.temperature else 1.0
             self.record = calibration_record(logits, labels, t, fitted=self.temperature)
             write_calibration(best, self.record)
+            self.write_val_predictions(trainer.datamodule, rows, (logits.double() / t).softmax(1))
             log.info("temperature scaling: T = %.4f on %d validation images (NLL %.4f -> %.4f), written to %s",
                      t, len(labels), self.record["val_nll_before"], self.record["val_nll_after"], best)
         trainer.strategy.barrier()
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         pl_module.temperature.fill_(float(state.get("temperature", torch.ones(()))))  # test=false: still calibrated
+
+    def write_val_predictions(self, datamodule, rows: torch.Tensor, probs: torch.Tensor) -> None:
+        """``val_predictions.csv``: the best checkpoint's calibrated probabilities on the validation split, the
+        images this run held out; a k-fold sweep's label-issue search (maskdet.evaluation.label_issues) reads them."""
+        from maskdet.evaluation.reports import predictions_frame
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        frame = predictions_frame(datamodule.index, rows.numpy(), probs.numpy(), datamodule.class_names)
+        write_csv(frame, self.output_dir / VAL_PREDICTIONS)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.done or not trainer.is_global_zero or trainer.world_size > 1 or not pl_module.test_outputs:

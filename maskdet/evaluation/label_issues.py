@@ -1,0 +1,258 @@
+"""Likely label errors and outliers of a k-fold sweep, from the predictions each image got while held out.
+
+A k-fold sweep predicts every image of the data while no model trained on it: each fold's validation images
+once (``calibration/val_predictions.csv``, the best checkpoint's calibrated probabilities) and the holdout
+test images by every fold's model (``predictions.csv``; averaged over the folds). cleanlab, the field's
+library for confident learning (Northcutt et al. 2021), ranks these out-of-fold probabilities:
+
+* **label issues**: ``cleanlab.filter.find_label_issues`` (prune by noise rate, the method's default) flags
+  images whose given label the held-out model contradicts beyond what the estimated noise rates allow;
+  ``cleanlab.rank.get_label_quality_scores`` (self-confidence: the held-out probability of the given label)
+  ranks them. The suggested label is the held-out model's most probable class.
+* **outliers**: ``cleanlab.outlier.OutOfDistribution`` scores each image from its probabilities alone
+  (entropy and confidence adjusted per class: low = unlike any class); the lowest ``outlier_share`` are
+  flagged. maskdet keeps no image embeddings, so this is the probability-based score cleanlab offers,
+  weaker than an embedding's nearest neighbours for images the model is confident about anyway.
+
+Written into the sweep folder (or ``out``): ``label_issues.csv`` (the flagged images only, worst first:
+path, given label, suggested label, scores, why, split, demographic columns; ``data.exclude=<this file>``
+retrains without them), ``label_quality.csv`` (every image, ranked), ``label_issues.md`` and
+``label_issues.png`` (a gallery of the top suspects). Every file read here is a stranger's: columns and
+values are checked as data, and text is escaped where it lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskdet import runfolder
+from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS
+from maskdet.errors import DataError
+from maskdet.evaluation.calibration import VAL_PREDICTIONS
+from maskdet.evaluation.cv import collect_jobs, run_folders, summarise
+from maskdet.writing import md, write_csv, write_text
+
+log = logging.getLogger("maskdet.label_issues")
+
+CALIBRATION_DIR = "calibration"
+BASE_COLUMNS = ["path", "label"]
+
+
+def _read_predictions(path: Path, class_names: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
+    """One predictions file (``predictions.csv`` or ``val_predictions.csv``) checked as data: a path and a
+    label per row, one probability column per class, probabilities finite and in [0, 1]."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{path} is not a readable predictions CSV ({type(err).__name__}): rerun the job, or leave "
+                        "it out of the sweep folder.") from None
+    names = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]
+    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
+    if missing or len(names) < 2:
+        raise DataError(f"{path} has no {', '.join(missing) or 'prob_<class> columns'}: it is not a predictions file "
+                        "written by maskdet.train.")
+    if class_names is not None and names != class_names:
+        raise DataError(f"{path} predicts the classes {names[:8]} but another job of the sweep {class_names[:8]}: "
+                        "the folds were not trained on one problem.")
+    probs = frame[[f"prob_{n}" for n in names]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise DataError(f"{path} holds probabilities that are not numbers in [0, 1]: it was changed after "
+                        "maskdet.train wrote it; rerun the job.")
+    unknown = sorted(set(frame["label"]) - set(names))
+    if unknown:
+        raise DataError(f"{path} lists labels {[md(u) for u in unknown[:5]]} that are not among its classes {names[:8]}.")
+    return frame, names
+
+
+def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict]:
+    """Every image's out-of-fold probabilities in one frame (``split`` val / test, ``folds``: how many
+    models' predictions were averaged), the class names, and where they came from. The configuration
+    used is the sweep's best by mean validation accuracy (the only one in a plain k-fold sweep)."""
+    sweep_dir = Path(sweep_dir)
+    folders = run_folders([sweep_dir])
+    if not folders:
+        raise DataError(f"{sweep_dir} holds no runs of a sweep: pass the folder of a k-fold sweep "
+                        "(maskdet-train -m data.fold=0,1,2,3,4 ...).")
+    runs = collect_jobs(folders)
+    finished = runs[runs["status"] == "ok"]
+    if finished.empty:
+        raise DataError(f"no job of {sweep_dir} finished: there are no held-out predictions to read.")
+    config = summarise(runs)["config"].iloc[0]
+    chosen = finished[finished["config"] == config]
+    folds = sorted({int(f) for f in chosen["fold"] if str(f).lstrip("-").isdigit()})
+    if len(folds) < 2:
+        raise DataError(f"{sweep_dir}: the configuration {md(config)} has finished runs for {len(folds)} fold(s); "
+                        "out-of-fold predictions need a k-fold sweep (data.fold=0,1,...,k-1).")
+    names, val_parts, test_parts, missing = None, [], [], []
+    for run in chosen["run_dir"]:
+        run = Path(run)
+        val_path = run / CALIBRATION_DIR / VAL_PREDICTIONS
+        if not val_path.is_file():
+            missing.append(run.name)
+            continue
+        val, names = _read_predictions(val_path, names)
+        val_parts.append(val.assign(run=run.name))
+        if (run / runfolder.PREDICTIONS).is_file():
+            test, names = _read_predictions(run / runfolder.PREDICTIONS, names)
+            test_parts.append(test.assign(run=run.name))
+    if not val_parts:
+        raise DataError(f"no job of {sweep_dir} wrote {CALIBRATION_DIR}/{VAL_PREDICTIONS} (trained with "
+                        "callbacks.calibration=null, or by an older maskdet): rerun the sweep with the default callbacks.")
+    prob_columns = [f"prob_{n}" for n in names]
+    val = pd.concat(val_parts, ignore_index=True)
+    twice = val["path"].duplicated(keep=False)
+    if twice.any():
+        raise DataError(f"{int(twice.sum())} images were validation images of more than one fold "
+                        f"(e.g. {md(val.loc[twice, 'path'].iloc[0])}): the runs do not share one split "
+                        "(different data.seed or data.num_folds?), so their predictions are not out-of-fold.")
+    val = val.assign(split="val", folds=1)
+    frames = [val]
+    if test_parts:
+        test = pd.concat(test_parts, ignore_index=True)
+        labels = test.groupby("path", sort=False)["label"].nunique()
+        if (labels > 1).any():
+            raise DataError(f"the test image {md(labels[labels > 1].index[0])} has different labels in different "
+                            "runs' predictions.csv: the runs were not tested on the same data.")
+        demographics = [c for c in DEMOGRAPHIC_COLUMNS if c in test.columns]
+        averaged = test.groupby("path", sort=False).agg(
+            label=("label", "first"), **{c: (c, "first") for c in demographics},
+            **{c: (c, "mean") for c in prob_columns}, folds=("run", "nunique")).reset_index()
+        frames.append(averaged.assign(split="test"))
+        overlap = set(val["path"]) & set(averaged["path"])
+        if overlap:
+            raise DataError(f"{len(overlap)} images are both validation and test images across the runs (e.g. "
+                            f"{md(sorted(overlap)[0])}): the runs do not share one split.")
+    frame = pd.concat(frames, ignore_index=True)
+    source = {"config": config, "folds": folds, "runs": int(len(chosen)), "runs_without_val_predictions": missing,
+              "val_images": int(len(val)), "test_images": int(len(frame) - len(val))}
+    return frame, names, source
+
+
+def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01) -> pd.DataFrame:
+    """``frame`` (held-out probabilities) with cleanlab's verdicts: ``label_quality`` (0 worst), ``label_issue``,
+    ``suggested_label``, ``outlier_score`` (0 most unlike any class), ``outlier`` and ``why``; worst first."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.outlier import OutOfDistribution
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = frame[[f"prob_{n}" for n in class_names]].to_numpy(dtype=float)
+    probs = np.clip(probs, 1e-12, None)
+    probs /= probs.sum(1, keepdims=True)
+    labels = frame["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype=int)
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise DataError("the held-out images carry fewer than two labels: there is nothing to compare labels across.")
+    out = frame.copy()
+    out["label_quality"] = get_label_quality_scores(labels, probs, method="self_confidence")
+    out["label_issue"] = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    out["suggested_label"] = np.asarray(class_names, dtype=object)[probs.argmax(1)]
+    out["outlier_score"] = OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False)
+    flagged = max(1, math.ceil(outlier_share * len(out))) if outlier_share > 0 else 0
+    out["outlier"] = False
+    if flagged:
+        out.loc[out["outlier_score"].nsmallest(flagged).index, "outlier"] = True
+    out["why"] = np.select([out["label_issue"] & out["outlier"], out["label_issue"], out["outlier"]],
+                           ["label issue, outlier", "label issue", "outlier"], "")
+    return out.sort_values(["label_quality", "outlier_score"], kind="stable").reset_index(drop=True)
+
+
+def score_against_truth(quality: pd.DataFrame, planted: pd.DataFrame) -> dict:
+    """Precision and recall of the flagged images of ``quality`` (every held-out image with its ``why``, as
+    in label_quality.csv) against a list of planted ones (the embedded generator's ``<dataset>.planted.csv``,
+    paths relative to the dataset), matched on the path's last two parts (class folder / file name), so the
+    dataset may lie anywhere. Planted images the sweep never held out (excluded) are not counted."""
+    def key(path) -> str:
+        return "/".join(Path(str(path)).parts[-2:])
+
+    why = quality["why"].fillna("").astype(str)
+    flagged = {key(p) for p in quality.loc[why != "", "path"]}
+    seen = {key(p) for p in quality["path"]}
+    truth = {key(p) for p in planted["path"]} & seen  # planted images the sweep held out (all, unless excluded)
+    hits = flagged & truth
+    by_kind = {kind: {"planted": int(sum(key(p) in seen for p in part["path"])),
+                      "found": int(sum(key(p) in flagged for p in part["path"]))} for kind, part in planted.groupby("kind")}
+    return {"flagged": len(flagged), "planted": len(truth), "found": len(hits),
+            "precision": len(hits) / len(flagged) if flagged else math.nan,
+            "recall": len(hits) / len(truth) if truth else math.nan, "by_kind": by_kind}
+
+
+def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, shown: int = 30) -> str:
+    flagged = issues[issues["why"] != ""]
+    by_split = flagged.groupby("split").size().to_dict()
+    lines = ["# Label issues (out-of-fold predictions, cleanlab)", "",
+             f"Configuration {md(source['config'])}, folds {', '.join(map(str, source['folds']))}: "
+             f"{source['val_images']} validation images (each predicted once, by the model that did not train on it) "
+             f"and {source['test_images']} test images (probabilities averaged over the folds' models).", "",
+             f"**{int(flagged['label_issue'].sum())} likely label errors** (cleanlab `find_label_issues`, prune by "
+             f"noise rate) and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} of "
+             "cleanlab's out-of-distribution score from the probabilities): "
+             + ", ".join(f"{n} in {md(s)}" for s, n in sorted(by_split.items())) + ".", "",
+             "Label quality is the held-out probability of the given label (0: the held-out model is sure the label "
+             "is wrong). A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
+             "without the flagged images.", ""]
+    if source["runs_without_val_predictions"]:
+        lines += [f"**Note:** runs without validation predictions were left out: "
+                  f"{md(', '.join(source['runs_without_val_predictions']))}.", ""]
+    lines += ["| rank | image | split | given | suggested | label quality | outlier score | why |",
+              "|---|---|---|---|---|---|---|---|"]
+    for rank, row in enumerate(flagged.head(shown).itertuples(), start=1):
+        lines.append(f"| {rank} | {md(Path(row.path).name)} | {row.split} | {md(row.label)} | {md(row.suggested_label)} "
+                     f"| {row.label_quality:.3f} | {row.outlier_score:.3f} | {row.why} |")
+    if len(flagged) > shown:
+        lines.append(f"\n{len(flagged) - shown} more in label_issues.csv.")
+    return "\n".join(lines) + "\n"
+
+
+def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24) -> None:
+    """The ``top`` suspects drawn with their given and suggested labels; files that cannot be read (moved,
+    not images) are left out of the picture and counted in its title."""
+    import torch
+    from PIL import Image
+
+    from maskdet.data.images import load_rgb
+    from maskdet.evaluation.explain import gallery
+
+    rows, images = [], []
+    flagged = issues[issues["why"] != ""].head(top)
+    for row in flagged.itertuples():
+        try:
+            image = load_rgb(row.path).resize((96, 96), Image.Resampling.BILINEAR)
+        except Exception:  # noqa: BLE001 - a listed file that is gone or unreadable: counted, not fatal
+            continue
+        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
+        rows.append({"label": f"{row.label} (given)", "prediction": row.suggested_label,
+                     "confidence": 1 - row.label_quality})
+    unread = len(flagged) - len(rows)
+    title = (f"Top {len(rows)} label-issue suspects: given label, suggested label and 1 - label quality"
+             + (f" ({unread} listed files could not be read)" if unread else ""))
+    import matplotlib.pyplot as plt
+
+    plt.close(gallery(torch.stack(images) if images else torch.zeros(0, 3, 96, 96), pd.DataFrame(rows), title, path))
+
+
+def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, outlier_share: float = 0.01,
+                       top: int = 24) -> dict:
+    """Find, rank and write (module docstring); returns the counts and where the files are."""
+    if isinstance(outlier_share, bool) or not isinstance(outlier_share, int | float) or not 0 <= outlier_share < 0.5:
+        raise DataError(f"outlier_share={outlier_share!r} must be a share from 0 (no outliers flagged) to below 0.5.")
+    frame, class_names, source = held_out_predictions(sweep_dir)
+    issues = find_issues(frame, class_names, outlier_share)
+    folder = Path(out) if out is not None else Path(sweep_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = ["path", "label", "suggested_label", "label_quality", "outlier_score", "why", "split", "folds",
+               *[c for c in DEMOGRAPHIC_COLUMNS if c in issues.columns]]
+    flagged = issues[issues["why"] != ""]
+    write_csv(flagged[columns], folder / "label_issues.csv")
+    write_csv(issues[[*columns, "label_issue", "outlier"]], folder / "label_quality.csv")
+    write_text(folder / "label_issues.md", format_markdown(issues, source, outlier_share))
+    gallery_of_suspects(issues, folder / "label_issues.png", top)
+    summary = {"images": len(issues), "label_issues": int(issues["label_issue"].sum()),
+               "outliers": int(issues["outlier"].sum()), "flagged": int(len(flagged)), "folder": str(folder), **source}
+    log.info("label issues: %d likely label errors and %d outliers among %d held-out images (%s)",
+             summary["label_issues"], summary["outliers"], summary["images"], folder / "label_issues.md")
+    return summary

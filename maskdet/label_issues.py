@@ -1,0 +1,44 @@
+"""Which labels of my data are wrong? Likely label errors and outliers of a finished k-fold sweep.
+
+    python -m maskdet.label_issues outputs/train/multiruns/<time>              # writes into the sweep
+    python -m maskdet.label_issues <sweep> --out DIR --outlier-share 0.02 --top 36
+
+Also run at the end of every k-fold sweep. Reads each job's held-out predictions and ranks them with
+cleanlab (maskdet/evaluation/label_issues.py says how); writes label_issues.csv / .md / .png and
+label_quality.csv. ``data.exclude=<sweep>/label_issues.csv`` retrains without the flagged images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from maskdet.errors import exit_on_error
+
+
+def find(sweep: Path, out: Path | None, outlier_share: float, top: int) -> dict:
+    # cleanlab and matplotlib load after the arguments are read
+    from maskdet.evaluation.label_issues import write_label_issues
+
+    summary = write_label_issues(sweep, out, outlier_share=outlier_share, top=top)
+    folder = Path(summary["folder"])
+    print((folder / "label_issues.md").read_text())
+    print(f"{summary['label_issues']} likely label errors and {summary['outliers']} outliers among {summary['images']} "
+          f"held-out images: {folder / 'label_issues.csv'}; retrain without them with "
+          f"data.exclude={folder / 'label_issues.csv'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m maskdet.label_issues", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", type=Path, help="the folder of a finished k-fold sweep")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--outlier-share", type=float, default=0.01,
+                        help="flag this share of images with the lowest out-of-distribution score (default 0.01)")
+    parser.add_argument("--top", type=int, default=24, help="suspects in the gallery (default 24)")
+    args = parser.parse_args(argv)
+    exit_on_error(find, args.sweep, args.out, args.outlier_share, args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Label issues from out-of-fold predictions: a simulation with a known answer, stranger's files refused,
+a real k-fold sweep on planted noise, and data.exclude retraining without the flagged images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from maskdet.errors import DataError
+from maskdet.evaluation.label_issues import score_against_truth, write_label_issues
+from tests.conftest import REPO, cli_env
+
+CLASSES = ["without_mask", "with_mask", "mask_weared_incorrect"]
+
+
+def _frame(paths, labels, probs):
+    frame = pd.DataFrame({"path": paths, "label": labels, "prediction": np.asarray(CLASSES)[probs.argmax(1)],
+                          "confidence": probs.max(1)})
+    for i, name in enumerate(CLASSES):
+        frame[f"prob_{name}"] = probs[:, i]
+    frame["gender"] = [("female", "male")[int(p.split("_")[-1].split(".")[0]) % 2] for p in paths]
+    return frame
+
+
+def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0):
+    """A finished k-fold sweep written as maskdet writes one: each job's validation images once, the test
+    images by every job. Each image's held-out probabilities are drawn around a class (Dirichlet, mean 0.96
+    on it) and its true class from their mean, so they are calibrated: the model is right about 96 % of the
+    time and says so. Labels are then flipped at ``noise``: the flips are the only label errors."""
+    rng = np.random.default_rng(seed)
+    n = n_val + n_test
+    alpha = np.full((n, 3), 0.3)
+    alpha[np.arange(n), rng.integers(0, 3, n)] += 16
+    truth = np.array([rng.choice(3, p=a / a.sum()) for a in alpha])
+    given = truth.copy()
+    flipped = rng.random(n) < noise
+    given[flipped] = (truth[flipped] + rng.integers(1, 3, flipped.sum())) % 3
+    paths = [f"/data/{CLASSES[g]}/img_{i}.jpg" for i, g in enumerate(given)]
+    fold_of = rng.integers(0, folds, n_val)
+    for k in range(folds):
+        job = root / f"{k}_fold-{k}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.fold={k}"]))
+        (job / "metrics.json").write_text(json.dumps({"val": {"val/acc_best": 0.9}, "test": {"test/acc": 0.9}}))
+        (job / "calibration").mkdir()
+        for idx, path in ((np.flatnonzero(fold_of == k), job / "calibration" / "val_predictions.csv"),
+                          (np.arange(n_val, n), job / "predictions.csv")):
+            probs = np.array([rng.dirichlet(a) for a in alpha[idx]])
+            _frame([paths[i] for i in idx], np.asarray(CLASSES)[given[idx]], probs).to_csv(path, index=False)
+    return pd.DataFrame({"path": [p.removeprefix("/data/") for p, f in zip(paths, flipped) if f], "kind": "flipped"})
+
+
+def test_planted_label_errors_are_found_in_a_simulation_with_a_known_answer(tmp_path):
+    planted = _simulated_sweep(tmp_path)
+    summary = write_label_issues(tmp_path, outlier_share=0)
+    issues = pd.read_csv(tmp_path / "label_issues.csv")
+    quality = pd.read_csv(tmp_path / "label_quality.csv")
+    score = score_against_truth(quality, planted)
+    assert summary["val_images"] == 600 and summary["test_images"] == 150 and summary["folds"] == [0, 1, 2]
+    # recall near 1; precision bounded by the model's own errors (4 %, as many as the flips): cleanlab itself
+    # gets 0.68-0.72 on such calibrated probabilities (all its filter_by choices)
+    assert score["recall"] >= 0.85 and score["precision"] >= 0.6, score
+    clean = tmp_path / "clean"
+    _simulated_sweep(clean, noise=0.0)
+    assert write_label_issues(clean, outlier_share=0)["label_issues"] < summary["label_issues"] / 2
+    assert len(quality) == 750 and quality["label_quality"].is_monotonic_increasing  # ranked, worst first
+    test_rows = quality[quality["split"] == "test"]
+    assert (test_rows["folds"] == 3).all() and (quality.loc[quality["split"] == "val", "folds"] == 1).all()
+    assert set(issues.columns) >= {"path", "label", "suggested_label", "label_quality", "gender"}
+    assert (tmp_path / "label_issues.png").stat().st_size > 3000  # the gallery, though the files are not there
+    assert "likely label errors" in (tmp_path / "label_issues.md").read_text()
+
+
+def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
+    _simulated_sweep(tmp_path, n_val=60, n_test=20)
+    write_label_issues(tmp_path, outlier_share=0)
+    quality = pd.read_csv(tmp_path / "label_quality.csv")
+    path = quality.loc[quality["split"] == "test", "path"].iloc[0]
+    each = [pd.read_csv(tmp_path / f"{k}_fold-{k}" / "predictions.csv").set_index("path").loc[path] for k in range(3)]
+    assert quality.set_index("path").loc[path, "label_quality"] == pytest.approx(
+        np.mean([e[f"prob_{e['label']}"] for e in each]))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.assign(prob_with_mask="nan"), r"not numbers in \[0, 1\]"),
+    (lambda f: f.drop(columns=["path"]), "has no path"),
+    (lambda f: f.assign(label="=HYPERLINK(\"x\")"), "are not among its classes"),
+])
+def test_a_stranger_s_predictions_are_checked_as_data(tmp_path, change, message):
+    _simulated_sweep(tmp_path, n_val=60, n_test=20)
+    path = tmp_path / "1_fold-1" / "calibration" / "val_predictions.csv"
+    change(pd.read_csv(path)).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as refused:
+        write_label_issues(tmp_path)
+    assert "\n" not in str(refused.value) and not (tmp_path / "label_issues.csv").exists()
+
+
+def test_runs_that_do_not_share_one_split_are_refused(tmp_path):
+    _simulated_sweep(tmp_path, n_val=60, n_test=20)
+    one = tmp_path / "0_fold-0" / "calibration" / "val_predictions.csv"
+    two = tmp_path / "1_fold-1" / "calibration" / "val_predictions.csv"
+    pd.concat([pd.read_csv(two), pd.read_csv(one).head(3)]).to_csv(two, index=False)
+    with pytest.raises(DataError, match="validation images of more than one fold"):
+        write_label_issues(tmp_path)
+    with pytest.raises(DataError, match="k-fold sweep"):
+        write_label_issues(tmp_path / "0_fold-0")
+
+
+@pytest.mark.slow
+def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_without(cache_dir, tmp_path):
+    """The real thing, small: the embedded generator plants 10 % flipped labels and 6 non-faces, a 3-fold
+    sweep writes label_issues.* when it ends, the command rewrites them, and data.exclude leaves them out."""
+    env = cli_env(cache_dir, tmp_path)
+    data = ["data=synthetic", "data.source.per_class=40", "data.source.size=32", "data.source.label_noise=0.1",
+            "data.source.outliers=6", "data.num_folds=3", "trainer.max_epochs=4", "~logger",
+            "callbacks.explanations=null", "bias.n_bootstrap=10"]
+    swept = subprocess.run([sys.executable, "-m", "maskdet.train", "-m", "data.fold=0,1,2", *data], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
+    issues = pd.read_csv(sweep / "label_issues.csv")
+    quality = pd.read_csv(sweep / "label_quality.csv")
+    assert len(quality) == 4 * 40 + 6  # every image held out once (val) or by every fold (test)
+    assert len(issues) and (issues["why"] != "").all()
+    (planted_csv,) = cache_dir.glob("synthetic/*.planted.csv")
+    score = score_against_truth(quality, pd.read_csv(planted_csv))
+    assert score["planted"] == len(pd.read_csv(planted_csv)) and score["found"] > 0, score
+
+    out = tmp_path / "again"
+    command = subprocess.run([sys.executable, "-m", "maskdet.label_issues", str(sweep), "--out", str(out),
+                              "--outlier-share", "0.02"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert command.returncode == 0, command.stderr[-3000:]
+    assert f"data.exclude={out / 'label_issues.csv'}" in command.stdout
+    again = pd.read_csv(out / "label_issues.csv")
+    assert set(issues.loc[issues["why"].str.contains("label issue"), "path"]) == \
+        set(again.loc[again["why"].str.contains("label issue"), "path"])  # the same held-out predictions
+
+    run = tmp_path / "excluded"
+    retrained = subprocess.run([sys.executable, "-m", "maskdet.train", *data, f"data.exclude={sweep / 'label_issues.csv'}",
+                                "trainer.max_epochs=1", f"hydra.run.dir={run}"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    report = json.loads((run / "data_report.json").read_text())
+    left_out = [s for s in report["skipped"] if s["reason"].startswith("excluded: listed in data.exclude")]
+    assert len(left_out) == len(issues) and report["num_images_before_subset"] == len(quality) - len(issues)
+    assert f"{len(issues)} images left out because data.exclude lists them" in (run / "train.log").read_text()
+
+
+def test_a_missing_or_malformed_exclusion_list_is_refused_before_any_work(tmp_path, cache_dir):
+    from maskdet.errors import ConfigError
+    from maskdet.preflight import check_config
+    from tests.conftest import compose_train
+
+    (tmp_path / "no_path.csv").write_text("file,label\na.jpg,x\n")
+    for value, message in ((tmp_path / "missing.csv", "does not exist"), (tmp_path / "no_path.csv", "no 'path' column")):
+        with pytest.raises(ConfigError, match=message):
+            check_config(compose_train([f"data.exclude={value}"], tmp_path / "run", cache_dir), "train")
+    assert not (tmp_path / "run" / "data_report.json").exists()
