@@ -104,6 +104,7 @@ TRAIN_RUN = Command("python -m maskdet.train", 0, inline=False)  # <run> and <a>
 QUICK_RUN = Command("python -m maskdet.train data.source.per_class=200 trainer.max_epochs=3", 0, inline=False)  # <b>:
 # the same (tiny) embedded data as <a>, so that compare may compare them (runs of other data are refused)
 SWEEP = Command("python -m maskdet.train -m model.optimizer.lr=1e-3,1e-4 data.fold=0,1,2", 0, inline=False)
+KFOLD = Command("python -m maskdet.train -m data.fold=0,1,2,3,4 data.num_folds=5", 0, inline=False)  # <kfold>
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$")  # outputs/<task>/runs/<timestamp>_<id>
 
 
@@ -290,12 +291,17 @@ class Workspace:
         (sweep,) = self.execute(SWEEP).ok().folders("outputs/train/multiruns/*")
         return sweep
 
+    def kfold_dir(self) -> Path:
+        (sweep,) = self.execute(KFOLD).ok().folders("outputs/train/multiruns/*")
+        return sweep
+
     def substitute(self, arg: str) -> str:
         values = {  # README placeholder -> what stands for it here (computed when first needed)
             "<run>": lambda: self.run_dir().name,
             "<a>": lambda: self.run_dir().name,
             "<b>": lambda: self.run_dir(QUICK_RUN).name,
             "<sweep>": lambda: self.sweep_dir().name,
+            "<kfold>": lambda: self.kfold_dir().name,
             "/data/faces": lambda: str(self.faces),
             "/other/faces": lambda: str(self.faces),
             "/my/faces": lambda: str(self.faces),
@@ -476,6 +482,12 @@ def _check_outputs(cmd: Command, outcome: Outcome, workspace: Workspace) -> None
         out = workspace.root / args[args.index("--out") + 1] if "--out" in args else workspace.root / args[0]
         missing = [f for f in COMPARISON_FILES if not (out / f).is_file()]
         assert not missing, missing
+    elif cmd.entry == "label_issues":
+        out = workspace.root / args[0]
+        missing = [f for f in ("label_issues.csv", "label_issues.md", "label_issues.png", "label_quality.csv")
+                   if not (out / f).is_file()]
+        assert not missing, missing
+        assert len(pd.read_csv(out / "label_quality.csv")) == 4 * 20  # tiny embedded data, every image held out
     elif cmd.entry == "data.synthetic":
         out = Path(args[args.index("--out") + 1])
         classes = [p for p in out.iterdir() if p.is_dir()]

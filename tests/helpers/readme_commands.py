@@ -15,7 +15,7 @@ from pathlib import Path
 PROGRAMS = {"python", "python3", "make", "pip", "pip3", "pytest", "tensorboard", "wandb", "mlflow", "source"}
 HYDRA_ENTRIES = {"train": "train", "evaluate": "evaluate", "predict": "predict", "explain": "explain",
                  "export": "export", "data": "data_report"}  # entry point -> its config in maskdet/conf
-ARGPARSE_ENTRIES = {"compare", "data.synthetic"}
+ARGPARSE_ENTRIES = {"compare", "data.synthetic", "label_issues"}
 OVERRIDE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w./@-]*=\S*$")  # a Hydra override token, e.g. +data.subset.gender=f
 
 
