@@ -136,16 +136,16 @@ def _positive_int(cfg: DictConfig, key: str, where: str = "", why: str = "") -> 
 def check_bias_options(bias: DictConfig) -> None:
     """The bias audit's options (``bias.*``, keyword arguments of ``maskdet.evaluation.bias.audit``),
     which the audit would otherwise reject only after training."""
-    from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, audit
+    from maskdet.evaluation.bias import AUDITABLE_ATTRIBUTES, DEFAULT_ATTRIBUTES, audit
     from maskdet.evaluation.metrics import resolve_group_metrics
 
     check_keys(bias, "bias", audit, skip=("predictions", "class_names"))
     attributes = bias.get("attributes", list(DEFAULT_ATTRIBUTES))
-    valid = ", ".join(DEFAULT_ATTRIBUTES)
+    valid = ", ".join(AUDITABLE_ATTRIBUTES)
     if not (OmegaConf.is_list(attributes) or isinstance(attributes, list | tuple)):
         raise ConfigError(f"bias.attributes={attributes!r} must be a list of attributes, e.g. bias.attributes=[gender] "
                           f"(valid: {valid}).")
-    unknown = [str(a) for a in attributes if a not in DEFAULT_ATTRIBUTES]
+    unknown = [str(a) for a in attributes if a not in AUDITABLE_ATTRIBUTES]
     if unknown:
         raise ConfigError(f"bias.attributes: {', '.join(unknown)} is not an attribute the bias audit knows: "
                           f"use any of {valid} (e.g. bias.attributes=[gender,race]).")

@@ -1,4 +1,5 @@
-"""Data: sources -> index DataFrame -> splits -> subsets -> decoded cache -> batches."""
+"""Data: source -> index DataFrame -> decoded cache -> duplicates and groups -> splits -> subsets -> batches
+(docs/architecture.md, "The pipeline")."""
 
 
 def __getattr__(name: str):

@@ -70,7 +70,9 @@ from maskdet.evaluation.metrics import resolve_group_metrics
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text
 
-DEFAULT_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
+# The attributes an audit can group by (with_group_columns makes them); the default family audits all of them.
+AUDITABLE_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
+DEFAULT_ATTRIBUTES = AUDITABLE_ATTRIBUTES
 # Per-group figures with bootstrap intervals (metrics.GROUP_METRICS). Binned ECE ("ece") is no longer among
 # them: its bootstrap interval does not cover the true ECE at group sizes (module docstring); the calibration
 # gap and Spiegelhalter's test below replace it, and bias.metrics=[macro_f1,ece] still gives the old columns.

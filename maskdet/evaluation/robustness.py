@@ -45,7 +45,13 @@ from torchvision.transforms.v2 import functional as F  # noqa: E402
 
 from maskdet.data.demographics import UNKNOWN  # noqa: E402
 from maskdet.errors import ConfigError  # noqa: E402
-from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
+from maskdet.evaluation.bias import (  # noqa: E402
+    AUDITABLE_ATTRIBUTES,
+    DEFAULT_ATTRIBUTES,
+    adjust_p_values,
+    wilson_interval,
+    with_group_columns,
+)
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
@@ -143,10 +149,10 @@ def check_options(corruptions=None, severities=None, attributes=None, n_bootstra
             raise ConfigError(f"{where}severities={severities!r} must be a non-empty list of whole numbers from 1 "
                               f"to 5 (e.g. {where}severities=[1,3,5]).")
     if attributes is not None:
-        bad = [str(a) for a in attributes if a not in DEFAULT_ATTRIBUTES] if is_list(attributes) else [str(attributes)]
+        bad = [str(a) for a in attributes if a not in AUDITABLE_ATTRIBUTES] if is_list(attributes) else [str(attributes)]
         if bad:
             raise ConfigError(f"{where}attributes: {', '.join(bad)} is not an attribute the audit knows: use a list "
-                              f"of any of {', '.join(DEFAULT_ATTRIBUTES)}.")
+                              f"of any of {', '.join(AUDITABLE_ATTRIBUTES)}.")
     for key, value in (("n_bootstrap", n_bootstrap), ("min_group_size", min_group_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}{key}={value!r} must be a whole number of at least 1.")
