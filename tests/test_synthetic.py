@@ -131,3 +131,21 @@ def test_incorrect_wear_adds_a_fifth_class_and_bad_options_are_explained(tmp_pat
         make_spec(per_class=3, label_noise=0.1, shared_faces=2)
     with pytest.raises(ValueError, match="5 positive ints"):
         make_spec(per_class=[1, 2], incorrect_wear=True)
+
+
+@pytest.mark.slow
+def test_a_five_class_run_trains_tests_and_audits_the_incorrectly_worn_class(tmp_path, cache_dir):
+    """mask_weared_incorrect without downloads: trained, tested, and in the bias report's per-class figures."""
+    import json
+
+    from maskdet.data.synthetic import INCORRECT
+    from maskdet.train import train
+    from tests.conftest import compose_train
+
+    train(compose_train(["data.source.per_class=30", "data.source.size=48", "data.source.incorrect_wear=true",
+                         "data.num_folds=3", "trainer.max_epochs=1", "~logger", "callbacks.explanations=null",
+                         "bias.n_bootstrap=10"], tmp_path, cache_dir))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tested_on"]["class_names"] == [*CLASSES, INCORRECT]
+    report = (tmp_path / "classification_report.txt").read_text()
+    assert INCORRECT in report and "gender" in (tmp_path / "bias_report.md").read_text()
