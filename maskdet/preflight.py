@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
@@ -186,6 +185,8 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
             raise ConfigError(f"ckpt_path={ckpt_path} is a folder, not a checkpoint file{where}: pass a .ckpt file "
                               "such as <run>/checkpoints/best.ckpt.")
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: pass a .ckpt file from a run's checkpoints/ folder.")
+    import torch  # here, not above: refusals of settings answer without loading PyTorch
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read on use
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
@@ -212,6 +213,8 @@ def output_count(checkpoint: dict) -> int | None:
     """How many outputs the saved network has: the first dimension of the last weight or bias of its head
     (``maskdet.head``, saved by MaskClassifier; older files: of the whole network, whose head comes last in
     every backbone family); None when the state dict has no such tensor."""
+    import torch
+
     head = (checkpoint.get("maskdet") or {}).get("head") if isinstance(checkpoint.get("maskdet"), dict) else None
     prefix = f"net.{head}." if isinstance(head, str) and head else "net."
     state = checkpoint["state_dict"] if isinstance(checkpoint["state_dict"], dict) else {}

@@ -3,277 +3,38 @@
     python -m maskdet.train                                  # the COMP6721 study's custom CNN, embedded dataset
     python -m maskdet.train +experiment=resnet18_frozen      # the transfer-learning notebook's ResNet18
     python -m maskdet.train data=folder data.root=/my/faces  # your own class folders
+
+This entry point stays light: Hydra composes the command line and maskdet checks it first (an unknown key,
+``--help`` and ``--cfg job`` are answered without importing PyTorch Lightning); ``maskdet.training`` does
+the work.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-import time
-from dataclasses import replace
-from pathlib import Path
+from omegaconf import DictConfig
 
-import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
-
-from maskdet import runfolder
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
-from maskdet.console import summary
-from maskdet.data.datamodule import MaskDataModule
-from maskdet.data.prepare import DataSettings, PreparedData
-from maskdet.data.report import build_report, format_report, write_report
-from maskdet.data.splits import splits_table
-from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
-from maskdet.evaluation.cv import METRICS, write_summary
-from maskdet.evaluation.reports import write_metrics
-from maskdet.evaluation.subsets import compare_subsets
-from maskdet.evaluation.testing import test_and_report
-from maskdet.jsonfile import dumps
-from maskdet.models.networks import fetch_weights
-from maskdet.preflight import preflight_train
-from maskdet.resume import Resume, check_resume, register_resume_resolvers
-from maskdet.runfolder import ExistingRunError
+from maskdet.resume import register_resume_resolvers
 
-log = logging.getLogger("maskdet.train")
 register_resolvers()
 register_resume_resolvers()
 
 
-def _scalars(metrics: dict) -> dict:
-    return {k: float(v) for k, v in metrics.items()}
-
-
 def train(cfg: DictConfig) -> dict:
-    """Run one training job described by ``cfg``; return the figures written to ``metrics.json``.
+    """Run one training job described by a composed ``cfg``; return the figures written to ``metrics.json``
+    (``maskdet.training.train``)."""
+    from maskdet.training import train as run
 
-    Everything that can be refused (keys, a resume that would change the experiment) is refused before any
-    data work. A failure once training has started leaves ``failed.json`` in the run folder.
-    """
-    preflight_train(cfg)
-    resume = check_resume(cfg)
-    fetch_weights(cfg.model.architecture, cfg.model.get("weights"))  # offline? say so before any data work
-    if resume is not None and resume.run_dir is not None:  # Python API; the CLI is there already (hydra/train.yaml)
-        OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
-    output_dir = Path(cfg.paths.output_dir)
-    if rank_zero_only.rank != 0:  # a DDP process Lightning started inside rank 0's run: rank 0 owns the folder
-        return _train_in(cfg, output_dir, resume)
-    if resume is None or resume.run_dir is None:
-        runfolder.refuse_existing_run(output_dir, "train", own_config=True)
-    with runfolder.training_lock(output_dir):  # a second resume of this run is refused, not interleaved
-        if resume is not None:
-            runfolder.clear_results(output_dir)  # a failed resume must leave no older result beside failed.json
-        return _train_in(cfg, output_dir, resume)
-
-
-def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
-    started = time.time()
-    saved = output_dir / runfolder.CONFIG
-    if not saved.exists():  # called from Python, not the CLI: keep the config evaluate/export/explain read
-        saved.parent.mkdir(exist_ok=True)
-        OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, saved, resolve=True)
-    if resume is not None:
-        log.info("resuming from %s (end of epoch %d): outputs go to %s", resume.ckpt_path, resume.epoch, output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-
-    settings = instantiate(cfg.data)
-    datamodule = MaskDataModule(settings)
-    datamodule.setup("fit")  # builds what is missing; Lightning's prepare_data in fit then has nothing to do
-    data = datamodule.data
-    require_splits(data, settings, test=cfg.get("test", True))
-    if rank_zero_only.rank == 0:
-        report = build_report(data, settings.source_name)
-        write_report(report, output_dir, splits_table(data.index, data.root))
-        log.info("data report (%s):\n%s", output_dir / "data_report.json", format_report(report))
-
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names,
-                        image_size=settings.image_size)
-    if settings.serves_backbone_features and model.hparams.freeze == "backbone":
-        log.info("frozen backbone without augmentation: training the head on cached backbone features")
-        on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
-        datamodule.use_backbone_features(model.to("cuda" if on_gpu else "cpu").backbone_features, model.backbone_key())
-        model.cpu()
-    log.info("model %s: %d parameters, %d trainable", cfg.model.architecture, sum(p.numel() for p in model.parameters()),
-             sum(p.numel() for p in model.parameters() if p.requires_grad))
-    callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
-    loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
-    say_what_does_not_apply(cfg, settings, trainer, callbacks)
-
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.ckpt_path if resume else None)
-        # after a resume of a finished run no epoch runs: the last epoch's figures come from its checkpoint
-        val_metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")} \
-            or dict(model.resumed_val_metrics)
-        best = runfolder.own_best_checkpoint(output_dir, getattr(callbacks.get("model_checkpoint"), "best_model_path", None))
-        test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, best, cfg.get("bias")) \
-            if cfg.get("test", True) else ({}, {})
-
-        study = cfg.get("bias_study")
-        if study and test_metrics and trainer.world_size == 1:
-            text = compare_subsets(trainer, model, lambda **kw: MaskDataModule(replace(settings, **kw)), study.subsets,
-                                   study.compare, study.cap_per_class, output_dir)
-            log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
-            summary("bias study: %s", output_dir / "bias_study.md")
-    except BaseException as err:
-        err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
-        if trainer.is_global_zero:
-            runfolder.mark_failed(output_dir, err)
-            from maskdet.loggers import log_failure  # TensorBoard: the run's session marked failed
-
-            log_failure(trainer, hparams_of(cfg), err)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
-                               f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
-                               "checkpoint was left half-written. Free some space, or write runs elsewhere with "
-                               "paths.log_dir=<folder> (checkpoints need about 3x the model's weights).") from err
-        raise
-
-    metrics = {
-        "val": val_metrics,
-        "test": _scalars(test_metrics),
-        "bias": bias,
-        "best_checkpoint": best,
-        "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) if best else None,
-        "epochs_trained": trainer.current_epoch,
-        "num_classes": datamodule.num_classes,
-        "class_names": datamodule.class_names,
-        "wall_time_s": round(time.time() - started, 1),
-    }
-    if resume is not None:
-        metrics["resumed_from_epoch"] = resume.epoch
-        metrics["resumed_with_changes"] = resume.changed  # e.g. trainer.max_epochs: not pooled with its siblings
-    _log_final(trainer, cfg, metrics)
-    if trainer.is_global_zero:
-        write_metrics(metrics, output_dir)
-        log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
-        summarise(output_dir, data, metrics)
-    return metrics
-
-
-def require_splits(data: PreparedData, settings: DataSettings, test: bool) -> None:
-    """A split the run needs but the data does not have is said before training, not after it."""
-    used = data.used
-    where = f"data.source={settings.source_name} ({data.root})"
-    if not (used["split"] == "val").any():
-        raise DataError(f"The validation split is empty for {where}: a source with fixed splits needs "
-                        "validation images (a Roboflow valid/ folder, manifest rows with split=val).")
-    if test and not (used["split"] == "test").any():
-        raise DataError(f"The test split is empty for {where} (a Roboflow export without test/, a manifest "
-                        "without split=test rows, or a subset with no test images), so the run could not be "
-                        "tested after training. Add test images, or pass test=false to train without testing.")
-
-
-def say_what_does_not_apply(cfg: DictConfig, settings: DataSettings, trainer: L.Trainer, callbacks: dict) -> None:
-    """Options that cannot be honoured on this path are refused or announced, never silently ignored."""
-    if settings.balance_by and (not settings.decoded_cache or trainer.world_size > 1):
-        raise ConfigError(f"data.balance_by={list(settings.balance_by)} balances training batches only on the "
-                          "cached single-process path; it cannot be honoured with data.decoded_cache=false or under "
-                          "DDP (several devices). Drop data.balance_by, or train on one device with the cache.")
-    if trainer.world_size > 1:
-        log.warning("DDP over %d processes: data.batch_size=%d is per process (effective batch %d).",
-                    trainer.world_size, settings.batch_size, settings.batch_size * trainer.world_size)
-        if cfg.get("bias_study"):
-            log.warning("bias_study is skipped under DDP: run the study with trainer.devices=1.")
-        if callbacks.get("explanations") is not None:
-            log.warning("explanations are skipped under DDP: run python -m maskdet.explain ckpt_path=<best.ckpt>.")
-
-
-class TrainingFailed(MaskdetError):
-    """Training started and then failed for a reason outside maskdet (a full disk, say)."""
-
-    training_started = True
-
-
-def summarise(output_dir: Path, data: PreparedData, metrics: dict) -> None:
-    """The console's view of a run: three lines, or one per job in a sweep (reports are in the files)."""
-    test, val = metrics["test"], metrics["val"]
-    gaps = {k.removesuffix("/gap"): v for k, v in metrics["bias"].items() if k.endswith("/gap")}
-    worst = max(gaps, key=lambda k: abs(gaps[k]), default=None)
-    result = (f"test acc {test['test/acc']:.4f}, macro-F1 {test['test/f1']:.4f}" if test else "not tested") \
-        + (f"; largest gap {worst} {gaps[worst]:.3f} (p {metrics['bias'].get(worst + '/gap_p_value', float('nan')):.2g})"
-           if worst else "")
-    epochs = f"{metrics['epochs_trained']} epochs (best {metrics['best_epoch']}, val/acc_best " \
-             f"{val.get('val/acc_best', float('nan')):.4f})"
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        summary("job %s: %s; %s", output_dir.name, result, epochs)
-        return
-    used = data.used["split"].value_counts()
-    summary("run folder: %s", output_dir)
-    summary("data: %d images (train %d, val %d, test %d), %d files skipped (data_report.json)", int(used.sum()),
-            used.get("train", 0), used.get("val", 0), used.get("test", 0), len(data.skipped))
-    summary("trained %s; %s", epochs, result)
-
-
-def _instantiate_logger(logger_cfg: DictConfig, resume: Resume | None):
-    """A logger; on resume, TensorBoard drops the points the interrupted run logged after its checkpoint,
-    so each epoch keeps exactly one point (``purge_step``, which TensorBoard's reader honours)."""
-    if resume is not None and str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
-        return instantiate(logger_cfg, purge_step=resume.global_step)
-    return instantiate(logger_cfg)
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """The settings that tell runs apart, flat (``model.optimizer.lr``...), for TensorBoard's HParams tab."""
-    from maskdet.loggers import hparams_of as flat
-
-    return flat(cfg)
-
-
-def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
-    """The run's settings with its final figures, once, at the last training step, so a sweep can be sorted
-    in the HParams tab (TensorBoard's layout: maskdet/loggers.py)."""
-    from maskdet.loggers import log_final
-
-    log_final(trainer, hparams_of(cfg), metrics)
-
-
-def train_cv(cfg: DictConfig) -> dict:
-    """All folds inside one job (caches reused), for a search whose objective is cross-validated.
-    Each fold runs in ``fold_<k>/``; the mean validation metrics are returned and summarised."""
-    output_dir = Path(cfg.paths.output_dir)
-    for fold in range(cfg.data.num_folds):
-        fold_cfg = cfg.copy()
-        OmegaConf.update(fold_cfg, "data.fold", fold)
-        OmegaConf.update(fold_cfg, "paths.output_dir", str(output_dir / f"fold_{fold}"))
-        train(fold_cfg)
-    runs, summary = write_summary(output_dir)
-    row = summary.iloc[0]
-    metrics = {stage: {m: float(row[f"{m} mean"]) for m in METRICS if m.startswith(stage)} for stage in ("val", "test")}
-    metrics.update(folds=int(row["folds"]), failed=int(row["failed"]), cv_in_job=True)
-    write_metrics(metrics, output_dir)  # the job's own figures: means over its folds
-    return metrics
+    return run(cfg)
 
 
 @entry_point("train")
 def main(cfg: DictConfig) -> float | None:
-    job = train_cv if cfg.get("cv_in_job") else train
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        try:
-            metrics = job(cfg)
-        except Exception as err:  # noqa: BLE001 - the sweep goes on; its summary lists this job with the error
-            output_dir = Path(cfg.paths.output_dir)
-            if not (output_dir / runfolder.FAILED).exists():
-                runfolder.mark_failed(output_dir, err)
-            log.exception("job failed; recorded in %s", output_dir / runfolder.FAILED)
-            return None
-    else:
-        metrics = exit_on_error(job, cfg, on_error=lambda err: _remove_unstarted_run(cfg, err))
-    return metrics["val"].get(cfg.get("optimized_metric", "val/acc_best"))
+    from maskdet.training import run_job
 
+    return run_job(cfg)
 
-def _remove_unstarted_run(cfg: DictConfig, err: BaseException) -> None:
-    """A run that failed before training (and is not a resume) holds no result: close the log file Hydra
-    opened inside its folder, then delete the folder. A failed run that trained keeps it, with failed.json."""
-    if getattr(err, "training_started", False) or runfolder.run_of_checkpoint(cfg.get("ckpt_path")) is not None \
-            or isinstance(err, ExistingRunError):
-        return
-    runfolder.remove_run_folder(Path(cfg.paths.output_dir))
 
 if __name__ == "__main__":
     main()
