@@ -17,7 +17,6 @@ from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import summary
 from maskdet.errors import exit_on_error
-from maskdet.evaluation.explain import write_explanations
 from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.explain")
@@ -27,6 +26,8 @@ register_resolvers()
 def explain(cfg: DictConfig) -> dict:
     """Every check that needs no data first (also when called from Python, as ``train`` does), then the pictures."""
     check_config(cfg, "explain")
+    from maskdet.evaluation.explain import write_explanations  # PyTorch and matplotlib: after the settings
+
     model, datamodule, _ = checkpoint_and_data(cfg)
     result = write_explanations(model, datamodule, Path(cfg.paths.output_dir), **cfg.explain)
     summary("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)

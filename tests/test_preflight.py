@@ -434,11 +434,13 @@ def test_bias_family_settings_are_refused_before_training(setting, message):
     check_bias_options(OmegaConf.create({"primary_metric": "recall_with_mask", "alpha": 0.01, "correction": "fdr_bh"}))
 
 
-@pytest.mark.parametrize("args", [["data.nonexistent=1"], ["data.synthetic.per_class=3"], ["--help"], ["--cfg", "job"]])
-def test_refusals_help_and_cfg_answer_without_importing_lightning_or_torch(args, tmp_path):
+@pytest.mark.parametrize("command, args", [("train", ["data.nonexistent=1"]), ("train", ["data.synthetic.per_class=3"]),
+                                           ("train", ["--help"]), ("train", ["--cfg", "job"]),
+                                           ("explain", ["explain.per_clas=3"])])
+def test_refusals_help_and_cfg_answer_without_importing_lightning_or_torch(command, args, tmp_path):
     """The command line is composed and checked before PyTorch Lightning or PyTorch load (import checks,
     not timings: Python's -X importtime lists every module a process imported)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "maskdet.train", *args], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"maskdet.{command}", *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "hydra" in imported and not imported & {"lightning", "torch", "torchmetrics", "matplotlib", "scipy"}, \
