@@ -64,7 +64,7 @@ COMPOSE_ONLY = {
         "subsets run in tests/test_bias.py::test_evaluate_reproduces_the_run_and_evaluates_subsets; "
         "the data=folder line runs here",
     "python -m maskdet.predict ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt input=/photos/crops":
-        "a folder input runs in tests/test_use.py::test_predict_a_folder_with_good_and_bad_files; the glob "
+        "a folder input runs in tests/test_predict_and_export.py::test_predict_a_folder_with_good_and_bad_files; the glob "
         "line runs here",
     "python -m maskdet.predict ckpt_path=... input=group.jpg detect=true":
         "photos run in tests/test_detect.py::test_predict_detect_on_photos_and_a_video; the video line runs here",
