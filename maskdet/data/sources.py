@@ -43,6 +43,8 @@ BINARY_LABELS = {
     "with_cloth_mask": "with_mask",
     "with_ffp2_mask": "with_mask",
     "with_mask": "with_mask",
+    # a mask below the nose or on the chin does not protect: counted as no mask (a mapping decides otherwise)
+    INCORRECT: "without_mask",
 }
 
 
