@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import timeit
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -154,11 +155,48 @@ DETECTOR_CHOICES = {
     "haar alt2": dict(name="haar", cascade="alt2"),
     "haar alt2, min_neighbors=3": dict(name="haar", cascade="alt2", min_neighbors=3),
     "haar default + profile": dict(name="haar", cascade="default", profile=True),
+    "blazeface full range": dict(name="blazeface", model="full_range"),
+    "blazeface short range": dict(name="blazeface", model="short_range"),
+    "blazeface short, min_face=24": dict(name="blazeface", model="short_range", min_face=24),
+    "blazeface short, min_face=24, 0.75": dict(name="blazeface", model="short_range", min_face=24, score_threshold=0.75),
+    "blazeface short, min_face=24, 0.9": dict(name="blazeface", model="short_range", min_face=24, score_threshold=0.9),
 }
 
 
-def recall() -> None:
+class MTCNNCandidate:
+    """facenet-pytorch's MTCNN (MIT; weights inside its wheel), measured as a candidate only: the package pins
+    torch < 2.3, so it cannot be an extra of maskdet; install it with ``pip install --no-deps facenet-pytorch``
+    to measure it here."""
+
+    margin = 0.4
+
+    def __init__(self, threshold: float = 0.9):
+        from facenet_pytorch import MTCNN
+
+        self.net, self.threshold = MTCNN(keep_all=True, device="cpu"), threshold
+
+    def detect(self, rgb: np.ndarray):
+        from maskdet.detect import Face
+
+        boxes, scores = self.net.detect(Image.fromarray(rgb))
+        return [Face(round(x1), round(y1), round(x2 - x1), round(y2 - y1), float(p))
+                for (x1, y1, x2, y2), p in zip(boxes if boxes is not None else [], scores if scores is not None else [])
+                if p >= self.threshold]
+
+
+def candidates():
+    """Each detector measured: maskdet's (by their options) and MTCNN where facenet-pytorch is installed."""
     from maskdet.detect import build_detector
+
+    for label, options in DETECTOR_CHOICES.items():
+        yield label, build_detector(options)
+    try:
+        yield "mtcnn (facenet-pytorch, not shipped)", MTCNNCandidate()
+    except ImportError:
+        print("(mtcnn not measured: pip install --no-deps facenet-pytorch)")
+
+
+def recall() -> None:
 
     photos = list(no_face_photos())
     pixels = sum(rgb.shape[0] * rgb.shape[1] for _, rgb in photos) / 1e6
@@ -167,8 +205,7 @@ def recall() -> None:
     print(f"{'detector':<32}{'LFW bare':>10}{'LFW masked':>12}{'astro bare':>12}{'astro masked':>14}"
           f"{'cameraman':>11}{'false: photos + crops':>23}")
     camera, camera_box = cameraman()
-    for label, options in DETECTOR_CHOICES.items():
-        detector = build_detector(options)
+    for label, detector in candidates():
         cells = []
         for masked in (False, True):
             hits = [found(detector.detect(rgb), box, 0.3) for rgb, box in lfw_canvases(masked)]
@@ -208,29 +245,36 @@ def best_seconds(runs: dict, repeats: int, number: int) -> dict:
 
 
 def throughput(repeats: int = 20, number: int = 1) -> None:
+    import yaml
+
     from maskdet.detect import analyse, build_detector, classify_crops, face_crops
     from maskdet.models import MaskClassifier
 
-    detector = build_detector({"name": "haar"})
-    print(f"\nThroughput on 640x480 frames (Haar detector, {torch.get_num_threads()} threads): frames/s, best of "
-          f"{repeats} rounds of {number} frames")
-    print(f"{'model':<26}{'faces':>6}{'detection only':>16}{'per-face loop':>16}{'maskdet (batched)':>20}{'ratio':>8}")
-    for architecture, size in (("custom_cnn", 32), ("mobilenet_v2", 224)):
+    conf = Path(__file__).resolve().parents[1] / "maskdet" / "conf" / "detector"
+    print(f"\nThroughput on 640x480 frames ({torch.get_num_threads()} threads): frames/s, best of "
+          f"{repeats} rounds of {number} frames; each detector with its shipped settings (conf/detector)")
+    print(f"{'detector, model':<36}{'faces':>6}{'detection only':>16}{'per-face loop':>16}{'maskdet (batched)':>20}"
+          f"{'ratio':>8}")
+    for name, architecture, size in (("haar", "custom_cnn", 32), ("blazeface", "custom_cnn", 32),
+                                     ("haar", "mobilenet_v2", 224), ("blazeface", "mobilenet_v2", 224)):
+        detector = build_detector(yaml.safe_load((conf / f"{name}.yaml").read_text()))
         model = MaskClassifier(architecture, num_classes=4, image_size=size, weights=None).eval()
         for count in (4, 12):
             frame = crowd_frame(count)
 
-            def per_face(model=model, size=size, frame=frame):
+            def per_face(model=model, size=size, frame=frame, detector=detector):
                 image = Image.fromarray(frame)
                 for face in detector.detect(frame):  # one crop, one forward pass per face
                     classify_crops(model, face_crops(image, [face], size, detector.margin))
 
-            seconds = best_seconds({"detect": lambda frame=frame: detector.detect(frame), "per_face": per_face,
-                                    "batched": lambda model=model, frame=frame: analyse(model, detector, frame)},
+            seconds = best_seconds({"detect": lambda frame=frame, detector=detector: detector.detect(frame),
+                                    "per_face": per_face,
+                                    "batched": lambda model=model, frame=frame, detector=detector:
+                                        analyse(model, detector, frame)},
                                    repeats, number)
-            fps = {name: 1 / s for name, s in seconds.items()}
-            found = len(detector.detect(frame))
-            print(f"{architecture + f' at {size} px':<26}{found:>6}{fps['detect']:>16.1f}{fps['per_face']:>16.1f}"
+            fps = {part: 1 / s for part, s in seconds.items()}
+            faces = len(detector.detect(frame))
+            print(f"{name + ', ' + architecture + f' at {size} px':<36}{faces:>6}{fps['detect']:>16.1f}{fps['per_face']:>16.1f}"
                   f"{fps['batched']:>20.1f}{fps['batched'] / fps['per_face']:>7.2f}x")
 
 

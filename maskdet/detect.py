@@ -162,7 +162,134 @@ class YuNetDetector:
         return faces
 
 
-DETECTORS = {"haar": HaarDetector, "onnx": YuNetDetector}
+MODELS = Path(__file__).parent / "detectors"  # BlazeFace models shipped with maskdet (detectors/NOTICE.md)
+
+
+def ssd_anchors(input_size: int, strides: Sequence[int], per_location: Sequence[int]) -> np.ndarray:
+    """Anchor centres (x, y, relative to the input) of MediaPipe's SSD anchor calculator with fixed anchor size,
+    the layout the BlazeFace models were trained with: for each stride, a grid of cells, each repeated once per
+    anchor. Written here because only MediaPipe's graph code (not a library function) computes them."""
+    centres = []
+    for stride, count in zip(strides, per_location):
+        cells = int(np.ceil(input_size / stride))
+        ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
+        grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        centres.append(np.repeat(grid, count, axis=0))
+    return np.concatenate(centres).astype(np.float32)
+
+
+class BlazeFaceDetector:
+    """MediaPipe's BlazeFace face detector (TFLite, shipped inside maskdet), run by ``ai-edge-litert``'s
+    interpreter. It was trained on faces in the wild, so it finds faces whose mouth and nose are covered, which
+    Haar's bare-face cascades miss (benchmarks/detect.py). ``score`` is its face probability.
+
+    ``model``: ``short_range`` (128 px input, trained on faces that fill much of the picture) or ``full_range``
+    (192 px, faces up to about 5 m away). The whole frame is scaled to the input, so a face must be large
+    after that scaling; ``min_face`` (pixels, 0: off) adds overlapping tiles, each a level of a pyramid whose
+    smallest tiles are ``TILE_PER_FACE`` times ``min_face``, so faces down to that size fill a tile as the model
+    expects (each level halves the tile side; tiles overlap by half). Boxes of the frame and the tiles are
+    merged by non-maximum suppression."""
+
+    TILE_PER_FACE = 8  # the short-range model finds faces down to about an eighth of its input (benchmarks/detect.py)
+
+    SETTINGS = {"full_range": ("face_detection_full_range.tflite", 192, (4,), (1,)),
+                "short_range": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6))}
+
+    def __init__(self, model: str = "short_range", score_threshold: float = 0.65, nms_threshold: float = 0.3,
+                 min_face: int = 0, margin: float = 0.4):
+        if model not in self.SETTINGS:
+            raise ConfigError(f"detector.model={model!r} is unknown: choose full_range or short_range.")
+        if isinstance(min_face, bool) or not isinstance(min_face, int) or min_face < 0:
+            raise ConfigError(f"detector.min_face={min_face!r} must be a whole number of pixels (0: the whole frame "
+                              "only, no tiles).")
+        for key, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise ConfigError(f"detector.{key}={value!r} must be a number between 0 and 1.")
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise ConfigError(f"detector=blazeface needs the TFLite interpreter ai-edge-litert, part of the detect "
+                              f"extra: {INSTALL}. Importing it failed: {err}") from None
+        name, self.size, strides, per_location = self.SETTINGS[model]
+        self.interpreter = Interpreter(model_path=str(MODELS / name), num_threads=2)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        outputs = sorted(self.interpreter.get_output_details(), key=lambda o: o["shape"][-1])
+        self.scores_out, self.boxes_out = outputs[0]["index"], outputs[1]["index"]  # (1, N, 1) and (1, N, 16)
+        self.anchors = ssd_anchors(self.size, strides, per_location)
+        self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
+        self.min_face, self.margin = int(min_face), float(margin)
+
+    def _run(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (x1, y1, x2, y2 in ``rgb``'s pixels) and scores of one square-padded pass over ``rgb``."""
+        height, width = rgb.shape[:2]
+        side = max(height, width)
+        square = np.zeros((side, side, 3), np.uint8)  # padded at the bottom and right: boxes keep their origin
+        square[:height, :width] = rgb
+        image = np.asarray(Image.fromarray(square).resize((self.size, self.size), Image.BILINEAR), np.float32)
+        self.interpreter.set_tensor(self.input, (image / 127.5 - 1.0)[None])
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.boxes_out)[0]
+        logits = np.clip(self.interpreter.get_tensor(self.scores_out)[0, :, 0].astype(np.float64), -100, 100)
+        scores = 1 / (1 + np.exp(-logits))
+        keep = scores >= self.score_threshold
+        raw, scores, anchors = raw[keep], scores[keep], self.anchors[keep]
+        centre = anchors + raw[:, :2] / self.size
+        half = raw[:, 2:4] / self.size / 2
+        boxes = np.concatenate([centre - half, centre + half], axis=1) * side
+        return boxes, scores
+
+    def tile_sides(self, height: int, width: int) -> list[int]:
+        """The pyramid's tile sides for a frame: half the longer side, halved again while a tile stays at least
+        ``TILE_PER_FACE * min_face``; none when ``min_face`` is 0 or the frame is already that small."""
+        sides, side = [], max(height, width) // 2
+        while self.min_face and side >= self.TILE_PER_FACE * self.min_face:
+            sides.append(side)
+            side //= 2
+        if self.min_face and (not sides or sides[-1] > self.TILE_PER_FACE * self.min_face) \
+                and max(height, width) > self.TILE_PER_FACE * self.min_face:
+            sides.append(self.TILE_PER_FACE * self.min_face)
+        return sides
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        from torchvision.ops import nms
+
+        height, width = rgb.shape[:2]
+        found = [self._run(rgb)]
+        for tile in self.tile_sides(height, width):
+            rows, columns = (max(1, int(np.ceil(2 * n / tile)) - 1) for n in (height, width))  # half-tile steps
+            for top in np.linspace(0, max(height - tile, 0), rows).round().astype(int):
+                for left in np.linspace(0, max(width - tile, 0), columns).round().astype(int):
+                    boxes, scores = self._run(rgb[top:top + tile, left:left + tile])
+                    found.append((boxes + [left, top, left, top], scores))
+        boxes = torch.from_numpy(np.concatenate([b for b, _ in found]).astype(np.float32))
+        scores = torch.from_numpy(np.concatenate([s for _, s in found]).astype(np.float32))
+        kept = []
+        for i in nms(boxes, scores, self.nms_threshold).tolist():  # best first
+            # a tile can see part of a face (the eyes above a mask) as a smaller face inside a bigger box, which
+            # IoU does not suppress: a box mostly inside a better one is the same face
+            inside = [float(_intersection(boxes[i], boxes[j]) / _area(boxes[i])) for j in kept]
+            if max(inside, default=0.0) < 0.6:
+                kept.append(i)
+        faces = []
+        for i in kept:
+            x1, y1 = max(0, round(float(boxes[i, 0]))), max(0, round(float(boxes[i, 1])))
+            x2, y2 = min(width, round(float(boxes[i, 2]))), min(height, round(float(boxes[i, 3])))
+            if x2 > x1 and y2 > y1:
+                faces.append(Face(x1, y1, x2 - x1, y2 - y1, float(scores[i])))
+        return faces
+
+
+def _area(box: torch.Tensor) -> torch.Tensor:
+    return (box[2] - box[0]).clamp(min=1e-6) * (box[3] - box[1]).clamp(min=1e-6)
+
+
+def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0) * \
+        (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp(min=0)
+
+
+DETECTORS = {"haar": HaarDetector, "onnx": YuNetDetector, "blazeface": BlazeFaceDetector}
 
 
 def build_detector(options: dict):
