@@ -7,8 +7,10 @@ resize to the checkpoint's image_size, as ``images.load_resized``), and all face
 classifier together, in batches. ``detect_and_classify`` does this for photo and video files, writes
 annotated copies, and returns one row per face, one summary row per analysed frame and the skipped files.
 
-Detectors (OpenCV, the optional ``detect`` extra; nothing is downloaded at run time):
+Detectors (the optional ``detect`` extra; nothing is downloaded at run time):
 
+* ``blazeface`` (the default): MediaPipe's BlazeFace TFLite models, shipped in ``maskdet/detectors/``, run by
+  ai-edge-litert's interpreter, with overlapping tiles for small faces. Finds masked faces Haar misses.
 * ``haar``: the frontal-face Haar cascades that opencv-python-headless 4.x ships (``cv2.data.haarcascades``;
   the 5.x wheels no longer ship them), optionally with the profile cascade. Trained on bare faces: it
   misses many masked faces (benchmarks/detect.py measures how many).
