@@ -58,12 +58,32 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics["robustness"] = {f"{r['corruption']}@{r['severity']}": r["accuracy"] for r in report["rows"]
                                  if r["attribute"] == "overall"}
         summary("robustness: %s", output_dir / "robustness" / "robustness.md")
+    scenes = cfg.get("scenes")
+    if scenes is not None and scenes.get("enabled", True):
+        from maskdet.evaluation.scenes import is_scene_data
+
+        if is_scene_data(datamodule.data.index):  # data=voc|yolo|coco: detection + classification on the photos
+            metrics["scenes"] = _score_scenes(cfg, model, datamodule, output_dir / "scenes")
     write_metrics(metrics, output_dir)
     log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
     summary("run folder: %s", output_dir)
     summary("test acc %.4f, macro-F1 %.4f on %d images", metrics["test"]["test/acc"], metrics["test"]["test/f1"],
             int((datamodule.data.used["split"] == "test").sum()))
     return metrics
+
+
+def _score_scenes(cfg: DictConfig, model, datamodule, folder: Path) -> dict:
+    """The scene dataset's test photos through ``detector`` and the model (maskdet/evaluation/scenes.py)."""
+    from maskdet.detect import build_detector
+    from maskdet.evaluation.scenes import write_scene_report
+
+    detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
+    report = write_scene_report(model.eval(), detector, datamodule.data.index, datamodule.data.root,
+                                datamodule.class_names, folder, iou=float(cfg.scenes.iou),
+                                gallery_size=int(cfg.scenes.gallery_size))
+    summary("scenes: face recall %.3f, precision %.3f, mAP@0.5 %.3f on %d test photos (%s)", report["recall"],
+            report["precision"], report["map_50"], report["photos"], folder / "scenes.md")
+    return {k: report[k] for k in ("recall", "precision", "map_50", "true_masked_share", "estimated_masked_share")}
 
 
 @entry_point("evaluate")

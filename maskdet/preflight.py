@@ -377,6 +377,8 @@ NUMBERS: dict[str, Accepts] = {
     "detector.nms_threshold": _number(least=0, most=1),
     "detector.top_k": _whole(1),
     "detector.min_face": _whole(0, note=" (pixels; 0: the whole frame only, no tiles)"),
+    "scenes.iou": _number(above=0, most=1),
+    "scenes.gallery_size": _whole(0),
 }
 # Settings named alike mean the same in every callback (callbacks.<name>.*), scheduler (model.scheduler.*)
 # and in the explanations (explain.*): Lightning's EarlyStopping and ModelCheckpoint, torch's schedulers.

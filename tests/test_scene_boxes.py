@@ -191,3 +191,63 @@ def test_a_voc_scene_set_trains_with_every_photo_inside_one_split_and_one_fold(t
     with pytest.raises(Exception, match="margn"):
         check_config(compose_train([*overrides, "+data.source.margn=0.3"], tmp_path / "bad", cache_dir), "train")
     assert pd.read_csv(tmp_path / "run" / "predictions.csv")["path"].str.contains("scene_crops").all()
+    # maskdet-evaluate on the scene set: its test photos through the default detector and the model
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from maskdet.evaluate import evaluate
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        ev = hydra_compose(config_name="evaluate", overrides=[
+            f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", f"paths.output_dir={tmp_path / 'ev'}",
+            f"paths.cache_dir={cache_dir}", "bias.n_bootstrap=10"])
+    metrics = evaluate(ev)
+    scored = json.loads((tmp_path / "ev" / "scenes" / "scenes.json").read_text())
+    assert scored["photos"] == int(index.loc[index["split"] == "test", "photo"].nunique())
+    assert 0 <= metrics["scenes"]["recall"] <= 1 and scored["faces"] == int((index["split"] == "test").sum())
+    assert (tmp_path / "ev" / "scenes" / "scenes_missed.png").is_file()
+    assert "face recall" in (tmp_path / "ev" / "scenes" / "scenes.md").read_text()
+
+
+class KnownBoxes:
+    """A detector that finds exactly the boxes it is given for each photo (by its pixel sum), plus one box where
+    there is no face: a real detector object with a known answer, to check the scoring by hand."""
+
+    margin = 0.5
+
+    def __init__(self, per_photo: dict):
+        self.per_photo = per_photo
+
+    def detect(self, rgb):
+        from maskdet.detect import Face
+
+        boxes = self.per_photo[int(rgb.astype(np.int64).sum())]
+        return [Face(int(x), int(y), int(w), int(h), 0.9 - 0.1 * k) for k, (x, y, w, h) in enumerate(boxes)]
+
+
+def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
+    """Each photo: the first two annotated faces found exactly, the third missed, one false box: recall 2/3,
+    precision 2/3; masked share true and estimated from the labels; AP per class by torchmetrics."""
+    from maskdet.evaluation.scenes import match, score_scenes
+    from maskdet.models import MaskClassifier
+
+    scenes = compose_scenes(n_photos=3)
+    root = write_voc(tmp_path / "voc", scenes)
+    scan = read_voc(root, tmp_path / "cache")
+    index = scan.index.assign(split="test")
+    known = {}
+    for name, _, boxes in scenes:
+        rgb = np.asarray(Image.open(root / "images" / name).convert("RGB"))
+        known[int(rgb.astype(np.int64).sum())] = [b[:4] for b in boxes[:2]] + [(150, 5, 30, 30)]
+    names = ["mask_weared_incorrect", "with_mask", "without_mask"]
+    model = MaskClassifier("custom_cnn", num_classes=3, class_names=names, image_size=32).eval()
+    report = score_scenes(model, KnownBoxes(known), index, root, names)
+    assert (report["faces"], report["detections"], report["matched"]) == (9, 9, 6)
+    assert report["recall"] == pytest.approx(2 / 3) and report["precision"] == pytest.approx(2 / 3)
+    assert report["recall_low"] < 2 / 3 < report["recall_high"]
+    assert report["true_masked_share"] == pytest.approx(6 / 9)  # with_mask and worn incorrectly count as masked
+    assert int(report["confusion"].to_numpy().sum()) == 6 and 0 <= report["map_50"] <= 1
+    assert len(report["missed"]) == sum(1 for _, _, boxes in scenes if boxes[2][4] != "without_mask")
+    assert report["recall_by_group"] == []  # the photos carry no demographics
+    assert match([(0, 0, 10, 10), (50, 50, 10, 10)], [(1, 1, 10, 10), (0, 0, 10, 10)], [0.5, 0.9], 0.5) == [(0, 1)]

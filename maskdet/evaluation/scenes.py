@@ -1,0 +1,207 @@
+"""Scenes scored end to end: detection plus classification over a scene dataset's test photos.
+
+A scene dataset (``data=voc|yolo|coco``, ``maskdet.data.scene_boxes``) knows every face's box in its photos.
+``maskdet-evaluate`` on one runs what ``predict detect=true`` runs on each test photo (the detector, then the
+classifier on every face found, ``maskdet.detect.analyse``) and scores it against the annotated boxes:
+
+* face recall and precision at IoU >= ``iou`` (each annotated box matched to at most one detection,
+  greedily by detector score), with Wilson 95 % intervals over the boxes / detections;
+* per-class AP and mAP at IoU 0.5 (torchmetrics ``MeanAveragePrecision``): each detection is one box of its
+  predicted class, ranked by the classifier's confidence in that class;
+* the classification confusion on matched boxes (annotated class x predicted class);
+* the masked share of the photos' faces: true (annotated boxes) against estimated (the faces found);
+* recall per demographic group where the data has the columns (scene sets usually do not: then said);
+* a gallery of missed masked faces (annotated, not detected).
+
+Written as ``scenes.json`` / ``scenes.md`` / ``scenes_confusion.csv`` / ``scenes_missed.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from maskdet.data.demographics import UNKNOWN
+from maskdet.data.images import BadImageError, load_rgb
+from maskdet.evaluation.bias import wilson_interval
+from maskdet.jsonfile import write_json
+from maskdet.writing import md, write_csv, write_text
+
+UNMASKED = "without_mask"
+
+
+def is_scene_data(index: pd.DataFrame) -> bool:
+    """Whether the index comes from a scene layout (its crops know their photo and box)."""
+    return {"photo", "box"} <= set(index.columns)
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    union = aw * ah + bw * bh - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def match(truth: list[tuple], found: list[tuple], scores: list[float], threshold: float) -> list[tuple[int, int]]:
+    """(truth index, detection index) pairs: detections in order of score, each to the unmatched annotated box
+    it overlaps most, when that overlap reaches ``threshold`` (the PASCAL VOC rule)."""
+    pairs, taken = [], set()
+    for d in np.argsort(scores)[::-1]:
+        overlaps = [(_iou(t, found[d]), i) for i, t in enumerate(truth) if i not in taken]
+        best = max(overlaps, default=(0.0, -1))
+        if best[0] >= threshold:
+            taken.add(best[1])
+            pairs.append((best[1], int(d)))
+    return pairs
+
+
+def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_names: list[str],
+                 split: str = "test", iou: float = 0.5, batch_size: int = 64) -> dict:
+    """Detect and classify every photo of ``split`` and score it against its annotated boxes (module docstring)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from maskdet.detect import INSTALL, analyse
+    from maskdet.errors import ConfigError
+
+    try:
+        import pycocotools  # noqa: F401 - torchmetrics' mAP backend, imported by it only when computing
+    except ImportError:
+        raise ConfigError(f"Scoring scenes (mAP) needs pycocotools, part of the detect extra: {INSTALL}.") from None
+
+    part = index[index["split"] == split]
+    names = list(class_names)
+    metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, iou_thresholds=[0.5])
+    truth_rows, detections, masked_detections, missed, unreadable = [], 0, 0, [], []
+    for photo, faces in part.groupby("photo", sort=True):
+        try:
+            rgb = np.asarray(load_rgb(Path(root) / photo))
+        except BadImageError as err:
+            unreadable.append(f"{photo}: {err}")
+            continue
+        boxes = [tuple(float(v) for v in b.split(",")) for b in faces["box"]]
+        result = analyse(model, detector, rgb, batch_size, what=str(photo))
+        found = [(f.x, f.y, f.w, f.h) for f in result.faces]
+        probs = np.asarray(result.probs) if len(found) else np.zeros((0, len(names)))
+        predicted = probs.argmax(1) if len(found) else np.zeros(0, int)
+        pairs = dict(match(boxes, found, [f.score for f in result.faces], iou))
+        detections += len(found)
+        masked_detections += int(sum(names[p] != UNMASKED for p in predicted))
+        for i, (row, box) in enumerate(zip(faces.itertuples(), boxes)):
+            d = pairs.get(i)
+            truth_rows.append({"photo": photo, "label": row.label_name, "found": d is not None,
+                               "predicted": names[predicted[d]] if d is not None else None,
+                               **{c: getattr(row, c) for c in ("gender", "race", "age_group") if hasattr(row, c)}})
+            if d is None and row.label_name != UNMASKED:
+                missed.append((rgb, box, row.label_name))
+        metric.update([{"boxes": _xyxy(found), "scores": torch.tensor(probs.max(1) if len(found) else [], dtype=torch.float32),
+                        "labels": torch.tensor(predicted, dtype=torch.long)}],
+                      [{"boxes": _xyxy(boxes), "labels": torch.tensor([names.index(lab) for lab in faces["label_name"]],
+                                                                        dtype=torch.long)}])
+    truth = pd.DataFrame(truth_rows)
+    if truth.empty:
+        raise ValueError(f"no {split} photo of the scene dataset could be scored")
+    matched = int(truth["found"].sum())
+    recall_low, recall_high = wilson_interval(matched, len(truth))
+    precision_low, precision_high = wilson_interval(matched, detections) if detections else (np.nan, np.nan)
+    ap = metric.compute()
+    per_class = {names[int(c)]: float(v) for c, v in zip(np.atleast_1d(ap["classes"].numpy()),
+                                                         np.atleast_1d(ap["map_per_class"].numpy()))}
+    estimated_masked = masked_detections / detections if detections else None  # as frames.csv would report it
+    confusion = pd.crosstab(truth.loc[truth["found"], "label"], truth.loc[truth["found"], "predicted"]) \
+        .reindex(index=names, columns=names, fill_value=0) if matched else pd.DataFrame(0, index=names, columns=names)
+    return {"split": split, "photos": int(truth["photo"].nunique()), "faces": len(truth), "detections": detections,
+            "matched": matched, "iou": iou,
+            "recall": matched / len(truth), "recall_low": recall_low, "recall_high": recall_high,
+            "precision": matched / detections if detections else np.nan, "precision_low": precision_low,
+            "precision_high": precision_high, "map_50": float(ap["map_50"]), "ap_per_class": per_class,
+            "true_masked_share": float((truth["label"] != UNMASKED).mean()),
+            "estimated_masked_share": estimated_masked,
+            "recall_by_group": recall_by_group(truth), "unreadable": unreadable,
+            "confusion": confusion, "missed": missed}
+
+
+def _xyxy(boxes) -> torch.Tensor:
+    if not len(boxes):
+        return torch.zeros((0, 4), dtype=torch.float32)
+    b = torch.tensor(boxes, dtype=torch.float32)
+    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+
+
+def recall_by_group(truth: pd.DataFrame) -> list[dict]:
+    """Face recall per demographic group with a Wilson 95 % interval, for the columns the data fills."""
+    rows = []
+    for column in ("gender", "race", "age_group"):
+        if column not in truth.columns or (truth[column].astype(str) == UNKNOWN).all():
+            continue
+        for group, part in truth.groupby(column):
+            low, high = wilson_interval(int(part["found"].sum()), len(part))
+            rows.append({"attribute": column, "group": str(group), "faces": len(part),
+                         "recall": float(part["found"].mean()), "recall_low": low, "recall_high": high})
+    return rows
+
+
+def format_markdown(report: dict, class_names: list[str]) -> str:
+    pct = lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    lines = ["# Scenes scored end to end (detection + classification)", "",
+             f"{report['photos']} {report['split']} photos, {report['faces']} annotated faces, {report['detections']} "
+             f"detections; a face is found at IoU >= {report['iou']:g} (each box matched once, best score first).", "",
+             f"- face recall {pct(report['recall'])} [95 % Wilson {pct(report['recall_low'])}, {pct(report['recall_high'])}]",
+             f"- face precision {pct(report['precision'])} [95 % Wilson {pct(report['precision_low'])}, "
+             f"{pct(report['precision_high'])}]",
+             f"- mAP@0.5 {pct(report['map_50'])} (torchmetrics MeanAveragePrecision; each detection one box of its "
+             "predicted class, ranked by the classifier's confidence); per class: "
+             + ", ".join(f"{md(k)} {pct(v)}" for k, v in report["ap_per_class"].items()),
+             f"- masked share: true {pct(report['true_masked_share'])} (annotated faces), estimated "
+             f"{pct(report['estimated_masked_share'])} (among all detections, as predict's frames.csv counts them); "
+             "the faces a detector misses are not counted, so the estimate leans towards the faces it finds", "",
+             "## Confusion on matched faces (annotated class x predicted class)", "",
+             "| annotated \\ predicted | " + " | ".join(md(c) for c in class_names) + " |",
+             "|---|" + "---|" * len(class_names)]
+    for name, row in report["confusion"].iterrows():
+        lines.append(f"| {md(name)} | " + " | ".join(str(int(v)) for v in row) + " |")
+    lines += ["", "## Recall per demographic group", ""]
+    if report["recall_by_group"]:
+        lines += ["| attribute | group | faces | recall [95 % Wilson] |", "|---|---|---|---|"]
+        lines += [f"| {md(r['attribute'])} | {md(r['group'])} | {r['faces']} | {pct(r['recall'])} "
+                  f"[{pct(r['recall_low'])}, {pct(r['recall_high'])}] |" for r in report["recall_by_group"]]
+    else:
+        lines.append("The dataset has no demographic columns for its faces: no recall per group.")
+    if report["unreadable"]:
+        lines += ["", "Photos that could not be read: " + "; ".join(md(u) for u in report["unreadable"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_scene_report(model, detector, index: pd.DataFrame, root, class_names: list[str], folder: str | Path,
+                       iou: float = 0.5, gallery_size: int = 24) -> dict:
+    """Score the test photos (``score_scenes``) and write scenes.json / .md, scenes_confusion.csv and
+    scenes_missed.png (up to ``gallery_size`` missed masked faces)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from maskdet.detect import Face, crop_box
+    from maskdet.evaluation.explain import gallery
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = score_scenes(model, detector, index, root, class_names, iou=iou)
+    write_csv(report["confusion"].rename_axis("annotated").reset_index(), folder / "scenes_confusion.csv")
+    write_text(folder / "scenes.md", format_markdown(report, class_names))
+    crops, rows = [], []
+    for rgb, (x, y, w, h), label in report["missed"][:gallery_size]:
+        image = Image.fromarray(rgb)
+        crop = image.crop(crop_box(Face(round(x), round(y), max(1, round(w)), max(1, round(h)), 1.0),
+                                   image.width, image.height, detector.margin)).resize((96, 96))
+        crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255)
+        rows.append({"label": label, "prediction": "not detected", "confidence": 0.0})
+    plt.close(gallery(torch.stack(crops) if crops else torch.zeros(0, 3, 96, 96), pd.DataFrame(rows),
+                      f"Missed masked faces ({len(report['missed'])} in all, {len(crops)} shown)", folder / "scenes_missed.png"))
+    saved = {k: v for k, v in report.items() if k not in ("confusion", "missed")}
+    saved["confusion"] = report["confusion"].to_dict()
+    saved["missed_masked_faces"] = len(report["missed"])
+    write_json(folder / "scenes.json", saved)
+    return saved
