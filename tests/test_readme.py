@@ -98,6 +98,8 @@ DRY_RUN_PROGRAMS = {"make", "pip", "pytest", "benchmark"}
 NOT_OVERRIDES = {
     "+experiment=NAME": "NAME stands for any experiment; each real one is composed",
     "weights_only=True": "an argument of torch.load, not a setting",
+    "data.nonexistent=1": "a key that does not exist, on purpose: the refusal benchmarks/startup.py times",
+    "data.synthetic.per_class=3": "a key that moved, on purpose: refused with its new name (tests/test_preflight.py)",
 }
 
 TRAIN_RUN = Command("python -m maskdet.train", 0, inline=False)  # <run> and <a>
