@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from maskdet import runfolder
 from maskdet.cli import checkpoint_and_data, entry_point
 from maskdet.config import register_resolvers
-from maskdet.console import summary
+from maskdet.console import route_third_party_output, summary
 from maskdet.errors import exit_on_error
 from maskdet.preflight import check_config
 
@@ -28,6 +28,7 @@ def explain(cfg: DictConfig) -> dict:
     check_config(cfg, "explain")
     from maskdet.evaluation.explain import write_explanations  # PyTorch and matplotlib: after the settings
 
+    route_third_party_output()  # Lightning, imported just now, attached its own console handler again
     model, datamodule, _ = checkpoint_and_data(cfg)
     result = write_explanations(model, datamodule, Path(cfg.paths.output_dir), **cfg.explain)
     summary("wrote %s into %s", ", ".join(result["pictures"]), cfg.paths.output_dir)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
+from maskdet.console import route_third_party_output
 from maskdet.resume import register_resume_resolvers
 
 register_resolvers()
@@ -33,6 +34,7 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     from maskdet.training import run_job
 
+    route_third_party_output()  # Lightning, imported just now, attached its own console handler again
     return run_job(cfg)
 
 

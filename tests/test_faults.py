@@ -179,11 +179,12 @@ def test_every_json_a_run_writes_is_strict_json(trained):
 
 
 def _nan_checkpoint(trained: Path, folder: Path) -> Path:
-    """A copy of the run with every weight NaN, as a diverged run would have left it."""
+    """A copy of the run with every weight NaN, as a diverged run would have left it (its temperature, fitted
+    after training, stays as written: a NaN temperature is refused when the file is read, test_calibration.py)."""
     shutil.copytree(trained, folder)
     path = folder / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint["state_dict"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+    checkpoint["state_dict"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() and k != "temperature" else v
                                 for k, v in checkpoint["state_dict"].items()}
     torch.save(checkpoint, path)
     return path

@@ -90,7 +90,7 @@ REFUSED = [
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not accepted: lightning.pytorch.Trainer takes "
                                  "max_epochs as an integer or null"),
     (["trainer.precision=31"], "trainer.precision=31 is not accepted"),
-    (["data=default"], "data=folder|manifest|roboflow|synthetic"),
+    (["data=default"], "data=coco|folder|manifest|roboflow|synthetic|voc|yolo"),
     (["+data.subset.gender=femal"], "data.subset.gender: Unknown gender value 'femal'"),
     (["+data.subset.colour=red"], "data.subset.colour: no such column"),
     (["data.age_bins=[20,10]"], "data.age_bins=[20, 10] must be at least two increasing ages"),
@@ -237,7 +237,7 @@ def test_cli_refusals_before_any_data_work(tmp_path):
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}"], tmp_path),
                    f"ckpt_path={ckpt} contradicts itself", "the network has 2 outputs")
     assert_refused(run_cli("evaluate", [f"ckpt_path={ckpt}", "data=default", "bias.n_bootstrap=0"], tmp_path),
-                   "data=default is the base shared by the data configs", "data=folder|manifest|roboflow|synthetic")
+                   "data=default is the base shared by the data configs", "data=coco|folder|manifest|roboflow|synthetic|voc|yolo")
     assert_refused(run_cli("explain", [f"ckpt_path={ckpt}", "+explain.colour=1"], tmp_path),
                    "Unknown config key explain.colour")
     assert not (tmp_path / "cache").exists()

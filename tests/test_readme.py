@@ -235,7 +235,8 @@ def test_pip_installs_name_existing_extras(cmd):
 def test_benchmark_scripts_exist_with_their_sub_commands(cmd):
     script = REPO / cmd.args[0]
     assert script.is_file(), f"README line {cmd.line}: {cmd.args[0]} does not exist"
-    words = [a for a in cmd.args[1:] if not a.startswith("-")]
+    args = cmd.args[1:]  # sub-commands: the words that are neither options nor an option's value
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and not (i and args[i - 1].startswith("--"))]
     assert all(f'"{w}"' in script.read_text() for w in words), f"`{cmd.text}`: {words} not in {script.name}"
 
 
