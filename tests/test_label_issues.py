@@ -162,3 +162,21 @@ def test_a_missing_or_malformed_exclusion_list_is_refused_before_any_work(tmp_pa
         with pytest.raises(ConfigError, match=message):
             check_config(compose_train([f"data.exclude={value}"], tmp_path / "run", cache_dir), "train")
     assert not (tmp_path / "run" / "data_report.json").exists()
+
+
+def test_the_gallery_reads_only_images_inside_the_runs_dataset(tmp_path):
+    """label_issues.csv paths come from a sweep anyone may have written: an image outside the dataset folder
+    its runs name is not drawn into the gallery, though it exists and decodes."""
+    from PIL import Image
+
+    from maskdet.evaluation.label_issues import gallery_of_suspects
+
+    for where in ("data/with_mask", "private"):
+        (tmp_path / where).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / where / "x.jpg")
+    issues = pd.DataFrame({"path": [str(tmp_path / "data/with_mask/x.jpg"), str(tmp_path / "private/x.jpg"),
+                                    str(tmp_path / "data/../private/x.jpg")],
+                           "label": "with_mask", "suggested_label": "without_mask", "label_quality": 0.01,
+                           "why": "label issue"})
+    assert gallery_of_suspects(issues, tmp_path / "g.png", roots=[str(tmp_path / "data")]) == 1
+    assert gallery_of_suspects(issues, tmp_path / "none.png", roots=[]) == 0

@@ -5,6 +5,7 @@ unusable box or file reported with its reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -251,3 +252,15 @@ def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
     assert len(report["missed"]) == sum(1 for _, _, boxes in scenes if boxes[2][4] != "without_mask")
     assert report["recall_by_group"] == []  # the photos carry no demographics
     assert match([(0, 0, 10, 10), (50, 50, 10, 10)], [(1, 1, 10, 10), (0, 0, 10, 10)], [0.5, 0.9], 0.5) == [(0, 1)]
+
+
+def test_class_and_photo_names_from_annotations_cannot_write_outside_the_cache(tmp_path):
+    """A class named ``../../escaped`` (annotations are a stranger's text) becomes a numbered, sanitised
+    folder inside the crops' cache folder; the label itself is kept as data."""
+    root = write_voc(tmp_path / "voc", compose_scenes(n_photos=1))
+    xml = root / "annotations" / "scene_00.xml"
+    xml.write_text(xml.read_text().replace("<name>with_mask</name>", "<name>../../escaped</name>"))
+    scan = read_voc(root, tmp_path / "cache")
+    crops = (tmp_path / "cache" / "scene_crops").resolve()
+    assert all(Path(p).resolve().is_relative_to(crops) for p in scan.index["path"])
+    assert "../../escaped" in set(scan.index["label_name"]) and not list(tmp_path.rglob("escaped"))

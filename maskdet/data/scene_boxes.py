@@ -42,7 +42,7 @@ from maskdet.data.images import (
 from maskdet.data.sources import Scan
 from maskdet.errors import DataError
 
-CROPS_VERSION = 1  # bump when cropping changes, so cached crops are cut again
+CROPS_VERSION = 2  # bump when cropping changes, so cached crops are cut again
 ANNOTATION_SUFFIXES = {".txt", ".yaml", ".yml", ".names", ".json", ".xml", ".cache"}  # beside the photos, not photos
 DEFAULT_MARGIN = 0.5  # the Haar detector's default margin (conf/detector/haar.yaml): the face fills half the crop
 
@@ -289,10 +289,10 @@ def _key(layout: str, boxes: list[Box], margin: float) -> str:
     return digest.hexdigest()[:16]
 
 
-def _crop_name(root: Path, box_number: int, photo: Path) -> str:
-    stem = "_".join(photo.relative_to(root).with_suffix("").parts)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
-    return f"{safe}_{box_number}.png"
+def _safe_name(text: str, limit: int = 60) -> str:
+    """``text`` as one file-name component: letters, digits and ``-_`` only (annotations are a stranger's
+    text, and class names and photo names become folder and file names under the cache)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:limit]
 
 
 def crop_boxes(layout: str, root: Path, boxes: list[Box], skipped: list[dict], cache_dir, margin: float) -> pd.DataFrame:
@@ -323,7 +323,9 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
         by_photo: dict[Path, list[Box]] = {}
         for box in boxes:
             by_photo.setdefault(box.photo, []).append(box)
-        for photo, photo_boxes in by_photo.items():
+        # numbered, so that names the sanitising makes equal ("with mask", "with_mask") stay apart
+        folders = {label: f"{i:02d}_{_safe_name(label)}" for i, label in enumerate(sorted({b.label for b in boxes}))}
+        for photo_number, (photo, photo_boxes) in enumerate(by_photo.items()):
             try:
                 image = load_rgb(photo)
             except BadImageError as err:
@@ -336,8 +338,9 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
                     continue
                 face = Face(round(usable.x), round(usable.y), max(1, round(usable.w)), max(1, round(usable.h)), 1.0)
                 crop = image.crop(crop_box(face, image.width, image.height, margin))
-                name = f"{box.label}/{_crop_name(root, number, photo)}"
-                (tmp / box.label).mkdir(exist_ok=True)
+                stem = _safe_name("_".join(photo.relative_to(root).with_suffix("").parts))
+                name = f"{folders[box.label]}/{photo_number:06d}_{stem}_{number}.png"
+                (tmp / folders[box.label]).mkdir(exist_ok=True)
                 crop.save(tmp / name)
                 crops.append({"crop": name, "label": box.label, "photo": str(photo.relative_to(root)),
                               "box": [usable.x, usable.y, usable.w, usable.h]})

@@ -23,6 +23,7 @@ values are checked as data, and text is escaped where it lands.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -35,7 +36,7 @@ from maskdet.data.demographics import DEMOGRAPHIC_COLUMNS
 from maskdet.errors import DataError
 from maskdet.evaluation.calibration import VAL_PREDICTIONS
 from maskdet.evaluation.cv import collect_jobs, run_folders, summarise
-from maskdet.writing import md, write_csv, write_text
+from maskdet.writing import md, one_line, write_csv, write_text
 
 log = logging.getLogger("maskdet.label_issues")
 
@@ -65,7 +66,8 @@ def _read_predictions(path: Path, class_names: list[str] | None) -> tuple[pd.Dat
                         "maskdet.train wrote it; rerun the job.")
     unknown = sorted(set(frame["label"]) - set(names))
     if unknown:
-        raise DataError(f"{path} lists labels {[md(u) for u in unknown[:5]]} that are not among its classes {names[:8]}.")
+        raise DataError(f"{path} lists labels {[one_line(u)[:40] for u in unknown[:5]]} that are not among its classes "
+                        f"{names[:8]}.")
     return frame, names
 
 
@@ -86,7 +88,7 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
     chosen = finished[finished["config"] == config]
     folds = sorted({int(f) for f in chosen["fold"] if str(f).lstrip("-").isdigit()})
     if len(folds) < 2:
-        raise DataError(f"{sweep_dir}: the configuration {md(config)} has finished runs for {len(folds)} fold(s); "
+        raise DataError(f"{sweep_dir}: the configuration {one_line(config)} has finished runs for {len(folds)} fold(s); "
                         "out-of-fold predictions need a k-fold sweep (data.fold=0,1,...,k-1).")
     names, val_parts, test_parts, missing = None, [], [], []
     for run in chosen["run_dir"]:
@@ -108,7 +110,7 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
     twice = val["path"].duplicated(keep=False)
     if twice.any():
         raise DataError(f"{int(twice.sum())} images were validation images of more than one fold "
-                        f"(e.g. {md(val.loc[twice, 'path'].iloc[0])}): the runs do not share one split "
+                        f"(e.g. {one_line(val.loc[twice, 'path'].iloc[0])}): the runs do not share one split "
                         "(different data.seed or data.num_folds?), so their predictions are not out-of-fold.")
     val = val.assign(split="val", folds=1)
     frames = [val]
@@ -116,7 +118,7 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
         test = pd.concat(test_parts, ignore_index=True)
         labels = test.groupby("path", sort=False)["label"].nunique()
         if (labels > 1).any():
-            raise DataError(f"the test image {md(labels[labels > 1].index[0])} has different labels in different "
+            raise DataError(f"the test image {one_line(labels[labels > 1].index[0])} has different labels in different "
                             "runs' predictions.csv: the runs were not tested on the same data.")
         demographics = [c for c in DEMOGRAPHIC_COLUMNS if c in test.columns]
         averaged = test.groupby("path", sort=False).agg(
@@ -126,11 +128,25 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
         overlap = set(val["path"]) & set(averaged["path"])
         if overlap:
             raise DataError(f"{len(overlap)} images are both validation and test images across the runs (e.g. "
-                            f"{md(sorted(overlap)[0])}): the runs do not share one split.")
+                            f"{one_line(sorted(overlap)[0])}): the runs do not share one split.")
     frame = pd.concat(frames, ignore_index=True)
     source = {"config": config, "folds": folds, "runs": int(len(chosen)), "runs_without_val_predictions": missing,
-              "val_images": int(len(val)), "test_images": int(len(frame) - len(val))}
+              "val_images": int(len(val)), "test_images": int(len(frame) - len(val)),
+              "data_roots": _data_roots(chosen["run_dir"])}
     return frame, names, source
+
+
+def _data_roots(run_dirs) -> list[str]:
+    """The dataset folders the runs' data reports name: the only places the gallery reads images from."""
+    roots = set()
+    for run in map(Path, run_dirs):
+        try:
+            root = json.loads((run / "data_report.json").read_text()).get("root")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(root, str) and root:
+            roots.add(root)
+    return sorted(roots)
 
 
 def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01) -> pd.DataFrame:
@@ -208,18 +224,23 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
     return "\n".join(lines) + "\n"
 
 
-def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24) -> None:
-    """The ``top`` suspects drawn with their given and suggested labels; files that cannot be read (moved,
-    not images) are left out of the picture and counted in its title."""
+def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: list[str] = ()) -> int:
+    """The ``top`` suspects drawn with their given and suggested labels. Paths come from the sweep's CSVs,
+    which anyone may have written, so only image files inside ``roots`` (the runs' dataset folders, as their
+    data reports name them; ``images.path_problem``) are read; the others, and files that cannot be read
+    (moved, not images), are left out of the picture and counted in its title."""
     import torch
     from PIL import Image
 
-    from maskdet.data.images import load_rgb
+    from maskdet.data.images import load_rgb, path_problem
     from maskdet.evaluation.explain import gallery
 
     rows, images = [], []
     flagged = issues[issues["why"] != ""].head(top)
+    inside = [Path(r).expanduser().resolve() for r in roots]
     for row in flagged.itertuples():
+        if not any(path_problem(Path(str(row.path)), root) is None for root in inside):
+            continue
         try:
             image = load_rgb(row.path).resize((96, 96), Image.Resampling.BILINEAR)
         except Exception:  # noqa: BLE001 - a listed file that is gone or unreadable: counted, not fatal
@@ -229,10 +250,11 @@ def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24) -> None
                      "confidence": 1 - row.label_quality})
     unread = len(flagged) - len(rows)
     title = (f"Top {len(rows)} label-issue suspects: given label, suggested label and 1 - label quality"
-             + (f" ({unread} listed files could not be read)" if unread else ""))
+             + (f" ({unread} listed files outside the dataset or unreadable)" if unread else ""))
     import matplotlib.pyplot as plt
 
     plt.close(gallery(torch.stack(images) if images else torch.zeros(0, 3, 96, 96), pd.DataFrame(rows), title, path))
+    return len(images)
 
 
 def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, outlier_share: float = 0.01,
@@ -250,7 +272,7 @@ def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, out
     write_csv(flagged[columns], folder / "label_issues.csv")
     write_csv(issues[[*columns, "label_issue", "outlier"]], folder / "label_quality.csv")
     write_text(folder / "label_issues.md", format_markdown(issues, source, outlier_share))
-    gallery_of_suspects(issues, folder / "label_issues.png", top)
+    gallery_of_suspects(issues, folder / "label_issues.png", top, source["data_roots"])
     summary = {"images": len(issues), "label_issues": int(issues["label_issue"].sum()),
                "outliers": int(issues["outlier"].sum()), "flagged": int(len(flagged)), "folder": str(folder), **source}
     log.info("label issues: %d likely label errors and %d outliers among %d held-out images (%s)",

@@ -38,25 +38,21 @@ def is_scene_data(index: pd.DataFrame) -> bool:
     return {"photo", "box"} <= set(index.columns)
 
 
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    union = aw * ah + bw * bh - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def match(truth: list[tuple], found: list[tuple], scores: list[float], threshold: float) -> list[tuple[int, int]]:
     """(truth index, detection index) pairs: detections in order of score, each to the unmatched annotated box
     it overlaps most, when that overlap reaches ``threshold`` (the PASCAL VOC rule)."""
-    pairs, taken = [], set()
-    for d in np.argsort(scores)[::-1]:
-        overlaps = [(_iou(t, found[d]), i) for i, t in enumerate(truth) if i not in taken]
-        best = max(overlaps, default=(0.0, -1))
-        if best[0] >= threshold:
-            taken.add(best[1])
-            pairs.append((best[1], int(d)))
+    from torchvision.ops import box_iou
+
+    if not len(truth) or not len(found):
+        return []
+    overlap = box_iou(_xyxy(truth), _xyxy(found)).numpy()  # truth x detections
+    pairs = []
+    for d in np.argsort(scores, kind="stable")[::-1]:
+        column = overlap[:, d]
+        best = int(column.argmax())
+        if column[best] >= threshold:
+            overlap[best, :] = -1.0  # this annotated box is taken
+            pairs.append((best, int(d)))
     return pairs
 
 
