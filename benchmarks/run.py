@@ -32,7 +32,7 @@ from torchvision import transforms as T
 
 from maskdet.data.augment import BatchAugment
 from maskdet.data.datamodule import MaskDataModule
-from maskdet.data.prepare import DataSettings
+from maskdet.data.settings import DataSettings
 from maskdet.data.sources import read_class_folders
 from maskdet.data.synthetic import generate, make_spec
 from maskdet.models import MaskClassifier

@@ -51,7 +51,8 @@ from maskdet.data import cache
 from maskdet.data.augment import to_float
 from maskdet.data.datamodule import MaskDataModule
 from maskdet.data.images import load_resized
-from maskdet.data.prepare import DataSettings, PreparedData
+from maskdet.data.prepare import PreparedData
+from maskdet.data.settings import DataSettings
 from maskdet.data.sources import read_class_folders
 from maskdet.data.synthetic import generate, make_spec
 from maskdet.models import MaskClassifier

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import types
 import typing
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -22,6 +24,18 @@ def register_resolvers() -> None:
     """``${short_id:}``: a random 6-hex suffix, so run folders started in the same second never collide."""
     if not OmegaConf.has_resolver("short_id"):
         OmegaConf.register_new_resolver("short_id", lambda: uuid.uuid4().hex[:6], use_cache=True)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+@functools.cache
+def packaged_defaults(config_file: str) -> dict:
+    """The values a packaged config file (``bias/default.yaml``, relative to ``maskdet/conf``) sets, unresolved:
+    the one home of each default. Settings objects take their defaults from here, so that Python callers
+    and the command line get the same values (a default written twice drifts apart)."""
+    loaded = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / config_file), resolve=False)
+    return {k: v for k, v in loaded.items() if k != "defaults"}
 
 
 def import_target(path: str):

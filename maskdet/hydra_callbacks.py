@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet.cli import parse_overrides
 from maskdet.errors import MaskdetError
-from maskdet.evaluation.cv import FOLD_KEY, console_summary, write_summary
 
 log = logging.getLogger("maskdet.sweep")
 NAME_LIMIT = 80  # characters after the job number: folder names stay short on every file system
@@ -51,7 +50,7 @@ def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
     swept = _swept_keys(sweeper_params, sys.argv[1:] if argv is None else argv)
     chosen = [(k, v) for k, v in pairs if k in swept] if swept else \
         [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]
-    chosen.sort(key=lambda kv: kv[0] == FOLD_KEY)  # stable: command-line order, the fold last
+    chosen.sort(key=lambda kv: kv[0] == "data.fold")  # stable: command-line order, the fold (cv.FOLD_KEY) last
     short = [k.rsplit(".", 1)[-1] for k, _ in chosen]
     words = [f"{_safe(s if short.count(s) == 1 else k)}-{_safe(v)}" for s, (k, v) in zip(short, chosen)]
     name = "+".join(words)[:NAME_LIMIT].rstrip("+")
@@ -75,6 +74,8 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
+        from maskdet.evaluation.cv import console_summary, write_summary  # pandas: only when a sweep ends
+
         try:
             runs, summary = write_summary(sweep_dir)
         except MaskdetError as err:  # a job folder that cannot be read (a hand-edited overrides.yaml): said, exit 1

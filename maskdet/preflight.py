@@ -36,6 +36,9 @@ def _required_message(key: str, task: str) -> str:
         layouts = sorted(p.stem for p in (Path(__file__).parent / "conf" / "data").glob("*.yaml") if p.stem != "default")
         return ("data=default is the base shared by the data configs, not a dataset: choose one with "
                 f"data={'|'.join(layouts)} (all but synthetic also need data.root=<folder>).")
+    if key == "data.root":
+        return ("data.root is not set: this data layout reads a dataset on disk; pass data.root=<folder> (or "
+                "data=synthetic for the embedded dataset).")
     return f"{key} has no value (??? in the config): set it on the command line with {key}=<value>."
 
 
@@ -61,6 +64,8 @@ def check_required(cfg: DictConfig, task: str) -> None:
                           f"{' and '.join(f'{g}=null' for g in absent)} removed them: choose an option instead "
                           f"(e.g. {absent[0]}=<option>, see conf/{absent[0]}/).")
     missing = list(_missing(cfg))
+    if "data.source" in missing and "data.root" in missing:  # data=default: its message names data.root too
+        missing.remove("data.root")
     if missing:
         raise ConfigError(" ".join(_required_message(key, task) for key in missing))
 
@@ -110,7 +115,7 @@ def check_data_values(data: DictConfig) -> None:
     """Build the data settings without touching any file: ``DataSettings`` checks every value (batch size,
     cap, balance and subset columns ...). The reader and the augmentation are left as they are (their keys
     are checked against their own ``_target_``)."""
-    from maskdet.data.prepare import DataSettings
+    from maskdet.data.settings import DataSettings
 
     if import_target(data._target_) is not DataSettings:
         return
@@ -132,44 +137,32 @@ def _positive_int(cfg: DictConfig, key: str, where: str = "", why: str = "") -> 
         raise ConfigError(f"{where}{key}={value!r} must be a whole number of at least 1{why}.")
 
 
-def check_bias_options(bias: DictConfig) -> None:
-    """The bias audit's options (``bias.*``, keyword arguments of ``maskdet.evaluation.bias.audit``),
-    which the audit would otherwise reject only after training."""
-    from maskdet.evaluation.bias import AUDITABLE_ATTRIBUTES, DEFAULT_ATTRIBUTES, audit
-    from maskdet.evaluation.metrics import resolve_group_metrics
+def _options(node: DictConfig, where: str, options_class, skip: tuple = ()):
+    """Build a settings object from its config node: unknown keys and wrong types are refused by
+    ``check_keys``, every value by the object itself (``__post_init__``)."""
+    check_keys(node, where, options_class)
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in skip}
+    return options_class(**values)
 
-    check_keys(bias, "bias", audit, skip=("predictions", "class_names"))
-    attributes = bias.get("attributes", list(DEFAULT_ATTRIBUTES))
-    valid = ", ".join(AUDITABLE_ATTRIBUTES)
-    if not (OmegaConf.is_list(attributes) or isinstance(attributes, list | tuple)):
-        raise ConfigError(f"bias.attributes={attributes!r} must be a list of attributes, e.g. bias.attributes=[gender] "
-                          f"(valid: {valid}).")
-    unknown = [str(a) for a in attributes if a not in AUDITABLE_ATTRIBUTES]
-    if unknown:
-        raise ConfigError(f"bias.attributes: {', '.join(unknown)} is not an attribute the bias audit knows: "
-                          f"use any of {valid} (e.g. bias.attributes=[gender,race]).")
-    if "metrics" in bias:
-        resolve_group_metrics(list(bias.metrics) if OmegaConf.is_list(bias.metrics) else bias.metrics)
-    if "primary_metric" in bias and not (bias.primary_metric == "accuracy" or str(bias.primary_metric).startswith("recall_")):
-        raise ConfigError(f"bias.primary_metric={bias.primary_metric!r}: the gap test compares proportions; use "
-                          "accuracy (the default) or recall_<class name>.")
-    if "alpha" in bias and not (isinstance(bias.alpha, float | int) and not isinstance(bias.alpha, bool)
-                                and 0 < bias.alpha < 1):
-        raise ConfigError(f"bias.alpha={bias.alpha!r} must be a number between 0 and 1 (the family's level, e.g. 0.05).")
-    for key in ("min_group_size", "n_bootstrap"):
-        if key in bias:
-            _positive_int(bias, key, "bias.", " (the defaults are min_group_size=30, n_bootstrap=1000)")
+
+def check_bias_options(bias: DictConfig) -> None:
+    """The bias audit's options (``bias.*``, ``maskdet.evaluation.options.BiasOptions``), which the audit would
+    otherwise reject only after training."""
+    from maskdet.evaluation.options import BiasOptions
+
+    _options(bias, "bias", BiasOptions)
 
 
 def check_comparison_options(comparison: DictConfig) -> None:
-    """The options of the comparison a sweep writes when it ends (``comparison.*``, keyword arguments of
-    ``maskdet.evaluation.compare.write_comparison``), which would otherwise be refused after every job ran."""
-    from maskdet.evaluation.compare import check_options, write_comparison
+    """The options of the comparison a sweep writes when it ends (``comparison.*``,
+    ``maskdet.evaluation.options.ComparisonOptions``), which would otherwise be refused after every job ran."""
+    from maskdet.evaluation.options import ComparisonOptions
 
-    check_keys(comparison, "comparison", write_comparison, skip=("paths", "out_dir"))
     try:
-        check_options(**{k: comparison[k] for k in ("primary_metric", "correction", "alpha", "n_boot") if k in comparison})
+        _options(comparison, "comparison", ComparisonOptions)
     except ConfigError as err:
+        if str(err).startswith(("Unknown config key", "comparison.")):
+            raise
         raise ConfigError(f"comparison.*, the comparison written when a sweep ends: {err}") from None
 
 
@@ -479,14 +472,31 @@ def check_logger_extras(loggers: DictConfig) -> None:
                               f"pip install 'maskdet[{extra}]'{full}, or leave this logger out (~logger.{name}).")
 
 
-def check_config(cfg: DictConfig, task: str) -> None:
-    """Every check that needs no data, for entry point ``task`` (train, evaluate, explain, export, predict)."""
+def check_settings(cfg: DictConfig, task: str) -> None:
+    """The checks of maskdet's own settings for entry point ``task``: each settings object (data, bias,
+    comparison) checks itself, plus the required keys, the numbers and the folders. Nothing heavy is
+    imported (no Lightning, torch, pandas or matplotlib), so an entry point runs these before its imports
+    and a wrong value is refused in about a second."""
     check_required(cfg, task)
     # bias and comparison first: callbacks interpolate them (${bias.alpha}), and a bad value is named where set
     if isinstance(cfg.get("bias"), DictConfig):
         check_bias_options(cfg.bias)
     if isinstance(cfg.get("comparison"), DictConfig):
         check_comparison_options(cfg.comparison)
+    if isinstance(cfg.get("data"), DictConfig):  # the reader's keys (data.source.*) are checked by check_config
+        check_keys(OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k not in ("source", "augment")]), "data")
+        check_data_values(cfg.data)
+    for key in {"predict": ("batch_size",), "export": ("parity_images",)}.get(task, ()):
+        _positive_int(cfg, key)
+    check_numbers(cfg)
+    check_writable(cfg)
+
+
+def check_config(cfg: DictConfig, task: str) -> None:
+    """Every check that needs no data, for entry point ``task`` (train, evaluate, explain, export, predict):
+    ``check_settings``, then the keys of every ``_target_`` against its signature (this imports Lightning,
+    the model and the third-party classes), the model and the checkpoint."""
+    check_settings(cfg, task)
     if isinstance(cfg.get("robustness"), DictConfig):
         check_robustness_options(cfg.robustness)
     for group in ("data", "model", "trainer", "callbacks", "logger"):
@@ -499,12 +509,6 @@ def check_config(cfg: DictConfig, task: str) -> None:
 
         check_keys(cfg.explain, "explain", write_explanations,
                    skip=("model", "datamodule", "output_dir", "tensorboard", "step"))
-    if isinstance(cfg.get("data"), DictConfig):
-        check_data_values(cfg.data)
-    for key in {"predict": ("batch_size",), "export": ("parity_images",)}.get(task, ()):
-        _positive_int(cfg, key)
-    check_numbers(cfg)
-    check_writable(cfg)
     if task == "train":
         check_model(cfg)
     if task == "train" and cfg.get("ckpt_path"):

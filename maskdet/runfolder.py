@@ -201,3 +201,12 @@ def mark_failed(run: Path, err: BaseException) -> Path | None:
     except OSError:
         log.error("could not write %s", Path(run) / FAILED)
         return None
+
+
+def remove_unstarted_run(output_dir: Path, ckpt_path: str | None, err: BaseException) -> None:
+    """A run refused before training (and not a resume) holds no result: close the log file Hydra opened
+    inside its folder, then delete the folder. A failed run that trained keeps it, with failed.json."""
+    if getattr(err, "training_started", False) or run_of_checkpoint(ckpt_path) is not None \
+            or isinstance(err, ExistingRunError):
+        return
+    remove_run_folder(output_dir)

@@ -5,18 +5,23 @@
     python -m maskdet.train data=folder data.root=/my/faces  # your own class folders
 
 This entry point stays light: Hydra composes the command line and maskdet checks it first (an unknown key,
-``--help`` and ``--cfg job`` are answered without importing PyTorch Lightning); ``maskdet.training`` does
-the work.
+a wrong value, ``--help`` and ``--cfg job`` are answered without importing PyTorch Lightning);
+``maskdet.training`` does the work.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from maskdet.cli import entry_point
 from maskdet.config import register_resolvers
 from maskdet.console import route_third_party_output
+from maskdet.errors import exit_on_error
+from maskdet.preflight import check_settings
 from maskdet.resume import register_resume_resolvers
+from maskdet.runfolder import remove_unstarted_run
 
 register_resolvers()
 register_resume_resolvers()
@@ -32,6 +37,12 @@ def train(cfg: DictConfig) -> dict:
 
 @entry_point("train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep's job records its refusal and the sweep goes on
+        exit_on_error(check_settings, cfg, "train", on_error=lambda err: remove_unstarted_run(
+            Path(cfg.paths.output_dir), cfg.get("ckpt_path"), err))  # answered before Lightning is imported
     from maskdet.training import run_job
 
     route_third_party_output()  # Lightning, imported just now, attached its own console handler again

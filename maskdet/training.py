@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet import runfolder
 from maskdet.console import summary
 from maskdet.data.datamodule import MaskDataModule
-from maskdet.data.prepare import DataSettings, PreparedData
+from maskdet.data.prepare import PreparedData
 from maskdet.data.report import build_report, format_report, write_report
+from maskdet.data.settings import DataSettings
 from maskdet.data.splits import splits_table
 from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
 from maskdet.evaluation.cv import METRICS, write_summary
@@ -36,7 +37,6 @@ from maskdet.jsonfile import dumps
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train
 from maskdet.resume import Resume, check_resume
-from maskdet.runfolder import ExistingRunError
 
 log = logging.getLogger("maskdet.train")
 
@@ -167,10 +167,10 @@ def require_splits(data: PreparedData, settings: DataSettings, test: bool) -> No
 
 def say_what_does_not_apply(cfg: DictConfig, settings: DataSettings, trainer: L.Trainer, callbacks: dict) -> None:
     """Options that cannot be honoured on this path are refused or announced, never silently ignored."""
-    if settings.balance_by and (not settings.decoded_cache or trainer.world_size > 1):
-        raise ConfigError(f"data.balance_by={list(settings.balance_by)} balances training batches only on the "
-                          "cached single-process path; it cannot be honoured with data.decoded_cache=false or under "
-                          "DDP (several devices). Drop data.balance_by, or train on one device with the cache.")
+    if settings.balance_by and trainer.world_size > 1:  # data.decoded_cache=false: refused by DataSettings
+        raise ConfigError(f"data.balance_by={list(settings.balance_by)} balances training batches only in a single "
+                          "process; it cannot be honoured under DDP (several devices). Drop data.balance_by, or "
+                          "train on one device.")
     if trainer.world_size > 1:
         log.warning("DDP over %d processes: data.batch_size=%d is per process (effective batch %d).",
                     trainer.world_size, settings.batch_size, settings.batch_size * trainer.world_size)
@@ -260,14 +260,5 @@ def run_job(cfg: DictConfig) -> float | None:
             log.exception("job failed; recorded in %s", output_dir / runfolder.FAILED)
             return None
     else:
-        metrics = exit_on_error(job, cfg, on_error=lambda err: _remove_unstarted_run(cfg, err))
+        metrics = exit_on_error(job, cfg, on_error=lambda err: runfolder.remove_unstarted_run(Path(cfg.paths.output_dir), cfg.get("ckpt_path"), err))
     return metrics["val"].get(cfg.get("optimized_metric", "val/acc_best"))
-
-
-def _remove_unstarted_run(cfg: DictConfig, err: BaseException) -> None:
-    """A run that failed before training (and is not a resume) holds no result: close the log file Hydra
-    opened inside its folder, then delete the folder. A failed run that trained keeps it, with failed.json."""
-    if getattr(err, "training_started", False) or runfolder.run_of_checkpoint(cfg.get("ckpt_path")) is not None \
-            or isinstance(err, ExistingRunError):
-        return
-    runfolder.remove_run_folder(Path(cfg.paths.output_dir))

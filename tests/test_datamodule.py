@@ -180,7 +180,7 @@ def test_a_new_layout_is_one_reader_and_one_config_node(tiny_dataset, cache_dir,
 
 def test_the_data_pipeline_runs_without_lightning(tiny_dataset, cache_dir):
     """maskdet.data.prepare is plain Python: the split contract can be used and tested without Lightning."""
-    code = ("import sys\nfrom maskdet.data.prepare import DataSettings, prepare\n"
+    code = ("import sys\nfrom maskdet.data.prepare import prepare\nfrom maskdet.data.settings import DataSettings\n"
             "from maskdet.data.sources import read_class_folders\n"
             f"data = prepare(DataSettings(read_class_folders, root={str(tiny_dataset)!r}, cache_dir={str(cache_dir)!r}, "
             "num_folds=3))\n"

@@ -77,8 +77,8 @@ def read_only_dir(tmp_path):
 
 # ------------------------------------------------------------------ train(cfg): refused before data work
 REFUSED = [
-    (["+bias.bogus=1"], "Unknown config key bias.bogus: maskdet.evaluation.bias.audit accepts attributes, "
-                        "min_group_size, n_bootstrap, seed"),
+    (["+bias.bogus=1"], "Unknown config key bias.bogus: maskdet.evaluation.options.BiasOptions accepts attributes, "
+                        "min_group_size, metrics, n_bootstrap, seed"),
     (["bias.n_bootstrap=0"], "bias.n_bootstrap=0 must be a whole number of at least 1"),
     (["bias.attributes=[colour]"], "colour is not an attribute the bias audit knows: use any of gender, race, "
                                    "age_group, gender_x_race"),
@@ -87,8 +87,8 @@ REFUSED = [
     (["data.balance_by=[colour]"], "data.balance_by: colour is not a demographic column"),
     (["data.batch_size=0"], "data.batch_size=0 must be a whole number of at least 1"),
     (["data.cap_per_class=0"], "use data.cap_per_class=null for no cap"),
-    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not accepted: lightning.pytorch.Trainer takes "
-                                 "max_epochs as an integer or null"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not accepted: it must be a whole number of "
+                                 "at least -1"),
     (["trainer.precision=31"], "trainer.precision=31 is not accepted"),
     (["data=default"], "data=coco|folder|manifest|roboflow|synthetic|voc|yolo"),
     (["+data.subset.gender=femal"], "data.subset.gender: Unknown gender value 'femal'"),
@@ -434,15 +434,30 @@ def test_bias_family_settings_are_refused_before_training(setting, message):
     check_bias_options(OmegaConf.create({"primary_metric": "recall_with_mask", "alpha": 0.01, "correction": "fdr_bh"}))
 
 
-@pytest.mark.parametrize("command, args", [("train", ["data.nonexistent=1"]), ("train", ["data.synthetic.per_class=3"]),
-                                           ("train", ["--help"]), ("train", ["--cfg", "job"]),
-                                           ("explain", ["explain.per_clas=3"])])
-def test_refusals_help_and_cfg_answer_without_importing_lightning_or_torch(command, args, tmp_path):
-    """The command line is composed and checked before PyTorch Lightning or PyTorch load (import checks,
-    not timings: Python's -X importtime lists every module a process imported)."""
+HEAVY = {"lightning", "torch", "torchmetrics", "matplotlib", "scipy", "pandas", "sklearn"}
+
+
+@pytest.mark.parametrize("command, args, answer", [
+    ("train", ["data.nonexistent=1"], "Unknown config key data.nonexistent"),
+    ("train", ["data.synthetic.per_class=3"], "data.synthetic.per_class is now data.source.per_class"),
+    ("train", ["--help"], "Powered by Hydra"), ("train", ["--cfg", "job"], "batch_size: 32"),
+    ("explain", ["explain.per_clas=3"], "Did you mean explain.per_class"),
+    # wrong values: each settings object checks itself before the heavy imports
+    ("train", ["data.batch_size=0"], "data.batch_size=0 must be a whole number of at least 1"),
+    ("train", ["bias.alpha=2"], "bias.alpha=2 must be a number between 0 and 1"),
+    ("train", ["comparison.n_boot=3"], "bootstrap resamples 3"),
+    ("train", ["data=folder"], "data.root is not set"),
+    ("train", ["data.balance_by=[gender]", "data.decoded_cache=false"], "cannot be honoured with data.decoded_cache=false"),
+    ("train", ["trainer.max_epochs=-2"], "trainer.max_epochs=-2 is not accepted"),
+])
+def test_refusals_help_and_cfg_answer_without_importing_lightning_or_torch(command, args, answer, tmp_path):
+    """The command line is composed and checked before PyTorch Lightning, PyTorch or pandas load (import checks,
+    not timings: Python's -X importtime lists every module a process imported); a refused run leaves no folder."""
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"maskdet.{command}", *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "hydra" in imported and not imported & {"lightning", "torch", "torchmetrics", "matplotlib", "scipy"}, \
-        sorted(imported & {"lightning", "torch", "torchmetrics", "matplotlib", "scipy"})
+    assert "hydra" in imported and not imported & HEAVY, sorted(imported & HEAVY)
     assert (result.returncode == 0) == (args[0] in ("--help", "--cfg")), result.stderr[-2000:]
+    assert answer in result.stdout + result.stderr
+    runs = tmp_path / "outputs" / command / "runs"
+    assert not runs.is_dir() or not any(runs.iterdir()), "a refused run left its folder behind"

@@ -9,7 +9,7 @@ def __getattr__(name: str):
 
         return MaskDataModule
     if name == "DataSettings":
-        from maskdet.data.prepare import DataSettings
+        from maskdet.data.settings import DataSettings
 
         return DataSettings
     raise AttributeError(name)

@@ -30,7 +30,8 @@ from torch.utils.data import (
 from maskdet.data import cache
 from maskdet.data.augment import to_float
 from maskdet.data.images import load_resized
-from maskdet.data.prepare import DataSettings, PreparedData, build_caches, prepare
+from maskdet.data.prepare import PreparedData, build_caches, prepare
+from maskdet.data.settings import DataSettings
 from maskdet.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,11 +42,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from maskdet.data.images import BadImageError, load_rgb
+from maskdet.data.settings import POLICIES, SOURCE_PHOTO, parse_group_by  # noqa: F401 - the rules' home
 from maskdet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("group", "drop", "keep")
 HASH_SIZE = 16  # 16x16 = 256-bit pHash, computed on a 64x64 grey copy
 THUMB_SIZE = 16  # colour thumbnail for the confirmation
 SIDE = HASH_SIZE * 4  # the 64x64 copy every variant is drawn at
@@ -80,7 +79,6 @@ GREY_SPREAD = 2.0
 GREY_BITS = 24
 MIN_GREY_CORRELATION = 0.99
 FINGERPRINT_VERSION = 2
-SOURCE_PHOTO = re.compile(r"^(\d{1,3}_[01]_[0-4]_\d+)")  # UTKFace [age]_[gender]_[race]_[datetime]
 GROUP_RULES = ("source_photo", "manifest")
 _WORDS = HASH_SIZE**2 // 64
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # PIL's convert("L")
@@ -313,27 +311,6 @@ def drop_copies(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[d
 
 
 # ---------------------------------------------------------------------------------- named groups
-def parse_group_by(group_by: object) -> tuple[str, re.Pattern | None] | None:
-    """``data.group_by``: null, ``source_photo``, ``manifest`` or ``{regex: "<pattern>"}`` -> (rule, regex)."""
-    if group_by is None or group_by == "none":
-        return None
-    if isinstance(group_by, Mapping):
-        if set(group_by) != {"regex"}:
-            raise ConfigError(f"data.group_by={dict(group_by)} is not understood: use {{regex: '<pattern>'}}, "
-                              "source_photo, manifest or null.")
-        try:
-            return "regex", re.compile(str(group_by["regex"]))
-        except re.error as err:
-            raise ConfigError(f"data.group_by.regex={group_by['regex']!r} is not a valid regular expression: {err}.") \
-                from None
-    if group_by == "source_photo":
-        return "source_photo", SOURCE_PHOTO
-    if group_by == "manifest":
-        return "manifest", None
-    raise ConfigError(f"data.group_by={group_by!r} is unknown: use source_photo (UTKFace-style names), manifest "
-                      "(the manifest's group column), {regex: '<pattern over the file name>'} or null.")
-
-
 def group_keys(index: pd.DataFrame, rule: tuple[str, re.Pattern | None] | None) -> pd.Series:
     """The named group of every row ("" where the rule gives none: the image is a group of its own).
 

@@ -1,7 +1,6 @@
 """From the ``data.*`` settings to the index with its splits: plain functions, no Lightning.
 
-``DataSettings`` is the whole ``data`` config (``_target_: maskdet.data.DataSettings``), checked when it is
-built, before any file is read or written. ``prepare(settings)`` runs source -> index -> decoded cache ->
+``prepare(settings)`` (``maskdet.data.settings.DataSettings``, the whole ``data`` config, checked when built) runs source -> index -> decoded cache ->
 duplicates and groups -> splits -> subsets and returns ``PreparedData``; ``MaskDataModule`` only turns
 that into batches.
 """
@@ -11,129 +10,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from maskdet.data import cache, sources
 from maskdet.data import duplicates as dups
-from maskdet.data.demographics import DEFAULT_AGE_BINS, GROUP_COLUMNS, age_groups, normalise_group
+from maskdet.data.demographics import age_groups
 from maskdet.data.images import skip
+from maskdet.data.settings import DataSettings, normalised_paths
 from maskdet.data.splits import assign_splits, cap_per_class, read_splits_file, select_subset
-from maskdet.errors import ConfigError, DataError
+from maskdet.errors import DataError
 
 log = logging.getLogger("maskdet.data")
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Every ``data.*`` key (see ``maskdet/conf/data/default.yaml`` for what each means)."""
-
-    source: sources.Reader
-    root: str | None = None
-    image_size: int = 32
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    test_size: float = 0.3
-    num_folds: int = 10
-    fold: int = 0
-    seed: int = 0
-    label_map: str | Mapping[str, str] | None = None
-    subset: Mapping[str, object] = field(default_factory=dict)
-    cap_per_class: int | None = None
-    balance_by: Sequence[str] = ()
-    age_bins: Sequence[int] = DEFAULT_AGE_BINS
-    augment: torch.nn.Module | None = None
-    decoded_cache: bool = True
-    feature_cache: bool = True
-    num_workers: int = 2
-    cache_dir: str = ".cache/maskdet"
-    cache_memory_gb: float | None = None
-    duplicates: str = "group"
-    group_by: str | Mapping | None = None
-    splits_file: str | None = None
-    exclude: str | None = None
-
-    def __post_init__(self):
-        # Every value is checked here, before any file is read or written (maskdet.preflight builds the
-        # settings first for exactly this), so a wrong value never costs a cache build.
-        if not callable(self.source):
-            raise ConfigError(f"data.source={self.source!r} is not a reader: choose a layout with data=<name> "
-                              "(maskdet/conf/data/), or name a reader function with data.source._target_=<module.function> "
-                              "and data.source._partial_=true.")
-        whole = _require_whole
-        whole("image_size", self.image_size, 8, " (pixels)")
-        whole("batch_size", self.batch_size, 1)
-        if self.eval_batch_size is not None:
-            whole("eval_batch_size", self.eval_batch_size, 1, ", or null for max(batch_size, 256)")
-        if self.cap_per_class is not None:
-            whole("cap_per_class", self.cap_per_class, 1, " (images per class in each split); use "
-                  "data.cap_per_class=null for no cap")
-        whole("num_folds", self.num_folds, 2)
-        whole("fold", self.fold, 0)
-        whole("num_workers", self.num_workers, 0)
-        if not 0 <= self.fold < self.num_folds:
-            raise ConfigError(f"data.fold={self.fold} is out of range for data.num_folds={self.num_folds} "
-                              f"(0..{self.num_folds - 1}).")
-        if isinstance(self.test_size, bool) or not isinstance(self.test_size, int | float) or not 0 < self.test_size < 1:
-            raise ConfigError(f"data.test_size={self.test_size!r} must be a fraction between 0 and 1 (e.g. 0.3).")
-        balance_by = [self.balance_by] if isinstance(self.balance_by, str) else list(self.balance_by or [])
-        unknown = [str(c) for c in balance_by if c not in GROUP_COLUMNS]
-        if unknown:
-            raise ConfigError(f"data.balance_by: {', '.join(unknown)} is not a demographic column: balance training "
-                              f"batches over any of {', '.join(GROUP_COLUMNS)} (e.g. data.balance_by=[gender]), or [] "
-                              "for none.")
-        for attribute, wanted in dict(self.subset or {}).items():
-            if attribute not in (*GROUP_COLUMNS, "label_name"):
-                raise ConfigError(f"data.subset.{attribute}: no such column; use one of {', '.join(GROUP_COLUMNS)}, "
-                                  "label_name.")
-            for value in [wanted] if isinstance(wanted, str | int) or wanted is None else list(wanted):
-                try:
-                    normalise_group(attribute, value)
-                except ValueError as err:
-                    raise ConfigError(f"data.subset.{attribute}: {err}") from None
-        if not (self.label_map is None or self.label_map in ("none", "binary") or isinstance(self.label_map, Mapping)):
-            raise ConfigError(f"data.label_map={self.label_map!r} is unknown: use null, binary or a mapping "
-                              "{old_class: new_class}.")
-        edges = list(self.age_bins)
-        if len(edges) < 2 or any(not isinstance(b, int | float) or isinstance(b, bool) for b in edges) \
-                or any(b <= a for a, b in zip(edges, edges[1:])):
-            raise ConfigError(f"data.age_bins={edges} must be at least two increasing ages, e.g. [0, 13, 20, 40, 60, 120].")
-        memory = self.cache_memory_gb
-        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 0):
-            raise ConfigError(f"data.cache_memory_gb={memory!r} must be a size in GB (0: always read batches from "
-                              "the cache file), or null for half the memory available.")
-        if self.duplicates not in dups.POLICIES:
-            raise ConfigError(f"data.duplicates={self.duplicates!r} is unknown: use group (copies stay in one split), "
-                              "drop (keep one copy) or keep (no grouping; warns when copies cross splits).")
-        dups.parse_group_by(self.group_by)  # refuses a malformed rule
-        if self.exclude is not None:
-            read_exclusions(self.exclude)  # refuses a missing or malformed list before any work
-        # normalised forms (frozen: set through object.__setattr__)
-        object.__setattr__(self, "balance_by", tuple(balance_by))
-        object.__setattr__(self, "subset", dict(self.subset or {}))
-        object.__setattr__(self, "age_bins", tuple(edges))
-        object.__setattr__(self, "eval_batch_size", int(self.eval_batch_size or max(self.batch_size, 256)))
-        object.__setattr__(self, "cache_dir", str(self.cache_dir))
-
-    @property
-    def source_name(self) -> str:
-        return sources.source_name(self.source)
-
-    @property
-    def serves_backbone_features(self) -> bool:
-        """Whether a frozen backbone's features may be computed once and served instead of images: they must
-        be allowed (feature_cache), computed from the decoded cache, and the same every epoch (no augment)."""
-        return self.feature_cache and self.decoded_cache and self.augment is None
-
-
-def _require_whole(key: str, value, least: int, advice: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(f"data.{key}={value!r} must be a whole number of at least {least}{advice}.")
 
 
 @dataclass
@@ -157,31 +47,12 @@ class PreparedData:
 EXCLUDED = "excluded: listed in data.exclude"
 
 
-def read_exclusions(path: str | Path) -> list[str]:
-    """The image paths that ``data.exclude`` lists: a CSV with a ``path`` column, such as a k-fold sweep's
-    label_issues.csv (maskdet.label_issues); paths absolute or relative to ``data.root``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data.exclude={path} does not exist: give a CSV with a 'path' column, such as the "
-                          "label_issues.csv that a k-fold sweep writes, or data.exclude=null.")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ConfigError(f"data.exclude={path} is not a readable CSV file ({type(err).__name__}): give a UTF-8 "
-                          "CSV with a 'path' column.") from None
-    if "path" not in table.columns:
-        raise ConfigError(f"data.exclude={path} has no 'path' column (columns: {list(table.columns)[:8]}): give a "
-                          "CSV with one image path per row under the header 'path'.")
-    return [p for p in table["path"] if p.strip()]
-
-
-def exclude_listed(index: pd.DataFrame, listed_file: str, root: str | None,
+def exclude_listed(index: pd.DataFrame, settings: DataSettings, root: str | None,
                    say: bool = True) -> tuple[pd.DataFrame, list[dict]]:
-    """``index`` without the images ``listed_file`` names (each one reported as skipped, with the reason);
+    """``index`` without the images ``data.exclude`` names (each one reported as skipped, with the reason);
     refused when it names none of them (a list written for other data), warned when it names files the
     index does not hold."""
-    listed = {os.path.normpath(p if os.path.isabs(p) or root is None else os.path.join(root, p))
-              for p in read_exclusions(listed_file)}
+    listed_file, listed = settings.exclude, normalised_paths(settings.excluded, root)
     paths = index["path"].map(os.path.normpath)
     hit = paths.isin(listed).to_numpy()
     if listed and not hit.any():
@@ -204,7 +75,7 @@ def scan_source(settings: DataSettings) -> sources.Scan:
 def build_caches(settings: DataSettings) -> None:
     """The disk work, once (``LightningDataModule.prepare_data``): generate or list the source, decode the cache."""
     found = scan_source(settings)
-    index = exclude_listed(found.index, settings.exclude, found.root, say=False)[0] if settings.exclude else found.index
+    index = exclude_listed(found.index, settings, found.root, say=False)[0] if settings.exclude else found.index
     if settings.decoded_cache and len(index):  # the same file list as usable_index: one cache, built once
         cache.load_or_build(index["path"], settings.image_size, settings.cache_dir)
 
@@ -235,7 +106,7 @@ def usable_index(settings: DataSettings) -> tuple[pd.DataFrame, list[dict], cach
     index = sources.apply_label_map(sources.fill_unknown(found.index), settings.label_map)
     skipped = list(found.skipped)
     if settings.exclude:
-        index, excluded = exclude_listed(index, settings.exclude, found.root)
+        index, excluded = exclude_listed(index, settings, found.root)
         skipped += excluded
     decoded = cache.load_or_build(index["path"], settings.image_size, settings.cache_dir) if settings.decoded_cache \
         else cache.validate(index["path"])

@@ -31,7 +31,8 @@ from scipy.stats import norm  # noqa: E402
 
 from maskdet.data.demographics import UNKNOWN
 from maskdet.errors import ConfigError
-from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, adjust_p_values, wilson_interval, with_group_columns
+from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns
+from maskdet.evaluation.options import BIAS
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, save_figure, write_csv, write_text
 
@@ -119,8 +120,8 @@ def _row(scope: str, group: str, accepted: np.ndarray, correct: np.ndarray) -> d
 
 
 def abstention_report(predictions: pd.DataFrame, threshold: float, *, chosen: str,
-                      attributes: Sequence[str] = DEFAULT_ATTRIBUTES, min_group_size: int = 30,
-                      alpha: float = 0.05) -> dict:
+                      attributes: Sequence[str] = BIAS.attributes, min_group_size: int = BIAS.min_group_size,
+                      alpha: float = BIAS.alpha) -> dict:
     """Coverage and error at ``threshold`` on ``predictions`` (label, prediction, confidence, demographics),
     overall and per group, with Wilson 95 % intervals, and the concentration test (module docstring)."""
     frame = with_group_columns(predictions)

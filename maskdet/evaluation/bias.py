@@ -67,20 +67,15 @@ from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.errors import ConfigError
 from maskdet.evaluation.metrics import resolve_group_metrics
+from maskdet.evaluation.options import AUDITABLE_ATTRIBUTES, BIAS, CORRECTIONS, BiasOptions  # noqa: F401
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text
 
-# The attributes an audit can group by (with_group_columns makes them); the default family audits all of them.
-AUDITABLE_ATTRIBUTES = ("gender", "race", "age_group", "gender_x_race")
-DEFAULT_ATTRIBUTES = AUDITABLE_ATTRIBUTES
-# Per-group figures with bootstrap intervals (metrics.GROUP_METRICS). Binned ECE ("ece") is no longer among
-# them: its bootstrap interval does not cover the true ECE at group sizes (module docstring); the calibration
-# gap and Spiegelhalter's test below replace it, and bias.metrics=[macro_f1,ece] still gives the old columns.
-DEFAULT_METRICS = ("macro_f1",)
-ALPHA = 0.05  # the family's error rate (bias.alpha)
 POWER = 0.8  # the power at which the minimum detectable gap is stated
 TOO_SMALL_GAP = 0.2  # a ranked group that could only be found to differ by more than this is warned about
-CORRECTIONS = {"holm": "Holm (family-wise error rate)", "fdr_bh": "Benjamini-Hochberg (false discovery rate)"}
+# Per-group figures (bias.metrics, default [macro_f1]): binned ECE ("ece") is not among the defaults: its
+# bootstrap interval does not cover the true ECE at group sizes (module docstring); the calibration gap and
+# Spiegelhalter's test below replace it, and bias.metrics=[macro_f1,ece] still gives the old columns.
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -129,7 +124,7 @@ def adjust_p_values(p_values, method: str = "holm") -> np.ndarray:
     return out
 
 
-def two_proportion_power(p1: float, p2: float, n1: int, n2: int, alpha: float = ALPHA) -> float:
+def two_proportion_power(p1: float, p2: float, n1: int, n2: int, alpha: float = BIAS.alpha) -> float:
     """Power of ``two_proportion_test`` (two-sided, level ``alpha``) when the true proportions are p1 and p2:
     the normal approximation with the pooled standard error under the null and the unpooled one under the
     alternative (Fleiss; statsmodels' ``power_proportions_2indep``)."""
@@ -142,7 +137,7 @@ def two_proportion_power(p1: float, p2: float, n1: int, n2: int, alpha: float = 
     return float(norm.cdf((d - crit) / se1) + norm.cdf((-d - crit) / se1))
 
 
-def min_detectable_gap(baseline: float, n1: int, n2: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def min_detectable_gap(baseline: float, n1: int, n2: int, alpha: float = BIAS.alpha, power: float = POWER) -> float:
     """The smallest drop d (group 2 at ``baseline`` - d, group 1 at ``baseline``) that ``two_proportion_test``
     detects with ``power`` at level ``alpha``; NaN when not even d = ``baseline`` (group 2 at 0) reaches it."""
     if not (n1 > 0 and n2 > 0 and 0 < baseline <= 1):
@@ -206,26 +201,23 @@ def with_group_columns(predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
-          min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0,
-          metrics: Sequence[str] = DEFAULT_METRICS, primary_metric: str = "accuracy",
-          correction: Literal["holm", "fdr_bh"] = "holm", alpha: float = ALPHA) -> dict:
+def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Sequence[str] = BIAS.attributes,
+          min_group_size: int = BIAS.min_group_size, n_bootstrap: int = BIAS.n_bootstrap, seed: int = BIAS.seed,
+          metrics: Sequence[str] = BIAS.metrics, primary_metric: str = BIAS.primary_metric,
+          correction: Literal["holm", "fdr_bh"] = BIAS.correction, alpha: float = BIAS.alpha) -> dict:
     """The bias audit of ``predictions`` (``predictions.csv``): a dict with ``groups`` (one row per
     attribute x group: accuracy with its Wilson interval, each of ``metrics`` with a bootstrap interval,
     recall per class, the calibration gap and Spiegelhalter's test), ``gaps`` (one per attribute: the
     largest gap of ``primary_metric``, its test within the report's one family, and the minimum detectable
     gap), ``family`` (every gap test, corrected together with ``correction``), ``warnings`` (groups too
     small to say anything about) and notes for attributes with no information."""
-    figures = resolve_group_metrics(metrics)
     names = list(class_names)
     valid = ["accuracy", *(f"recall_{n}" for n in names)]
     if primary_metric not in valid:
         raise ConfigError(f"bias.primary_metric={primary_metric!r}: the gap test compares proportions; use one of "
                           f"{', '.join(valid)}.")
-    if correction not in CORRECTIONS:
-        raise ConfigError(f"bias.correction={correction!r}: use one of {', '.join(CORRECTIONS)}.")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"bias.alpha={alpha!r} must be a number between 0 and 1, e.g. bias.alpha=0.05.")
+    BiasOptions(attributes, min_group_size, metrics, n_bootstrap, seed, primary_metric, correction, alpha)  # checked
+    figures = resolve_group_metrics(metrics)
     frame = with_group_columns(predictions)
     y_true = frame["label"].map({n: i for i, n in enumerate(names)}).to_numpy()
     y_pred = frame["prediction"].map({n: i for i, n in enumerate(names)}).to_numpy()
@@ -380,7 +372,7 @@ def format_markdown(report: dict) -> str:
     titles = [report["metric_titles"][m] for m in metrics]
     family = report.get("family", {})
     m, method = family.get("size", 0), family.get("method_name", "")
-    alpha = report.get("alpha", ALPHA)
+    alpha = report.get("alpha", BIAS.alpha)
     metric = report.get("primary_metric", "accuracy")
     ece = (" ECE: top-label, 15 equal-width confidence bins; biased upwards at group sizes, and its bootstrap "
            "interval is not a confidence interval of the true ECE (use the calibration table)." if "ece" in metrics else "")

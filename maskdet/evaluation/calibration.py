@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from maskdet.data.demographics import UNKNOWN
-from maskdet.evaluation.bias import DEFAULT_ATTRIBUTES, with_group_columns
+from maskdet.evaluation.bias import with_group_columns
 from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error
+from maskdet.evaluation.options import BIAS
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, write_csv, write_text
 
@@ -75,7 +76,7 @@ def _rows(scope: str, group: str, before: dict, after: dict, mask: np.ndarray, n
 
 
 def calibration_report(predictions: pd.DataFrame, class_names: Sequence[str], temperature: float, *,
-                       attributes: Sequence[str] = DEFAULT_ATTRIBUTES, n_bootstrap: int = 1000, seed: int = 0,
+                       attributes: Sequence[str] = BIAS.attributes, n_bootstrap: int = BIAS.n_bootstrap, seed: int = BIAS.seed,
                        fitted: bool = True, val: dict | None = None) -> dict:
     """NLL, Brier and ECE before and after scaling by ``temperature``, overall and per group (module
     docstring), from ``predictions`` (calibrated: predictions.csv's probability columns)."""
@@ -155,8 +156,8 @@ class Calibration(L.Callback):
     validation error rate the abstention threshold of the report is chosen for."""
 
     def __init__(self, output_dir: str, *, temperature: bool = True, target_error: float = 0.05,
-                 attributes: Sequence[str] = DEFAULT_ATTRIBUTES, min_group_size: int = 30, alpha: float = 0.05,
-                 n_bootstrap: int = 1000, seed: int = 0):
+                 attributes: Sequence[str] = BIAS.attributes, min_group_size: int = BIAS.min_group_size, alpha: float = BIAS.alpha,
+                 n_bootstrap: int = BIAS.n_bootstrap, seed: int = BIAS.seed):
         self.output_dir = Path(output_dir)
         self.temperature = bool(temperature)
         self.target_error = float(target_error)

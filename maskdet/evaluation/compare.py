@@ -81,18 +81,19 @@ from scipy import stats  # noqa: E402
 
 from maskdet import runfolder  # noqa: E402
 from maskdet.data.demographics import UNKNOWN  # noqa: E402
-from maskdet.errors import ConfigError, DataError  # noqa: E402
-from maskdet.evaluation.bias import CORRECTIONS, adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
+from maskdet.errors import DataError  # noqa: E402
+from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
 from maskdet.evaluation.cv import collect_jobs, keep_apart, per_fold_test, run_folders  # noqa: E402
 from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error, macro_f1  # noqa: E402
+from maskdet.evaluation.options import COMPARISON, CORRECTIONS, ComparisonOptions  # noqa: E402
+from maskdet.evaluation.options import COMPARISON_METRICS as METRICS  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import md, one_line, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
-METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE", "gap": "gap"}
 LOWER_IS_BETTER = {"ece", "gap"}
-ALPHA = 0.05
-N_BOOT = 4000  # image resamples of the two-level bootstrap (--bootstrap); the smallest p-value is 2/(B+1)
-SEED = 0
+# comparison/default.yaml's: the level, the image resamples of the two-level bootstrap (the smallest p-value is
+# 2/(B+1)) and its seed
+ALPHA, N_BOOT, SEED = COMPARISON.alpha, COMPARISON.n_boot, COMPARISON.seed
 ECE_TEXT = f"top-label, {ECE_BINS} equal-width confidence bins"
 LIKE = ["test_data", "test_images", "class_names", "trainer"]  # what each run was tested on (cv.tested_on)
 PAIR_COLUMNS = ["a", "b", "metric", "test", "family", "role", "fold", "difference", "ci_low", "ci_high", "interval",
@@ -103,18 +104,10 @@ TESTS = {"bootstrap": "paired two-level bootstrap (test images and folds)",
          "mcnemar_exact": "McNemar's exact test (one fold's two runs)"}
 
 
-def check_options(primary_metric: str = "accuracy", correction: str = "holm", alpha: float = ALPHA,
-                  n_boot: int = N_BOOT) -> None:
+def check_options(primary_metric: str = COMPARISON.primary_metric, correction: str = COMPARISON.correction,
+                  alpha: float = ALPHA, n_boot: int = N_BOOT) -> None:
     """Refuse a comparison option that no comparison could use (also checked before a sweep starts)."""
-    if primary_metric not in METRICS:
-        raise ConfigError(f"primary metric {primary_metric!r}: use one of {', '.join(METRICS)}.")
-    if correction not in CORRECTIONS:
-        raise ConfigError(f"correction {correction!r}: use one of {', '.join(CORRECTIONS)} (holm: family-wise "
-                          "error; fdr_bh: false discovery rate).")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"alpha {alpha!r} must be a number between 0 and 1, e.g. 0.05.")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 200:
-        raise ConfigError(f"bootstrap resamples {n_boot!r}: give a whole number of at least 200 (default {N_BOOT}).")
+    ComparisonOptions(primary_metric=primary_metric, correction=correction, alpha=alpha, n_boot=n_boot)
 
 
 def run_figures(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
@@ -535,7 +528,7 @@ def _one_run_per_fold(group: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def compare_pairs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], order: list[str], notes: list[str],
-                  primary_metric: str = "accuracy", correction: str = "holm", alpha: float = ALPHA,
+                  primary_metric: str = COMPARISON.primary_metric, correction: str = COMPARISON.correction, alpha: float = ALPHA,
                   resampled: dict | None = None, keys: dict | None = None, design: str | None = None,
                   seed: int = SEED) -> tuple[list[dict], dict]:
     """Every pair of configurations (better ``primary_metric`` first): per metric the configuration-level
@@ -810,7 +803,8 @@ def plot(configs: pd.DataFrame, path: Path, attribute: str | None = None, design
     plt.close(fig)
 
 
-def write_comparison(paths, out_dir: str | Path, primary_metric: str = "accuracy", correction: str = "holm",
+def write_comparison(paths, out_dir: str | Path, primary_metric: str = COMPARISON.primary_metric,
+                     correction: str = COMPARISON.correction,
                      alpha: float = ALPHA, primary_attribute: str | None = None, n_boot: int = N_BOOT,
                      seed: int = SEED) -> dict:
     """Compare the runs under ``paths`` and write comparison.md / .csv / .json, comparison_configurations.csv

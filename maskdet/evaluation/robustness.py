@@ -45,13 +45,8 @@ from torchvision.transforms.v2 import functional as F  # noqa: E402
 
 from maskdet.data.demographics import UNKNOWN  # noqa: E402
 from maskdet.errors import ConfigError  # noqa: E402
-from maskdet.evaluation.bias import (  # noqa: E402
-    AUDITABLE_ATTRIBUTES,
-    DEFAULT_ATTRIBUTES,
-    adjust_p_values,
-    wilson_interval,
-    with_group_columns,
-)
+from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
+from maskdet.evaluation.options import AUDITABLE_ATTRIBUTES, BIAS  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
@@ -203,7 +198,7 @@ def _ranked_pair(groups: pd.Series, min_group_size: int) -> tuple[str, str] | No
 
 
 def interaction_test(clean: np.ndarray, corrupted: np.ndarray, in_g1: np.ndarray, in_g2: np.ndarray,
-                     n_bootstrap: int = 1000, rng: np.random.Generator | None = None) -> dict:
+                     n_bootstrap: int = BIAS.n_bootstrap, rng: np.random.Generator | None = None) -> dict:
     """(acc_c(g1) - acc_c(g2)) - (acc(g1) - acc(g2)) with a paired percentile bootstrap 95 % interval and a
     two-sided bootstrap p-value; images resampled within each group, the same resample for both conditions."""
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -223,8 +218,8 @@ def interaction_test(clean: np.ndarray, corrupted: np.ndarray, in_g1: np.ndarray
             "corrupted_gap": float(corrupted[a].mean() - corrupted[b].mean())}
 
 
-def robustness_statistics(groups: pd.DataFrame, correctness: dict, *, attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
-                          min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+def robustness_statistics(groups: pd.DataFrame, correctness: dict, *, attributes: Sequence[str] = BIAS.attributes,
+                          min_group_size: int = BIAS.min_group_size, n_bootstrap: int = BIAS.n_bootstrap, seed: int = BIAS.seed, alpha: float = BIAS.alpha) -> dict:
     """The report's figures from per-image correctness (``corrupted_correctness``) and the test images'
     demographic columns ``groups`` (one row per image, the order of the correctness arrays)."""
     frame = with_group_columns(groups.reset_index(drop=True))
@@ -278,8 +273,8 @@ def robustness_statistics(groups: pd.DataFrame, correctness: dict, *, attributes
 
 
 def robustness_report(model: torch.nn.Module, datamodule, *, corruptions: Sequence[str] = tuple(CORRUPTIONS),
-                      severities: Sequence[int] = SEVERITIES, attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
-                      min_group_size: int = 30, n_bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      severities: Sequence[int] = SEVERITIES, attributes: Sequence[str] = BIAS.attributes,
+                      min_group_size: int = BIAS.min_group_size, n_bootstrap: int = BIAS.n_bootstrap, seed: int = BIAS.seed, alpha: float = BIAS.alpha,
                       device: torch.device | str | None = None, split: str = "test") -> dict:
     """Run ``split`` of ``datamodule`` clean and under every (corruption, severity); the report dict."""
     from maskdet.evaluation.reports import predictions_frame

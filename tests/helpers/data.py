@@ -8,8 +8,8 @@ import pandas as pd
 
 from maskdet.data.datamodule import MaskDataModule
 from maskdet.data.images import path_problem, skip
-from maskdet.data.prepare import DataSettings
 from maskdet.data.report import build_report
+from maskdet.data.settings import DataSettings
 from maskdet.data.sources import INDEX_COLUMNS, Scan, read_class_folders
 
 
