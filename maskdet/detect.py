@@ -295,22 +295,24 @@ DETECTORS = {"haar": HaarDetector, "onnx": YuNetDetector, "blazeface": BlazeFace
 
 
 def build_detector(options: dict):
-    """The detector named by ``options["name"]`` with the other options as its settings.
-
-    A name, not Hydra's ``_target_``: ``instantiate`` would wrap the constructors' ConfigErrors in its
-    own exception, and the user would get a traceback instead of the message.
-    """
+    """The detector a ``conf/detector/*.yaml`` describes: ``_target_`` names its class (or ``name``, the short
+    form: haar, onnx, blazeface), the other options are its arguments, checked before any work by
+    ``preflight.check_keys``. Built here rather than by Hydra's ``instantiate`` so that only the classes of
+    this module can be named (a config names a detector, not any code)."""
     if not options:
-        raise ConfigError("detect=true needs a detector: detector=haar (built in) or detector=onnx "
-                          "detector.model_path=<YuNet .onnx file>.")
+        raise ConfigError("detect=true needs a detector: detector=blazeface or detector=haar (built in), or "
+                          "detector=onnx detector.model_path=<YuNet .onnx file>.")
     options = dict(options)
-    name = options.pop("name", None)
-    if name not in DETECTORS:
-        raise ConfigError(f"detector.name={name} is not a face detector; choose detector=haar or detector=onnx.")
+    target, name = options.pop("_target_", None), options.pop("name", None)
+    by_target = {f"{__name__}.{c.__name__}": c for c in DETECTORS.values()}
+    detector_class = by_target.get(target) if target is not None else DETECTORS.get(name)
+    if detector_class is None:
+        raise ConfigError(f"detector {target or name!r} is not a face detector of maskdet: choose "
+                          f"detector={'|'.join(DETECTORS)} (maskdet/conf/detector/).")
     try:
-        return DETECTORS[name](**options)
-    except TypeError as err:  # a setting the detector does not have
-        raise ConfigError(f"detector={name}: {err}.") from None
+        return detector_class(**options)
+    except TypeError as err:  # a setting the detector does not have (from Python; the CLI checked the keys)
+        raise ConfigError(f"detector {detector_class.__name__}: {err}.") from None
 
 
 def crop_box(face: Face, width: int, height: int, margin: float) -> tuple[int, int, int, int]:

@@ -499,7 +499,7 @@ def check_config(cfg: DictConfig, task: str) -> None:
     check_settings(cfg, task)
     if isinstance(cfg.get("robustness"), DictConfig):
         check_robustness_options(cfg.robustness)
-    for group in ("data", "model", "trainer", "callbacks", "logger"):
+    for group in ("data", "model", "trainer", "callbacks", "logger", "detector"):
         if isinstance(cfg.get(group), DictConfig):
             check_keys(cfg[group], group)
     if isinstance(cfg.get("logger"), DictConfig):

@@ -32,7 +32,7 @@ from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
 from maskdet.evaluation.cv import METRICS, write_summary
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
-from maskdet.evaluation.testing import test_and_report
+from maskdet.evaluation.holdout import test_and_report
 from maskdet.jsonfile import dumps
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train

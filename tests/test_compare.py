@@ -26,7 +26,7 @@ N_TEST = 200
 
 
 def _record(data="faces-v1", classes=CLASSES, max_epochs=20, n_test=N_TEST):
-    """A ``tested_on`` record as maskdet.evaluation.testing writes it (the fingerprint named by ``data``)."""
+    """A ``tested_on`` record as maskdet.evaluation.holdout writes it (the fingerprint named by ``data``)."""
     return {"fingerprint": hashlib.sha256(data.encode()).hexdigest(), "test_images": n_test,
             "class_names": list(classes), "trainer": {"max_epochs": max_epochs, "precision": "32-true"}}
 

@@ -4,6 +4,7 @@ The scenes are composed from scikit-image's photographs (the astronaut's head pa
 and scales; a cat and a cup of coffee as photos without a face), so every box has a known place.
 """
 
+import re
 import subprocess
 import sys
 
@@ -110,8 +111,26 @@ def test_an_onnx_detector_path_that_cannot_be_used_is_refused_with_a_message(tmp
     onnx.save(model, tmp_path / "identity.onnx")
     with pytest.raises(ConfigError, match="identity.onnx cannot be used as a YuNet face detector"):
         build_detector({"name": "onnx", "model_path": str(tmp_path / "identity.onnx")})
-    with pytest.raises(ConfigError, match="choose detector=haar or detector=onnx"):
+    with pytest.raises(ConfigError, match=re.escape("not a face detector of maskdet: choose detector=haar|onnx|blazeface")):
         build_detector({"name": "retinaface"})
+    with pytest.raises(ConfigError, match="not a face detector of maskdet"):  # a config names a detector, not code
+        build_detector({"_target_": "os.system"})
+
+
+def test_detector_settings_are_checked_against_the_detector_class():
+    """A detector config is a ``_target_`` like readers and backbone families: its keys and value types are
+    refused by preflight before any model or photo is read."""
+    from omegaconf import OmegaConf
+
+    from maskdet.config import CONFIG_DIR, check_keys
+
+    for name in ("haar", "onnx", "blazeface"):  # every shipped option is an argument of its class
+        check_keys(OmegaConf.load(CONFIG_DIR / "detector" / f"{name}.yaml"), "detector")
+    haar = OmegaConf.load(CONFIG_DIR / "detector" / "haar.yaml")
+    with pytest.raises(ConfigError, match=r"Unknown config key detector.min_neighbours.*Did you mean detector.min_neighbors"):
+        check_keys(OmegaConf.merge(haar, {"min_neighbours": 3}), "detector")
+    with pytest.raises(ConfigError, match=r"detector.profile='sideways' is not accepted"):
+        check_keys(OmegaConf.merge(haar, {"profile": "sideways"}), "detector")
 
 
 def write_video(path, frames: list[np.ndarray], codec: str) -> None:

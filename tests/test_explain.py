@@ -109,7 +109,7 @@ def test_training_run_writes_explanations_and_logs_them_to_tensorboard(tiny_data
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "histograms": 0}).Reload()
     images = set(events.Tags()["images"])
     assert {"explain/gradcam", "explain/misclassified", "confusion_matrix", "bias"} <= images
-    from maskdet.evaluation.testing import TENSORBOARD_WIDTH
+    from maskdet.evaluation.holdout import TENSORBOARD_WIDTH
 
     assert max(events.Images(tag)[-1].width for tag in images) == TENSORBOARD_WIDTH  # wide figures scaled to fit
     assert any(tag.startswith("weights/net.conv_layer") for tag in events.Tags()["histograms"])

@@ -1,5 +1,7 @@
-"""Data: source -> index DataFrame -> decoded cache -> duplicates and groups -> splits -> subsets -> batches
-(docs/architecture.md, "The pipeline")."""
+"""Data, in the order ``prepare`` runs it: settings checked (``settings.DataSettings``) -> source read into the
+index DataFrame -> label map -> data.exclude -> decoded cache (unusable files refused) -> classes numbered ->
+duplicates and groups -> splits -> subsets and cap -> batches (``MaskDataModule``); docs/architecture.md,
+"The pipeline"."""
 
 
 def __getattr__(name: str):
@@ -8,7 +10,7 @@ def __getattr__(name: str):
         from maskdet.data.datamodule import MaskDataModule
 
         return MaskDataModule
-    if name == "DataSettings":
+    if name == "DataSettings":  # the config's _target_: maskdet.data.DataSettings
         from maskdet.data.settings import DataSettings
 
         return DataSettings

@@ -81,8 +81,8 @@ def build_caches(settings: DataSettings) -> None:
 
 
 def prepare(settings: DataSettings) -> PreparedData:
-    """index -> duplicates and groups -> splits -> subsets, each step a plain function of
-    maskdet.data.duplicates / splits."""
+    """usable index (source, label map, data.exclude, decoded cache, classes) -> duplicates and groups ->
+    splits -> subsets and cap, each step a plain function of maskdet.data.duplicates / splits."""
     index, skipped, decoded, class_names, root = usable_index(settings)
     rule = dups.parse_group_by(settings.group_by)
     index, dropped, removed, unnamed = duplicates_and_groups(index, settings.duplicates, rule, settings.cache_dir)

@@ -47,7 +47,7 @@ configuration with one fold has none.
 
 Only like is compared with like. Each run's metrics.json records what it was tested on (``tested_on``:
 a fingerprint of the test images' contents and labels, their number, the class names, the trainer
-settings that matter; ``maskdet.evaluation.testing``). Refused, with a message naming the runs of each
+settings that matter; ``maskdet.evaluation.holdout``). Refused, with a message naming the runs of each
 kind (DataError): runs tested on different data (another fingerprint, number of images or class names),
 whether they would be pooled in one configuration or compared across two, unless they form the per-fold
 design above. Runs written by an older maskdet carry no record: among recorded runs they are left out

@@ -82,7 +82,7 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def tested_on(metrics: dict) -> dict:
-    """A finished run's record of what it was tested on (``maskdet.evaluation.testing.tested_on``), as the
+    """A finished run's record of what it was tested on (``maskdet.evaluation.holdout.tested_on``), as the
     columns of its row: the test data in one line (fingerprint, images, classes), the number of test
     images, the class names and the trainer settings; None for what the run does not record (written by an
     older maskdet; the trainer of ``maskdet.evaluate``, which trained nothing)."""

@@ -313,7 +313,7 @@ def write_explanations(model, datamodule, output_dir: str | Path, *, per_class: 
         layers = list(feature_layers) if feature_layers else [first_conv, layer]
         figures["feature_maps"] = feature_maps(model, images[0].to(device), layers, output_dir / "feature_maps.png")
     if tensorboard is not None:
-        from maskdet.evaluation.testing import tensorboard_image
+        from maskdet.evaluation.holdout import tensorboard_image
 
         for name in figures:  # the saved PNG, as for the test reports, rather than add_figure's 100-dpi render
             tensorboard.add_image(f"explain/{name}", tensorboard_image(output_dir / f"{name}.png"), step,

@@ -20,7 +20,7 @@ from maskdet.finite import require_finite  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import plot_text, save_figure, write_csv, write_text  # noqa: E402
 
-# What the test was run on (maskdet.evaluation.testing.tested_on), written beside predictions.csv by the
+# What the test was run on (maskdet.evaluation.holdout.tested_on), written beside predictions.csv by the
 # test and copied into metrics.json by write_metrics, where compare and the cv summary read it.
 TESTED_ON = runfolder.TESTED_ON.name
 

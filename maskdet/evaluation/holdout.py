@@ -1,4 +1,5 @@
-"""Test a model and write every report of the run folder; shared by training and ``maskdet.evaluate``."""
+"""The held-out test of a model (Lightning's test loop on the test split) and every report of the run folder;
+shared by training and ``maskdet.evaluate``. (Named for the held-out split it scores, not for unit tests.)"""
 
 from __future__ import annotations
 
