@@ -24,8 +24,8 @@ from maskdet.config import register_resolvers
 from maskdet.console import summary
 from maskdet.data.report import build_report, write_report
 from maskdet.errors import ConfigError, exit_on_error
-from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.holdout import test_and_report
+from maskdet.evaluation.reports import write_metrics
 from maskdet.preflight import check_config
 
 log = logging.getLogger("maskdet.evaluate")

@@ -30,9 +30,9 @@ from maskdet.data.settings import DataSettings
 from maskdet.data.splits import splits_table
 from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
 from maskdet.evaluation.cv import METRICS, write_summary
+from maskdet.evaluation.holdout import test_and_report
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
-from maskdet.evaluation.holdout import test_and_report
 from maskdet.jsonfile import dumps
 from maskdet.models.networks import fetch_weights
 from maskdet.preflight import preflight_train

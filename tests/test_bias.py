@@ -285,8 +285,8 @@ def test_report_figures_reach_tensorboard_downscaled_to_a_card_width(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from maskdet.evaluation.reports import save_confusion_matrix
     from maskdet.evaluation.holdout import TENSORBOARD_WIDTH, _log_to_tensorboard, tensorboard_image
+    from maskdet.evaluation.reports import save_confusion_matrix
 
     predictions = _predictions({("male", "white"): 60, ("female", "white"): 60}, {"male": 0.9, "female": 0.7})
     report = write_bias_report(predictions, CLASSES, tmp_path, n_bootstrap=20)
