@@ -1,11 +1,13 @@
-"""How long a command takes to answer when it does no work: refusals, --help, --cfg job.
+"""How long a command takes to answer when it does no work (refusals, --help, --cfg job), and to classify one
+face crop with maskdet.predict.
 
     python benchmarks/startup.py [--repeats 5] [--before <git ref>]
 
 Each command runs as a whole process, ``--repeats`` times; the table gives the median wall time and its ratio
 to ``python -c "import lightning"`` measured in the same run (what every command paid before the entry point
 became light). With ``--before``, the same commands also run from that commit's tree (``git archive``), side
-by side. Run it on an otherwise idle machine: two shared cores make any timing noise.
+by side. The one-crop prediction uses a checkpoint the benchmark trains first (1 epoch, 40 drawn images; it is
+not timed). Run it on an otherwise idle machine: two shared cores make any timing noise.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ COMMANDS = {
     "--help": ["-m", "maskdet.train", "--help"],
     "--cfg job": ["-m", "maskdet.train", "--cfg", "job"],
     "bad value (data.batch_size=0)": ["-m", "maskdet.train", "data.batch_size=0"],
+    "bad value (bias.alpha=2)": ["-m", "maskdet.train", "bias.alpha=2"],
+    "missing data.root (data=folder)": ["-m", "maskdet.train", "data=folder"],
+    "predict one crop": ["-m", "maskdet.predict", "ckpt_path={ckpt}", "input={crop}"],
 }
 BASELINE = ["-c", "import lightning"]
 
@@ -38,6 +43,16 @@ def median_wall(args: list[str], tree: Path, repeats: int, cwd: Path) -> float:
                        capture_output=True, text=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def tiny_checkpoint(work: Path) -> tuple[Path, Path]:
+    """A 1-epoch custom-CNN checkpoint on 40 drawn images, and one face crop to classify."""
+    subprocess.run([sys.executable, "-m", "maskdet.train", "data.source.per_class=10", "data.num_folds=2",
+                    "trainer.max_epochs=1", "logger=null", "callbacks.explanations=null", "paths.log_dir=trained"],
+                   cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
+    ckpt = next((work / "trained").glob("train/runs/*/checkpoints/best.ckpt"))
+    crop = next((work / ".cache").rglob("*.png"))
+    return ckpt, crop
 
 
 def main() -> None:
@@ -55,11 +70,13 @@ def main() -> None:
             archive = subprocess.run(["git", "archive", args.before], cwd=REPO, capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
             trees = {f"before ({args.before})": old, "now": REPO}
+        ckpt, crop = tiny_checkpoint(work)
         baseline = median_wall(BASELINE, REPO, args.repeats, work)
         header = "| command | " + " | ".join(f"{name}: median s (x import lightning)" for name in trees) + " |"
         lines = [f"`import lightning` alone: {baseline:.2f} s (median of {args.repeats})", "", header,
                  "|---|" + "---|" * len(trees)]
         for label, command in COMMANDS.items():
+            command = [part.format(ckpt=ckpt, crop=crop) for part in command]
             cells = [median_wall(command, tree, args.repeats, work) for tree in trees.values()]
             lines.append(f"| {label} | " + " | ".join(f"{c:.2f} ({c / baseline:.2f})" for c in cells) + " |")
             print(lines[-1], flush=True)

@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskdet import runfolder
 from maskdet.errors import ConfigError
-from maskdet.models import MaskClassifier
 from maskdet.preflight import read_checkpoint
 from maskdet.trust import check_architecture, check_saved_node
 from maskdet.writing import one_line
@@ -22,17 +21,25 @@ from maskdet.writing import one_line
 log = logging.getLogger("maskdet.checkpoints")
 
 
-def load_classifier(ckpt_path: str | Path, trusted_code: Iterable[str] = ()) -> MaskClassifier:
+def load_classifier(ckpt_path: str | Path, trusted_code: Iterable[str] = (), lightning: bool = True):
     """Load a maskdet checkpoint safely (``weights_only``); refuse anything else with a clear message. Its
     hyper-parameters are data: only the known ones are read, and an architecture that names code (a
-    family's import path) is built only when the user trusts it (``maskdet.trust``)."""
+    family's import path) is built only when the user trusts it (``maskdet.trust``). ``lightning=False``
+    gives the network alone (``FaceClassifier``: same weights and outputs, no Lightning import), for predict."""
     checkpoint = read_checkpoint(ckpt_path)
     hparams = checkpoint["hyper_parameters"]
     check_architecture(hparams["architecture"], ckpt_path, trusted_code)
-    model = MaskClassifier(architecture=hparams["architecture"], num_classes=len(hparams["class_names"]),
-                           class_names=hparams["class_names"], image_size=hparams["image_size"],
-                           weights=None,  # the state dict below replaces any initial weights
-                           freeze=hparams.get("freeze", "none"), mean=hparams["mean"], std=hparams["std"])
+    settings = dict(architecture=hparams["architecture"], class_names=hparams["class_names"],
+                    image_size=hparams["image_size"], freeze=hparams.get("freeze", "none"), mean=hparams["mean"],
+                    std=hparams["std"])
+    if lightning:
+        from maskdet.models.module import MaskClassifier
+
+        model = MaskClassifier(num_classes=len(hparams["class_names"]), weights=None, **settings)  # weights: below
+    else:
+        from maskdet.models.classifier import FaceClassifier
+
+        model = FaceClassifier(**settings)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:  # missing, unexpected or differently shaped tensors
@@ -46,7 +53,7 @@ def load_classifier(ckpt_path: str | Path, trusted_code: Iterable[str] = ()) -> 
     return model.eval()
 
 
-def warn_if_demonstration(model: MaskClassifier, ckpt_path) -> bool:
+def warn_if_demonstration(model, ckpt_path) -> bool:
     """Warn once when a model trained only on maskdet's embedded drawn faces is used on other images: its
     confident answers on real photographs mean nothing (it has never seen a real face)."""
     trained_on = getattr(model, "trained_on", None) or {}

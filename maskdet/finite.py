@@ -3,12 +3,11 @@
 A NaN loss still lets Lightning finish a run, and ``argmax`` of NaN probabilities is class 0, so without
 these checks a diverged model writes a full set of normal-looking reports. ``require_finite`` guards every
 place where probabilities become predictions (test, predict, evaluate, export, explain);
-``DivergenceGuard`` stops training at the first bad batch.
+``DivergenceGuard`` (maskdet.models.divergence) stops training at the first bad batch.
 """
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -31,23 +30,11 @@ def require_finite(values, what: str, hint: str = ADVICE) -> None:
                             f"derived from them. {hint}")
 
 
-class DivergenceGuard(L.Callback):
-    """Stop training when a batch's loss is non-finite or above ``max_loss``.
+def __getattr__(name: str):
+    # DivergenceGuard is a Lightning callback (maskdet/models/divergence.py); configs name it
+    # maskdet.finite.DivergenceGuard, and this module stays free of Lightning, so inference imports it quickly.
+    if name == "DivergenceGuard":
+        from maskdet.models.divergence import DivergenceGuard
 
-    Cross-entropy at chance is ln(classes) (about 1.4 for four classes); a loss of ``max_loss`` (default 1000)
-    means logits in the thousands, i.e. a diverged optimiser, even when the number is still finite.
-    """
-
-    def __init__(self, max_loss: float = 1000.0):
-        self.max_loss = float(max_loss)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        value = float(loss.detach())
-        if not np.isfinite(value) or value > self.max_loss:
-            raise DivergedError(
-                f"Training diverged at epoch {trainer.current_epoch}, batch {batch_idx} (stage train): the loss is "
-                f"{value:.3g} (limit callbacks.divergence.max_loss={self.max_loss:g}). {ADVICE} "
-                "The run is marked failed and no reports were written from it.")
+        return DivergenceGuard
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,7 +51,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         from maskdet.detect import build_detector
 
         detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
-    model = load_classifier(cfg.ckpt_path, list(cfg.get("trusted_code") or []))
+    model = load_classifier(cfg.ckpt_path, list(cfg.get("trusted_code") or []), lightning=False)
     warn_if_demonstration(model, cfg.ckpt_path)
     if torch.cuda.is_available() and cfg.get("device", "auto") != "cpu":
         model.cuda()

@@ -15,7 +15,7 @@ from torch import nn
 
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models import MaskClassifier, build_network
-from maskdet.models.backbones import FAMILIES, TORCHVISION_HEADS, family, torchvision_head
+from maskdet.models.backbones import FAMILIES, family, torchvision_head, torchvision_heads
 from maskdet.models.networks import fetch_weights
 from tests.conftest import CONF, REPO, cli_env, compose_train
 
@@ -43,9 +43,9 @@ def test_every_torchvision_classifier_resolves_to_a_declared_head():
         except ConfigError as err:
             refused[name] = str(err)
     assert not refused, f"torchvision models without a declared head: {refused}"
-    assert set(TORCHVISION_HEADS) == {_model_class(n) for n in names}  # no stale entries either
+    assert set(torchvision_heads()) == {_model_class(n) for n in names}  # no stale entries either
     with pytest.raises(ConfigError, match=r"FasterRCNN has no declared classification head: add it to "
-                                          r"TORCHVISION_HEADS in maskdet/models/backbones.py"):
+                                          r"torchvision_heads in maskdet/models/backbones.py"):
         torchvision_head(torchvision.models.detection.FasterRCNN)
 
 
@@ -61,7 +61,7 @@ SMALLEST_PER_CLASS = [  # (builder, image size): the smallest builder of each cl
 
 def test_the_parametrised_builders_cover_every_declared_class():
     names = [p.values[0] if hasattr(p, "values") else p[0] for p in SMALLEST_PER_CLASS]
-    assert {_model_class(n) for n in names} == set(TORCHVISION_HEADS)
+    assert {_model_class(n) for n in names} == set(torchvision_heads())
 
 
 @pytest.mark.parametrize("architecture, size", SMALLEST_PER_CLASS)

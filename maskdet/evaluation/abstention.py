@@ -20,19 +20,20 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import norm  # noqa: E402
+import numpy as np
+import pandas as pd
 
 from maskdet.data.demographics import UNKNOWN
 from maskdet.errors import ConfigError
-from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns
 from maskdet.evaluation.options import BIAS
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
+# The report's statistics and figure (scipy, matplotlib, the bias audit's helpers) are imported by the functions
+# that write it: predict's abstain.* uses this module's threshold functions only, and starts in seconds.
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, save_figure, write_csv, write_text
 
@@ -102,12 +103,16 @@ def abstain(predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def _one_sided_greater(k1: int, n1: int, k2: int, n2: int) -> float:
     """p-value of the pooled two-proportion z-test of p1 > p2."""
+    from scipy.stats import norm
+
     pooled = (k1 + k2) / (n1 + n2)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     return 1.0 if se == 0 else float(norm.sf((k1 / n1 - k2 / n2) / se))
 
 
 def _row(scope: str, group: str, accepted: np.ndarray, correct: np.ndarray) -> dict:
+    from maskdet.evaluation.bias import wilson_interval
+
     n, k = len(accepted), int(accepted.sum())
     errors = int((~correct & accepted).sum())
     cov_low, cov_high = wilson_interval(k, n)
@@ -124,6 +129,8 @@ def abstention_report(predictions: pd.DataFrame, threshold: float, *, chosen: st
                       alpha: float = BIAS.alpha) -> dict:
     """Coverage and error at ``threshold`` on ``predictions`` (label, prediction, confidence, demographics),
     overall and per group, with Wilson 95 % intervals, and the concentration test (module docstring)."""
+    from maskdet.evaluation.bias import adjust_p_values, with_group_columns
+
     frame = with_group_columns(predictions)
     confidence = frame["confidence"].to_numpy(dtype=float)
     correct = (frame["label"] == frame["prediction"]).to_numpy()
@@ -187,6 +194,11 @@ def format_markdown(report: dict) -> str:
 
 
 def plot_risk_coverage(curve: pd.DataFrame, report: dict, path: Path) -> plt.Figure:
+    import matplotlib
+
+    matplotlib.use("Agg")  # as every report module: figures are files, no display
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.step(curve["coverage"], curve["risk"], where="post", label="test split")
     overall = report["rows"][0]
@@ -211,7 +223,10 @@ def write_abstention_report(predictions: pd.DataFrame, threshold: float, folder:
     correct = (predictions["label"] == predictions["prediction"]).to_numpy()
     curve = risk_coverage(predictions["confidence"].to_numpy(dtype=float), correct)
     write_csv(curve, folder / "risk_coverage.csv")
-    plt.close(plot_risk_coverage(curve, report, folder / "risk_coverage.png"))
+    figure = plot_risk_coverage(curve, report, folder / "risk_coverage.png")
+    import matplotlib.pyplot as plt  # imported by plot_risk_coverage, on the Agg backend
+
+    plt.close(figure)
     write_json(folder / "abstention.json", report)
     write_text(folder / "abstention.md", format_markdown(report))
     return report

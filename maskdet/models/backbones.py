@@ -15,6 +15,7 @@ logits (a conv head such as SqueezeNet's outputs N x C x 1 x 1).
 from __future__ import annotations
 
 import difflib
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,7 @@ from typing import NamedTuple
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision import models as tvm
 
 from maskdet.config import import_target
 from maskdet.errors import ConfigError, WeightsUnavailableError
@@ -122,7 +121,7 @@ def replace_output_layer(net: nn.Module, name: str, num_classes: int) -> None:
         new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size)
     else:
         raise ConfigError(f"{type(net).__name__}.{name} is a {type(old).__name__}, not an nn.Linear or nn.Conv2d: "
-                          "declare the layer that outputs the classes (TORCHVISION_HEADS in maskdet/models/backbones.py).")
+                          "declare the layer that outputs the classes (torchvision_heads in maskdet/models/backbones.py).")
     parent, _, child = name.rpartition(".")
     setattr(net.get_submodule(parent), child, new)
 
@@ -148,39 +147,48 @@ class Head(NamedTuple):
     output: str | None = None
 
 
-TORCHVISION_HEADS: dict[type[nn.Module], Head] = {  # checked against torchvision 0.29
-    tvm.AlexNet: Head("classifier.6"),
-    tvm.ConvNeXt: Head("classifier.2"),
-    tvm.DenseNet: Head("classifier"),
-    tvm.EfficientNet: Head("classifier.1"),
-    tvm.GoogLeNet: Head("fc"),
-    tvm.Inception3: Head("fc"),
-    tvm.MaxVit: Head("classifier.5"),
-    tvm.MNASNet: Head("classifier.1"),
-    tvm.MobileNetV2: Head("classifier.1"),
-    tvm.MobileNetV3: Head("classifier.3"),
-    tvm.RegNet: Head("fc"),
-    tvm.ResNet: Head("fc"),
-    tvm.ShuffleNetV2: Head("fc"),
-    tvm.SqueezeNet: Head("classifier", output="classifier.1"),  # dropout, 1x1 conv to the classes, ReLU, pool
-    tvm.SwinTransformer: Head("head"),
-    tvm.VGG: Head("classifier.6"),
-    tvm.VisionTransformer: Head("heads.head"),
-}
+@functools.cache
+def torchvision_heads() -> dict[type[nn.Module], Head]:
+    """Each torchvision model class's declared head (checked against torchvision 0.29); a function, so that
+    torchvision is imported only when a torchvision network is built (the custom CNN loads without it)."""
+    from torchvision import models as tvm
+
+    return {
+        tvm.AlexNet: Head("classifier.6"),
+        tvm.ConvNeXt: Head("classifier.2"),
+        tvm.DenseNet: Head("classifier"),
+        tvm.EfficientNet: Head("classifier.1"),
+        tvm.GoogLeNet: Head("fc"),
+        tvm.Inception3: Head("fc"),
+        tvm.MaxVit: Head("classifier.5"),
+        tvm.MNASNet: Head("classifier.1"),
+        tvm.MobileNetV2: Head("classifier.1"),
+        tvm.MobileNetV3: Head("classifier.3"),
+        tvm.RegNet: Head("fc"),
+        tvm.ResNet: Head("fc"),
+        tvm.ShuffleNetV2: Head("fc"),
+        tvm.SqueezeNet: Head("classifier", output="classifier.1"),  # dropout, 1x1 conv to the classes, ReLU, pool
+        tvm.SwinTransformer: Head("head"),
+        tvm.VGG: Head("classifier.6"),
+        tvm.VisionTransformer: Head("heads.head"),
+    }
 
 
 def torchvision_head(model_class: type) -> Head:
     """The declared head of a torchvision model class (or of the class it derives from)."""
+    heads = torchvision_heads()
     for cls in model_class.__mro__:
-        if cls in TORCHVISION_HEADS:
-            return TORCHVISION_HEADS[cls]
+        if cls in heads:
+            return heads[cls]
     raise ConfigError(f"torchvision's {model_class.__name__} has no declared classification head: add it to "
-                      "TORCHVISION_HEADS in maskdet/models/backbones.py (the qualified name of the module that "
+                      "torchvision_heads in maskdet/models/backbones.py (the qualified name of the module that "
                       "maps the backbone's features to the logits).")
 
 
 def _pretrained_state_dict(architecture: str, weights: str) -> dict:
     try:
+        import torchvision
+
         weights_enum = torchvision.models.get_model_weights(architecture)
         chosen = weights_enum[weights] if weights != "DEFAULT" else weights_enum.DEFAULT
     except KeyError:
@@ -217,6 +225,8 @@ def _drop_auxiliary_heads(net: nn.Module) -> None:
 def build_torchvision(name: str, num_classes: int, image_size: int, weights: Weights) -> tuple[nn.Module, str]:
     """A torchvision classification model: weights (``IMAGENET1K_V1``, ``DEFAULT``, a file) go into the
     ImageNet network as published, then the declared head is reset."""
+    import torchvision
+
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=3)

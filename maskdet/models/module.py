@@ -18,6 +18,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from maskdet.finite import DivergedError
+from maskdet.models.classifier import calibrated_logits, default_temperature, register_preprocessing
 from maskdet.models.networks import build_network
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,12 +47,7 @@ class MaskClassifier(L.LightningModule):
             "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         }, logger=False)  # train.py logs the run's settings with its final figures instead (HParams tab)
         self.net, self.head_name = build_network(architecture, num_classes, image_size, weights, freeze)
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
-        # Temperature scaling (Guo et al. 2017): logits / T. 1 while training; fitted on the validation split
-        # after fit (maskdet.models.calibration) and saved in the checkpoint's state_dict, so evaluate, predict,
-        # explain and the ONNX graph all give calibrated probabilities. Checkpoints older than it load with T = 1.
-        self.register_buffer("temperature", torch.ones(()))
+        register_preprocessing(self, mean, std)  # normalisation and temperature, as FaceClassifier's
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
@@ -70,9 +66,7 @@ class MaskClassifier(L.LightningModule):
 
     # ----------------------------------------------------------------- model
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # channels-last: convolutions run faster in it on CPUs (about 15-25 % here) and on tensor cores
-        images = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.net(images) / self.temperature  # x / 1.0 is x exactly: training is unchanged
+        return calibrated_logits(self, images)
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
@@ -126,7 +120,7 @@ class MaskClassifier(L.LightningModule):
                               error_msgs):
         """A checkpoint written before temperature scaling has no ``temperature``: it loads with T = 1 (its
         outputs unchanged), also through Lightning's strict loading on resume."""
-        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        default_temperature(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
