@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -42,10 +43,13 @@ def test_predict_a_folder_with_good_and_bad_files(cnn_ckpt, tiny_dataset, cache_
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "readme.txt").write_text("hello")
-    result = subprocess.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={cnn_ckpt}", f"input={folder}",
-                             "annotate=true"], cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "maskdet.predict", f"ckpt_path={cnn_ckpt}",
+                             f"input={folder}", "annotate=true"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    heavy = {"lightning", "torchvision", "torchmetrics", "matplotlib", "scipy"}
+    assert not imported & heavy, f"predict imported {sorted(imported & heavy)}: it loads the network alone"
     (run,) = (tmp_path / "outputs" / "predict" / "runs").iterdir()
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == 6 and predictions["path"].str.endswith("gray_big.png").any()
@@ -67,8 +71,13 @@ def test_a_prediction_equals_what_evaluate_gives(cnn_ckpt):
 
     run = Path(cnn_ckpt).parent.parent
     evaluated = pd.read_csv(run / "predictions.csv")  # the training run's test, through the decoded cache
-    predicted, skipped = predict_files(load_classifier(cnn_ckpt), [Path(p) for p in evaluated["path"]], batch_size=7)
+    network = load_classifier(cnn_ckpt, lightning=False)  # what predict loads: no Lightning
+    predicted, skipped = predict_files(network, [Path(p) for p in evaluated["path"]], batch_size=7)
     assert skipped == []
+    size = network.hparams.image_size
+    images = torch.rand(5, 3, size, size)
+    with torch.no_grad():  # the same weights, preprocessing and temperature as the LightningModule
+        assert torch.equal(network(images), load_classifier(cnn_ckpt).eval()(images))
     assert (predicted["prediction"].to_numpy() == evaluated["prediction"].to_numpy()).all()
     columns = [c for c in evaluated.columns if c.startswith("prob_")]
     assert np.abs(predicted[columns].to_numpy() - evaluated[columns].to_numpy()).max() < 1e-5
