@@ -421,9 +421,9 @@ def check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not accepted: it must be {accepts.words}.")
     for key in ("model.mean", "model.std"):
         value = _select(cfg, key)
-        problem = None if value is _ABSENT else three_numbers(value, positive=key == "model.std")
+        problem = None if value is _ABSENT or value is None else three_numbers(value, positive=key == "model.std")
         if problem:
-            raise ConfigError(f"{key}={value!r} is not accepted: it must be {problem}.")
+            raise ConfigError(f"{key}={value!r} is not accepted: it must be {problem}, or null (the weights' own).")
 
 
 def check_resume_checkpoint(cfg: DictConfig) -> None:

@@ -215,6 +215,24 @@ def timm():
     return pytest.importorskip("timm")
 
 
+def test_normalisation_comes_from_the_weights_own_metadata(timm):
+    """model.mean / model.std null (the torchvision and timm model configs): the published weights' own
+    (mean, std) is used and saved with the model, not a copy in each YAML; given values win."""
+    from torchvision.models import ResNet18_Weights
+
+    from maskdet.models.backbones import weights_normalisation
+
+    published = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert weights_normalisation("resnet18", "IMAGENET1K_V1") == (tuple(published.mean), tuple(published.std))
+    vit = timm.models.get_pretrained_cfg("vit_tiny_patch16_224.augreg_in21k")  # trained at mean 0.5, std 0.5
+    assert weights_normalisation("timm/vit_tiny_patch16_224", "augreg_in21k") == (tuple(vit.mean), tuple(vit.std))
+    assert tuple(vit.mean) == (0.5, 0.5, 0.5)
+    model = MaskClassifier("timm/test_efficientnet", num_classes=3, image_size=32, weights=None)
+    declared = timm.models.get_pretrained_cfg("test_efficientnet")
+    assert (model.hparams.mean, model.hparams.std) == (list(declared.mean), list(declared.std))
+    assert MaskClassifier("custom_cnn", num_classes=3, mean=[0.5] * 3, std=[0.25] * 3).hparams.std == [0.25] * 3
+
+
 def test_a_timm_model_resets_its_declared_head_and_trains_a_step(timm):
     torch.manual_seed(0)
     model = MaskClassifier("timm/test_efficientnet", num_classes=3, image_size=32)

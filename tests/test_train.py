@@ -30,7 +30,7 @@ def test_experiment_composes(experiment):
     if cfg.model.architecture == "custom_cnn":
         assert cfg.data.image_size == 32 and cfg.model.architecture == "custom_cnn" and cfg.data.augment is None
     else:
-        assert cfg.data.image_size == 224 and cfg.model.mean == [0.485, 0.456, 0.406]
+        assert cfg.data.image_size == 224 and cfg.model.mean is None  # the weights' own (backbones.weights_normalisation)
         assert cfg.data.augment.rotation == 15 and cfg.data.augment.brightness == 0.2
         assert cfg.model.freeze == ("backbone" if "frozen" in experiment else "none")
 

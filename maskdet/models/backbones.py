@@ -36,6 +36,8 @@ WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
 # model.weights as a build function receives it: None (random), a named pretrained weight, or a local file
 Weights = str | Path | None
 Build = Callable[[str, int, int, Weights], tuple[nn.Module, str]]
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std), one number per colour channel
+IMAGENET_NORMALISATION: Normalisation = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # families that declare none
 
 
 @dataclass(frozen=True)
@@ -43,23 +45,36 @@ class Family:
     """``build(network name, num_classes, image_size, weights)`` returns ``(network, head name)``: the network
     with a ``num_classes``-output head and the qualified name of that head. ``fetch(network name, weight
     name)``, where given, brings a named weight into the local cache without building the network; without
-    it, fetching builds the network once."""
+    it, fetching builds the network once. ``normalisation(network name, weights)``, where given, reads the
+    (mean, std) the published weights were trained with from their own metadata."""
 
     build: Build
     fetch: Callable[[str, str], object] | None = None
+    normalisation: Callable[[str, Weights], Normalisation | None] | None = None
 
 
 FAMILIES: dict[str, Family] = {}
 
 
-def family(name: str, fetch: Callable[[str, str], object] | None = None) -> Callable[[Build], Build]:
+def family(name: str, fetch: Callable[[str, str], object] | None = None,
+           normalisation: Callable[[str, Weights], Normalisation | None] | None = None) -> Callable[[Build], Build]:
     """Register a build function as the backbone family ``name``."""
 
     def register(build: Build) -> Build:
-        FAMILIES[name] = Family(build, fetch)
+        FAMILIES[name] = Family(build, fetch, normalisation)
         return build
 
     return register
+
+
+def weights_normalisation(architecture: str, weights: Weights) -> Normalisation:
+    """The (mean, std) of ``model.mean`` / ``model.std`` when they are null: what the family's published weights
+    declare in their own metadata (torchvision's ``weights.transforms()``, timm's ``pretrained_cfg``; for a
+    local file or null weights, those of the network's default published weights), so it is not copied into
+    each model YAML; ImageNet's for a family that declares none."""
+    chosen, name = resolve(architecture)
+    found = chosen.normalisation(name, weights) if chosen.normalisation is not None else None
+    return found or IMAGENET_NORMALISATION
 
 
 def resolve(architecture: str) -> tuple[Family, str]:
@@ -221,7 +236,19 @@ def _drop_auxiliary_heads(net: nn.Module) -> None:
                 setattr(net, name, None)
 
 
-@family("torchvision", fetch=_pretrained_state_dict)
+def _torchvision_normalisation(name: str, weights: Weights) -> Normalisation | None:
+    import torchvision
+
+    try:
+        published = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):  # not a torchvision model: its build refuses it with a message
+        return None
+    chosen = published[weights] if isinstance(weights, str) and weights in published.__members__ else published.DEFAULT
+    preprocessing = chosen.transforms()
+    return tuple(preprocessing.mean), tuple(preprocessing.std)
+
+
+@family("torchvision", fetch=_pretrained_state_dict, normalisation=_torchvision_normalisation)
 def build_torchvision(name: str, num_classes: int, image_size: int, weights: Weights) -> tuple[nn.Module, str]:
     """A torchvision classification model: weights (``IMAGENET1K_V1``, ``DEFAULT``, a file) go into the
     ImageNet network as published, then the declared head is reset."""
@@ -288,7 +315,19 @@ def _timm_published(name: str, weights: str) -> tuple[str, Path]:
         ) from None
 
 
-@family("timm", fetch=_timm_published)
+def _timm_normalisation(name: str, weights: Weights) -> Normalisation | None:
+    timm = _import_timm()
+    arch = name.partition(".")[0]
+    tagged = f"{arch}.{weights}" if isinstance(weights, str) and weights != "DEFAULT" and local_weights(weights) is None \
+        else name
+    try:
+        cfg = timm.models.get_pretrained_cfg(tagged)
+    except RuntimeError:  # an unknown tag: its fetch refuses it with a message
+        cfg = None
+    return (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None and cfg.mean and cfg.std else None
+
+
+@family("timm", fetch=_timm_published, normalisation=_timm_normalisation)
 def build_timm(name: str, num_classes: int, image_size: int, weights: Weights) -> tuple[nn.Module, str]:
     """A timm model (optional extra ``maskdet[timm]``): weights (a tag such as ``c3_in1k``, ``DEFAULT``, a
     file) go into the network as published, then ``reset_classifier``; the head is the one timm declares."""

@@ -18,11 +18,9 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from maskdet.finite import DivergedError
+from maskdet.models.backbones import weights_normalisation
 from maskdet.models.classifier import calibrated_logits, default_temperature, register_preprocessing
 from maskdet.models.networks import build_network
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MaskClassifier(L.LightningModule):
@@ -34,12 +32,15 @@ class MaskClassifier(L.LightningModule):
         image_size: int = 32,
         weights: str | None = None,
         freeze: str = "none",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., object] | None = None,
     ):
         super().__init__()
+        if mean is None or std is None:  # the published weights' own normalisation (ImageNet's where none)
+            published = weights_normalisation(architecture, weights)
+            mean, std = published[0] if mean is None else mean, published[1] if std is None else std
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.save_hyperparameters({
             "architecture": architecture, "num_classes": int(num_classes), "class_names": class_names,
