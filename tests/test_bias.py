@@ -8,13 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskdet.evaluation.bias import (
-    audit,
-    newcombe_interval,
-    two_proportion_test,
-    wilson_interval,
-    write_bias_report,
-)
+from maskdet.evaluation.bias import audit, write_bias_report
+from maskdet.evaluation.statistics import newcombe_interval, two_proportion_test, wilson_interval
 from maskdet.train import train
 from tests.conftest import REPO, cli_env, compose_train
 

@@ -16,8 +16,9 @@ import yaml
 from scipy import stats
 
 from maskdet.errors import ConfigError, DataError
-from maskdet.evaluation.compare import corrected_t_test, holm, load_runs, mcnemar_exact, write_comparison
+from maskdet.evaluation.compare import load_runs, write_comparison
 from maskdet.evaluation.cv import collect_runs, write_summary
+from maskdet.evaluation.statistics import corrected_t_test, holm, mcnemar_exact
 from maskdet.hydra_callbacks import job_name
 from tests.conftest import REPO, cli_env, compose_train
 

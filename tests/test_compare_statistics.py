@@ -25,16 +25,14 @@ from statsmodels.stats.multitest import multipletests
 
 from maskdet.evaluation.compare import (
     compare_pairs,
-    correct_family,
-    percentile_interval,
     resample_runs,
     resample_weights,
     resampled_figures,
-    two_level_bootstrap,
     write_comparison,
 )
 from maskdet.evaluation.cv import write_summary
 from maskdet.evaluation.metrics import expected_calibration_error, macro_f1
+from maskdet.evaluation.statistics import correct_family, percentile_interval, two_level_bootstrap
 
 CLASSES = np.array(["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"])
 

@@ -182,7 +182,7 @@ def test_a_planted_widening_is_found_and_none_is_found_when_none_is_planted():
 
 
 def test_holm_is_across_corruptions_within_an_attribute():
-    from maskdet.evaluation.bias import adjust_p_values
+    from maskdet.evaluation.statistics import adjust_p_values
 
     rng = np.random.default_rng(1)
     groups, correctness = _synthetic(120, 0.9, 0.0, 0.2, rng)

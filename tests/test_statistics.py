@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from maskdet.evaluation.bias import (
+from maskdet.evaluation.bias import audit
+from maskdet.evaluation.statistics import (
     adjust_p_values,
-    audit,
     calibration_gap,
     min_detectable_gap,
     spiegelhalter_test,

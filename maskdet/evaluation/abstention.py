@@ -101,17 +101,8 @@ def abstain(predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return out
 
 
-def _one_sided_greater(k1: int, n1: int, k2: int, n2: int) -> float:
-    """p-value of the pooled two-proportion z-test of p1 > p2."""
-    from scipy.stats import norm
-
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    return 1.0 if se == 0 else float(norm.sf((k1 / n1 - k2 / n2) / se))
-
-
 def _row(scope: str, group: str, accepted: np.ndarray, correct: np.ndarray) -> dict:
-    from maskdet.evaluation.bias import wilson_interval
+    from maskdet.evaluation.statistics import wilson_interval
 
     n, k = len(accepted), int(accepted.sum())
     errors = int((~correct & accepted).sum())
@@ -129,7 +120,8 @@ def abstention_report(predictions: pd.DataFrame, threshold: float, *, chosen: st
                       alpha: float = BIAS.alpha) -> dict:
     """Coverage and error at ``threshold`` on ``predictions`` (label, prediction, confidence, demographics),
     overall and per group, with Wilson 95 % intervals, and the concentration test (module docstring)."""
-    from maskdet.evaluation.bias import adjust_p_values, with_group_columns
+    from maskdet.evaluation.bias import with_group_columns
+    from maskdet.evaluation.statistics import adjust_p_values, one_sided_two_proportion_test
 
     frame = with_group_columns(predictions)
     confidence = frame["confidence"].to_numpy(dtype=float)
@@ -148,7 +140,7 @@ def abstention_report(predictions: pd.DataFrame, threshold: float, *, chosen: st
             if row["ranked"]:
                 rest_abstained, rest_n = int((~accepted[~mask]).sum()), int((~mask).sum())
                 row["rest_abstention_rate"] = rest_abstained / rest_n
-                row["p_value"] = _one_sided_greater(row["abstained"], row["n"], rest_abstained, rest_n)
+                row["p_value"] = one_sided_two_proportion_test(row["abstained"], row["n"], rest_abstained, rest_n)
                 tests.append(len(rows))
             rows.append(row)
     adjusted = adjust_p_values([rows[i]["p_value"] for i in tests], "holm")

@@ -60,117 +60,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from fairlearn.metrics import MetricFrame, demographic_parity_difference, equalized_odds_difference  # noqa: E402
-from scipy.optimize import brentq  # noqa: E402
-from scipy.stats import binomtest, norm  # noqa: E402
 from sklearn.metrics import accuracy_score, recall_score  # noqa: E402
 
 from maskdet.data.demographics import GROUP_COLUMNS, UNKNOWN
 from maskdet.errors import ConfigError
 from maskdet.evaluation.metrics import resolve_group_metrics
-from maskdet.evaluation.options import AUDITABLE_ATTRIBUTES, BIAS, CORRECTIONS, BiasOptions  # noqa: F401
+from maskdet.evaluation.options import BIAS, CORRECTIONS, BiasOptions
+from maskdet.evaluation.statistics import (
+    POWER,
+    adjust_p_values,
+    calibration_gap,
+    min_detectable_gap,
+    newcombe_interval,
+    spiegelhalter_test,
+    two_proportion_test,
+    wilson_interval,
+)
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text
 
-POWER = 0.8  # the power at which the minimum detectable gap is stated
 TOO_SMALL_GAP = 0.2  # a ranked group that could only be found to differ by more than this is warned about
 # Per-group figures (bias.metrics, default [macro_f1]): binned ECE ("ece") is not among the defaults: its
 # bootstrap interval does not cover the true ECE at group sizes (module docstring); the calibration gap and
 # Spiegelhalter's test below replace it, and bias.metrics=[macro_f1,ece] still gives the old columns.
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
-    """Two-sided pooled z-test of p1 == p2; returns (z, p-value)."""
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 0.0, 1.0
-    z = (k1 / n1 - k2 / n2) / se
-    return z, float(2 * norm.sf(abs(z)))
-
-
-def newcombe_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Interval of p1 - p2 from the two Wilson intervals (Newcombe's hybrid score method)."""
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1, confidence)
-    l2, u2 = wilson_interval(k2, n2, confidence)
-    d = p1 - p2
-    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-
-
-def adjust_p_values(p_values, method: str = "holm") -> np.ndarray:
-    """``p_values`` corrected together as one family: Holm's step-down (family-wise error) or
-    Benjamini-Hochberg's step-up (false discovery rate); the values of statsmodels' ``multipletests``."""
-    p = np.asarray(p_values, dtype=float)
-    m = len(p)
-    if m == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    if method == "holm":
-        adjusted = np.maximum.accumulate((m - np.arange(m)) * ranked)
-    elif method == "fdr_bh":
-        adjusted = np.minimum.accumulate((m / np.arange(m, 0, -1)) * ranked[::-1])[::-1]
-    else:
-        raise ConfigError(f"bias.correction={method!r}: use one of {', '.join(CORRECTIONS)}.")
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
-def two_proportion_power(p1: float, p2: float, n1: int, n2: int, alpha: float = BIAS.alpha) -> float:
-    """Power of ``two_proportion_test`` (two-sided, level ``alpha``) when the true proportions are p1 and p2:
-    the normal approximation with the pooled standard error under the null and the unpooled one under the
-    alternative (Fleiss; statsmodels' ``power_proportions_2indep``)."""
-    pooled = (n1 * p1 + n2 * p2) / (n1 + n2)
-    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    se1 = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    crit, d = norm.isf(alpha / 2) * se0, abs(p1 - p2)
-    if se1 == 0:
-        return float(d > crit)
-    return float(norm.cdf((d - crit) / se1) + norm.cdf((-d - crit) / se1))
-
-
-def min_detectable_gap(baseline: float, n1: int, n2: int, alpha: float = BIAS.alpha, power: float = POWER) -> float:
-    """The smallest drop d (group 2 at ``baseline`` - d, group 1 at ``baseline``) that ``two_proportion_test``
-    detects with ``power`` at level ``alpha``; NaN when not even d = ``baseline`` (group 2 at 0) reaches it."""
-    if not (n1 > 0 and n2 > 0 and 0 < baseline <= 1):
-        return math.nan
-    shortfall = lambda d: two_proportion_power(baseline, baseline - d, n1, n2, alpha) - power  # noqa: E731
-    if shortfall(baseline) < 0:
-        return math.nan
-    return float(brentq(shortfall, 1e-9, baseline, xtol=1e-7))
-
-
-def calibration_gap(confidence, correct, confidence_level: float = 0.95) -> tuple[float, float, float]:
-    """Mean confidence minus accuracy (calibration-in-the-large; > 0 overconfident) and its interval: the
-    mean confidence minus the Wilson interval of the accuracy. Given the confidences, the number correct is
-    a sum of independent Bernoulli draws whose variance is at most the binomial one, so the interval is
-    slightly conservative (covering 95-97 % in simulation at n >= 30, tests/test_statistics.py)."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
-    if len(confidence) == 0:
-        return math.nan, math.nan, math.nan
-    low, high = wilson_interval(int(correct.sum()), len(correct), confidence_level)
-    mean = float(confidence.mean())
-    return mean - float(correct.mean()), mean - high, mean - low
-
-
-def spiegelhalter_test(confidence, correct) -> tuple[float, float]:
-    """Spiegelhalter's (1986) z-test of calibration, H0: each prediction is correct with probability its
-    confidence; z = sum((y - p)(1 - 2p)) / sqrt(sum((1 - 2p)^2 p (1 - p))), two-sided p-value from N(0, 1).
-    NaN when the statistic has no variance (every confidence 0.5 or 0 or 1)."""
-    p, y = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
-    variance = float(np.sum((1 - 2 * p) ** 2 * p * (1 - p)))
-    if variance <= 0:
-        return math.nan, math.nan
-    z = float(np.sum((y - p) * (1 - 2 * p)) / math.sqrt(variance))
-    return z, float(2 * norm.sf(abs(z)))
 
 
 def _primary_counts(metric: str, names: list[str], y_true, y_pred) -> tuple[int, int]:

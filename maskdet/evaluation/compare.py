@@ -77,16 +77,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from maskdet import runfolder  # noqa: E402
 from maskdet.data.demographics import UNKNOWN  # noqa: E402
 from maskdet.errors import DataError  # noqa: E402
-from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
+from maskdet.evaluation.bias import with_group_columns  # noqa: E402
 from maskdet.evaluation.cv import collect_jobs, keep_apart, per_fold_test, run_folders  # noqa: E402
 from maskdet.evaluation.metrics import ECE_BINS, expected_calibration_error, macro_f1  # noqa: E402
 from maskdet.evaluation.options import COMPARISON, CORRECTIONS, ComparisonOptions  # noqa: E402
 from maskdet.evaluation.options import COMPARISON_METRICS as METRICS  # noqa: E402
+from maskdet.evaluation.statistics import (  # noqa: E402
+    bootstrap_p_value,
+    correct_family,
+    corrected_t_test,
+    mcnemar_exact,
+    percentile_interval,
+    two_level_bootstrap,
+)
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import md, one_line, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
@@ -330,127 +337,6 @@ def resampled_figures(frame: pd.DataFrame, weights: np.ndarray, gap: tuple | Non
     else:
         out["gap"] = np.full(len(weights), math.nan)
     return out
-
-
-def two_level_bootstrap(resampled, rng: np.random.Generator, observed=None) -> np.ndarray:
-    """Draws of a mean over k folds with both sources of variance. ``resampled`` is k x B: each fold's
-    figure (or paired difference) on B resamples of the test images (the same resamples for every fold and
-    configuration); ``observed``: each fold's figure on the test split itself (default: the mean of its row).
-
-    Test-set sampling: the resamples' mean over folds, its deviations shrunk to the covariance *between*
-    folds (the mean off-diagonal covariance of the k rows over resamples). Resampling images alone would also
-    count each run's own image-by-image noise, which the fold level already holds; counted twice, the test
-    is conservative (as resampling both factors of a crossed design is: Owen 2007). Training variability:
-    per resample, the sample std over folds / sqrt(k) times a draw of Student's t with k - 1 degrees of
-    freedom, the std of the folds' *observed* figures (on resampled images it would hold the image noise
-    again). Resampling only k <= 10 folds would shrink their variance by (k - 1)/k, with normal tails.
-    One fold: no fold level, the image bootstrap alone (conditional on that training run)."""
-    resampled = np.atleast_2d(np.asarray(resampled, dtype=float))
-    k, n_boot = resampled.shape
-    mean = resampled.mean(0)
-    if k < 2:
-        return mean
-    centre = mean.mean()
-    covariance = np.cov(resampled)
-    between = (covariance.sum() - np.trace(covariance)) / (k * (k - 1))
-    spread = mean.var(ddof=1)
-    shrink = math.sqrt(min(1.0, max(0.0, between) / spread)) if spread > 0 else 0.0
-    observed = resampled.mean(1) if observed is None else np.asarray(observed, dtype=float)
-    return centre + shrink * (mean - centre) + observed.std(ddof=1) / math.sqrt(k) * rng.standard_t(k - 1, size=n_boot)
-
-
-def bootstrap_p_value(draws) -> float:
-    """Two-sided p-value matching the percentile interval: 2 min(P*(d <= 0), P*(d >= 0)), each count + 1
-    over resamples + 1 (never 0; 1 when every draw is 0)."""
-    draws = np.asarray(draws, dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if not len(draws):
-        return math.nan
-    low, high = int((draws <= 0).sum()), int((draws >= 0).sum())
-    return float(min(1.0, 2 * (min(low, high) + 1) / (len(draws) + 1)))
-
-
-def percentile_interval(draws, level: float) -> tuple[float, float]:
-    draws = np.asarray(draws, dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if not len(draws):
-        return math.nan, math.nan
-    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval over folds (nan where fewer than two values)."""
-    values = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-def corrected_t_test(differences, n_train: float, n_test: float, confidence: float = 0.95) -> dict:
-    """Nadeau & Bengio (2003) corrected resampled t-test of the mean of per-fold differences (for folds
-    tested on different images).
-
-    Written here because no maintained library offers it (scipy's paired t-test is the uncorrected one);
-    the variance of the mean is ``(1/k + n_test/n_train) s^2`` instead of ``s^2 / k``."""
-    d = np.asarray(differences, dtype=float)
-    k, mean = len(d), float(d.mean())
-    scale = math.sqrt((1 / k + n_test / n_train) * d.var(ddof=1))
-    if scale <= 1e-12:  # every fold gave the same difference (up to rounding): no spread to test against
-        p_value = 1.0 if abs(mean) <= 1e-12 else math.nan
-        return {"difference": mean, "ci_low": mean, "ci_high": mean, "p_value": p_value}
-    t = mean / scale
-    half = stats.t.ppf(0.5 + confidence / 2, k - 1) * scale
-    return {"difference": mean, "ci_low": mean - half, "ci_high": mean + half,
-            "p_value": float(2 * stats.t.sf(abs(t), k - 1))}
-
-
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = 0.95) -> dict:
-    """McNemar's exact test on paired predictions: a binomial test of the discordant pairs (scipy), with
-    Newcombe's (1998, method 10) score interval of the paired accuracy difference at ``confidence``.
-
-    The interval is written here (no scipy/scikit-learn function) from each accuracy's Wilson interval and
-    the correlation of the two models' hits, as the unpaired Newcombe interval of the bias audit is; unlike
-    an interval given the discordant pairs, it does not stop at the observed difference when one model wins
-    every discordant pair."""
-    a_only = int((correct_a & ~correct_b).sum())
-    b_only = int((~correct_a & correct_b).sum())
-    both = int((correct_a & correct_b).sum())
-    n = len(correct_a)
-    neither = n - both - a_only - b_only
-    p_a, p_b = (both + a_only) / n, (both + b_only) / n
-    (low_a, high_a), (low_b, high_b) = wilson_interval(both + a_only, n, confidence), \
-        wilson_interval(both + b_only, n, confidence)
-    # the hits' correlation, with Newcombe's continuity correction: 0 for a small positive association
-    association = both * neither - a_only * b_only
-    association = association - n / 2 if association > n / 2 else min(association, 0)
-    denominator = math.sqrt((both + a_only) * (neither + b_only) * (both + b_only) * (neither + a_only))
-    phi = association / denominator if denominator else 0.0
-    d = p_a - p_b
-    low = d - math.sqrt((p_a - low_a) ** 2 - 2 * phi * (p_a - low_a) * (high_b - p_b) + (high_b - p_b) ** 2)
-    high = d + math.sqrt((high_a - p_a) ** 2 - 2 * phi * (high_a - p_a) * (p_b - low_b) + (p_b - low_b) ** 2)
-    p_value = float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
-    return {"difference": d, "ci_low": max(-1.0, low), "ci_high": min(1.0, high), "p_value": p_value,
-            "n": n, "a_only_correct": a_only, "b_only_correct": b_only}
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values over the finite ones (nan stays nan)."""
-    return correct_family(p_values, "holm")
-
-
-def correct_family(p_values, method: str = "holm") -> np.ndarray:
-    """The finite ``p_values`` corrected together as one family (``bias.adjust_p_values``: Holm or
-    Benjamini-Hochberg, statsmodels' values); nan stays nan and does not count."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(len(p), math.nan)
-    valid = np.isfinite(p)
-    adjusted[valid] = adjust_p_values(p[valid], method)
-    return adjusted
 
 
 # ------------------------------------------------------------------ resampling every run, per configuration

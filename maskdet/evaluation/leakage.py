@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from maskdet.errors import DataError, exit_on_error
-from maskdet.evaluation.bias import newcombe_interval, two_proportion_test, wilson_interval
+from maskdet.evaluation.statistics import newcombe_interval, two_proportion_test, wilson_interval
 from maskdet.writing import md, write_csv, write_text
 
 IMAGE_LEVEL = "image-level (data.group_by=null)"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskdet import runfolder
-from maskdet.evaluation.bias import wilson_interval
+from maskdet.evaluation.statistics import wilson_interval
 from maskdet.models.backbones import WEIGHT_FILE_SUFFIXES
 from maskdet.writing import md
 

@@ -45,8 +45,9 @@ from torchvision.transforms.v2 import functional as F  # noqa: E402
 
 from maskdet.data.demographics import UNKNOWN  # noqa: E402
 from maskdet.errors import ConfigError  # noqa: E402
-from maskdet.evaluation.bias import adjust_p_values, wilson_interval, with_group_columns  # noqa: E402
+from maskdet.evaluation.bias import with_group_columns  # noqa: E402
 from maskdet.evaluation.options import AUDITABLE_ATTRIBUTES, BIAS  # noqa: E402
+from maskdet.evaluation.statistics import adjust_p_values, wilson_interval  # noqa: E402
 from maskdet.jsonfile import write_json  # noqa: E402
 from maskdet.writing import md, plot_text, save_figure, write_csv, write_text  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch
 
 from maskdet.data.demographics import UNKNOWN
 from maskdet.data.images import BadImageError, load_rgb
-from maskdet.evaluation.bias import wilson_interval
+from maskdet.evaluation.statistics import wilson_interval
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, write_csv, write_text
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 
-from maskdet.evaluation.bias import newcombe_interval, two_proportion_test, wilson_interval
+from maskdet.evaluation.statistics import newcombe_interval, two_proportion_test, wilson_interval
 from maskdet.writing import md, write_csv, write_text
 
 
