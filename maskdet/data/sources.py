@@ -32,7 +32,14 @@ import pandas as pd
 
 from maskdet.data.demographics import NAME_ATTRIBUTES, UNKNOWN, normalise_group, parse_utkface_name
 from maskdet.data.images import display_path, folder_problem, is_utf8, list_image_files, path_problem, skip
-from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, INCORRECT, ensure_dataset, make_spec
+from maskdet.data.synthetic import (
+    CLASSES,
+    COMP6721_COUNTS,
+    INCORRECT,
+    SyntheticSpec,
+    ensure_dataset,
+    make_spec,
+)
 from maskdet.errors import DataError
 
 INDEX_COLUMNS = ["path", "label_name", "age", *NAME_ATTRIBUTES]
@@ -175,11 +182,12 @@ def read_class_folders(root: str | Path) -> Scan:
     return Scan(index_frame(rows), skipped, str(root))
 
 
-def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6721_COUNTS, seed: int = 0,
-                   size: int = 128, bias: Mapping | None = None, shared_faces: int = 1, incorrect_wear: bool = False,
-                   label_noise: float = 0.0, outliers: int = 0) -> Scan:
+def read_synthetic(cache_dir: str | Path, per_class: int | Sequence[int] = COMP6721_COUNTS,
+                   seed: int = SyntheticSpec.seed, size: int = SyntheticSpec.size, bias: Mapping | None = None,
+                   shared_faces: int = SyntheticSpec.shared_faces, incorrect_wear: bool = SyntheticSpec.incorrect_wear,
+                   label_noise: float = SyntheticSpec.label_noise, outliers: int = SyntheticSpec.outliers) -> Scan:
     """The embedded dataset (``maskdet.data.synthetic``), generated into ``cache_dir`` on first use; the
-    options are ``synthetic.make_spec``'s."""
+    options are ``synthetic.make_spec``'s, their defaults those of data/synthetic.yaml."""
     try:
         spec = make_spec(per_class, seed, size, bias, shared_faces, incorrect_wear, label_noise, outliers)
     except (TypeError, ValueError) as err:

@@ -43,13 +43,15 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from maskdet.config import packaged_defaults
 from maskdet.data.demographics import NAME_ATTRIBUTES
 from maskdet.progress import progress
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 INCORRECT = "mask_weared_incorrect"  # the optional fifth class (the Kaggle face-mask detection set's name)
 NOT_A_FACE = "not_a_face"  # the true label of a planted outlier in planted.csv
-COMP6721_COUNTS = (2160, 2103, 2162, 2180)  # the COMP6721 study's class counts (8,605 images)
+DEFAULTS = packaged_defaults("data/synthetic.yaml")["source"]  # the generator's defaults: data/synthetic.yaml only
+COMP6721_COUNTS = tuple(DEFAULTS["per_class"])  # the COMP6721 study's class counts (8,605 images)
 GENERATOR_VERSION = 6  # bump when drawing changes, so cached datasets are regenerated
 
 # Mean skin colour per UTKFace race code; the per-image spread (below) makes neighbours overlap.
@@ -64,9 +66,9 @@ _FFP2 = [(238, 238, 232), (245, 244, 236), (225, 228, 230), (236, 232, 205), (17
 class BiasKnob:
     """Weaker mask evidence for one group: ``attribute`` ("gender" or "race") equal to ``group`` (a code)."""
 
-    attribute: str = "race"
-    group: int = 1
-    strength: float = 0.0  # 0 = off, 1 = strongest
+    attribute: str = DEFAULTS["bias"]["attribute"]
+    group: int = DEFAULTS["bias"]["group"]
+    strength: float = DEFAULTS["bias"]["strength"]  # 0 = off, 1 = strongest
 
     def applies(self, gender: int, race: int) -> bool:
         if self.strength <= 0:
@@ -77,13 +79,13 @@ class BiasKnob:
 @dataclass(frozen=True)
 class SyntheticSpec:
     per_class: tuple[int, ...] = COMP6721_COUNTS
-    seed: int = 0
-    size: int = 128
+    seed: int = DEFAULTS["seed"]
+    size: int = DEFAULTS["size"]
     bias: BiasKnob = field(default_factory=BiasKnob)
-    shared_faces: int = 1  # k > 1: every face is drawn under k mask classes
-    incorrect_wear: bool = False  # True: a fifth class, masks worn below the nose or on the chin
-    label_noise: float = 0.0  # this share of images filed under a wrong class folder
-    outliers: int = 0  # this many images that are not faces, spread over the class folders
+    shared_faces: int = DEFAULTS["shared_faces"]  # k > 1: every face is drawn under k mask classes
+    incorrect_wear: bool = DEFAULTS["incorrect_wear"]  # True: a fifth class, masks worn below the nose or on the chin
+    label_noise: float = DEFAULTS["label_noise"]  # this share of images filed under a wrong class folder
+    outliers: int = DEFAULTS["outliers"]  # this many images that are not faces, spread over the class folders
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -100,13 +102,13 @@ class SyntheticSpec:
 
 def make_spec(
     per_class: int | Sequence[int] = COMP6721_COUNTS,
-    seed: int = 0,
-    size: int = 128,
+    seed: int = SyntheticSpec.seed,
+    size: int = SyntheticSpec.size,
     bias: dict | BiasKnob | None = None,
-    shared_faces: int | None = 1,
-    incorrect_wear: bool = False,
-    label_noise: float = 0.0,
-    outliers: int = 0,
+    shared_faces: int | None = SyntheticSpec.shared_faces,
+    incorrect_wear: bool = SyntheticSpec.incorrect_wear,
+    label_noise: float = SyntheticSpec.label_noise,
+    outliers: int = SyntheticSpec.outliers,
 ) -> SyntheticSpec:
     """Build a spec from config values: ``per_class`` is one int for every class or one per class (with
     ``incorrect_wear``, four counts give the fifth class their mean, so the defaults still apply)."""
@@ -487,15 +489,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
     parser.add_argument("--per-class", type=int, nargs="+", default=list(COMP6721_COUNTS),
                         help="one count for all classes or four counts (default: the COMP6721 study's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--bias-attribute", choices=list(NAME_ATTRIBUTES), default="race")
-    parser.add_argument("--bias-group", type=int, default=1, help="code of the disadvantaged group")
-    parser.add_argument("--bias-strength", type=float, default=0.0, help="0 = off, 1 = strongest")
-    parser.add_argument("--shared-faces", type=int, default=1, help="draw each face under this many mask classes")
+    spec, knob = SyntheticSpec(), BiasKnob()  # defaults from data/synthetic.yaml
+    parser.add_argument("--seed", type=int, default=spec.seed)
+    parser.add_argument("--size", type=int, default=spec.size, help="image side in pixels")
+    parser.add_argument("--bias-attribute", choices=list(NAME_ATTRIBUTES), default=knob.attribute)
+    parser.add_argument("--bias-group", type=int, default=knob.group, help="code of the disadvantaged group")
+    parser.add_argument("--bias-strength", type=float, default=knob.strength, help="0 = off, 1 = strongest")
+    parser.add_argument("--shared-faces", type=int, default=spec.shared_faces,
+                        help="draw each face under this many mask classes")
     parser.add_argument("--incorrect-wear", action="store_true", help=f"add a fifth class, {INCORRECT}")
-    parser.add_argument("--label-noise", type=float, default=0.0, help="share of images filed under a wrong class")
-    parser.add_argument("--outliers", type=int, default=0, help="number of non-face images in the class folders")
+    parser.add_argument("--label-noise", type=float, default=spec.label_noise,
+                        help="share of images filed under a wrong class")
+    parser.add_argument("--outliers", type=int, default=spec.outliers,
+                        help="number of non-face images in the class folders")
     args = parser.parse_args(argv)
     per_class = args.per_class[0] if len(args.per_class) == 1 else args.per_class
     try:
