@@ -250,6 +250,14 @@ def log_final(trainer, hparams: dict, metrics: dict) -> None:
         logger.save()
 
 
+def resume_options(logger_cfg: DictConfig, resume_step: int | None) -> dict:
+    """Extra arguments for a logger of a resumed run: TensorBoard drops the points the interrupted run logged
+    after its checkpoint (``purge_step``, which TensorBoard's reader honours), so each epoch keeps one point."""
+    if resume_step is not None and str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
+        return {"purge_step": resume_step}
+    return {}
+
+
 def write_failure(log_dir: Path, hparams: dict, error: str, step: int = 0) -> None:
     """Mark the run in ``log_dir`` failed for TensorBoard: its session with ``STATUS_FAILURE`` and a
     ``run_failed`` text, in an event file of their own (``*.failed``), which a resume removes."""

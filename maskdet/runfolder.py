@@ -24,6 +24,7 @@ older report that could be read as its result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import traceback
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from maskdet.errors import ConfigError
+from maskdet.errors import ConfigError, MaskdetError
 from maskdet.jsonfile import write_json
 
 log = logging.getLogger(__name__)
@@ -210,3 +211,24 @@ def remove_unstarted_run(output_dir: Path, ckpt_path: str | None, err: BaseExcep
             or isinstance(err, ExistingRunError):
         return
     remove_run_folder(output_dir)
+
+
+class TrainingFailed(MaskdetError):
+    """Training started and then failed for a reason outside maskdet (a full disk, say)."""
+
+    training_started = True
+
+
+def training_failed(output_dir: Path, err: BaseException, record: bool = True) -> BaseException:
+    """Bookkeeping for a run that failed after training started: the error is marked so that the run's folder
+    is kept (``remove_unstarted_run``), ``failed.json`` records it (``record``: the process that owns the
+    folder), and the error to raise is returned: a full disk becomes one paragraph saying what to do."""
+    err.training_started = True
+    if record:
+        mark_failed(output_dir, err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
+                              f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
+                              "checkpoint was left half-written. Free some space, or write runs elsewhere with "
+                              "paths.log_dir=<folder> (checkpoints need about 3x the model's weights).")
+    return err

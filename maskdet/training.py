@@ -7,7 +7,6 @@ a composed config, so it runs from plain Python and from tests alike.
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from dataclasses import replace
@@ -21,15 +20,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from maskdet import runfolder
+from maskdet import loggers, runfolder
 from maskdet.console import summary
 from maskdet.data.datamodule import MaskDataModule
 from maskdet.data.prepare import PreparedData
 from maskdet.data.report import build_report, format_report, write_report
 from maskdet.data.settings import DataSettings
 from maskdet.data.splits import splits_table
-from maskdet.errors import ConfigError, DataError, MaskdetError, exit_on_error
-from maskdet.evaluation.cv import METRICS, write_summary
+from maskdet.errors import ConfigError, DataError, exit_on_error
+from maskdet.evaluation.cv import train_folds
 from maskdet.evaluation.holdout import test_and_report
 from maskdet.evaluation.reports import write_metrics
 from maskdet.evaluation.subsets import compare_subsets
@@ -97,8 +96,9 @@ def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
     log.info("model %s: %d parameters, %d trainable", cfg.model.architecture, sum(p.numel() for p in model.parameters()),
              sum(p.numel() for p in model.parameters() if p.requires_grad))
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None}
-    loggers = [_instantiate_logger(c, resume) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=loggers or False)
+    run_loggers = [instantiate(c, **loggers.resume_options(c, resume.global_step if resume else None))
+                   for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=run_loggers or False)
     say_what_does_not_apply(cfg, settings, trainer, callbacks)
 
     try:
@@ -117,17 +117,11 @@ def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
             log.info("bias study (%s):\n%s", output_dir / "bias_study.md", text)
             summary("bias study: %s", output_dir / "bias_study.md")
     except BaseException as err:
-        err.training_started = True  # main() keeps this run's folder: it holds the failed run's traces
+        failure = runfolder.training_failed(output_dir, err, record=trainer.is_global_zero)  # failed.json
         if trainer.is_global_zero:
-            runfolder.mark_failed(output_dir, err)
-            from maskdet.loggers import log_failure  # TensorBoard: the run's session marked failed
-
-            log_failure(trainer, hparams_of(cfg), err)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise TrainingFailed(f"No space left on the disk holding {output_dir} while the run was writing "
-                               f"({err.filename or 'a checkpoint or report'}); the run is marked failed and no "
-                               "checkpoint was left half-written. Free some space, or write runs elsewhere with "
-                               "paths.log_dir=<folder> (checkpoints need about 3x the model's weights).") from err
+            loggers.log_failure(trainer, loggers.hparams_of(cfg), err)  # the TensorBoard session marked failed
+        if failure is not err:
+            raise failure from err
         raise
 
     metrics = {
@@ -144,7 +138,7 @@ def _train_in(cfg: DictConfig, output_dir: Path, resume: Resume | None) -> dict:
     if resume is not None:
         metrics["resumed_from_epoch"] = resume.epoch
         metrics["resumed_with_changes"] = resume.changed  # e.g. trainer.max_epochs: not pooled with its siblings
-    _log_final(trainer, cfg, metrics)
+    loggers.log_final(trainer, loggers.hparams_of(cfg), metrics)  # the HParams tab's row
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
         log.info("metrics: %s\nrun folder: %s", dumps(metrics["test"]), output_dir)
@@ -180,12 +174,6 @@ def say_what_does_not_apply(cfg: DictConfig, settings: DataSettings, trainer: L.
             log.warning("explanations are skipped under DDP: run python -m maskdet.explain ckpt_path=<best.ckpt>.")
 
 
-class TrainingFailed(MaskdetError):
-    """Training started and then failed for a reason outside maskdet (a full disk, say)."""
-
-    training_started = True
-
-
 def summarise(output_dir: Path, data: PreparedData, metrics: dict) -> None:
     """The console's view of a run: three lines, or one per job in a sweep (reports are in the files)."""
     test, val = metrics["test"], metrics["val"]
@@ -206,50 +194,10 @@ def summarise(output_dir: Path, data: PreparedData, metrics: dict) -> None:
     summary("trained %s; %s", epochs, result)
 
 
-def _instantiate_logger(logger_cfg: DictConfig, resume: Resume | None):
-    """A logger; on resume, TensorBoard drops the points the interrupted run logged after its checkpoint,
-    so each epoch keeps exactly one point (``purge_step``, which TensorBoard's reader honours)."""
-    if resume is not None and str(logger_cfg.get("_target_", "")).endswith("TensorBoardLogger"):
-        return instantiate(logger_cfg, purge_step=resume.global_step)
-    return instantiate(logger_cfg)
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """The settings that tell runs apart, flat (``model.optimizer.lr``...), for TensorBoard's HParams tab."""
-    from maskdet.loggers import hparams_of as flat
-
-    return flat(cfg)
-
-
-def _log_final(trainer: L.Trainer, cfg: DictConfig, metrics: dict) -> None:
-    """The run's settings with its final figures, once, at the last training step, so a sweep can be sorted
-    in the HParams tab (TensorBoard's layout: maskdet/loggers.py)."""
-    from maskdet.loggers import log_final
-
-    log_final(trainer, hparams_of(cfg), metrics)
-
-
-def train_cv(cfg: DictConfig) -> dict:
-    """All folds inside one job (caches reused), for a search whose objective is cross-validated.
-    Each fold runs in ``fold_<k>/``; the mean validation metrics are returned and summarised."""
-    output_dir = Path(cfg.paths.output_dir)
-    for fold in range(cfg.data.num_folds):
-        fold_cfg = cfg.copy()
-        OmegaConf.update(fold_cfg, "data.fold", fold)
-        OmegaConf.update(fold_cfg, "paths.output_dir", str(output_dir / f"fold_{fold}"))
-        train(fold_cfg)
-    runs, summary = write_summary(output_dir)
-    row = summary.iloc[0]
-    metrics = {stage: {m: float(row[f"{m} mean"]) for m in METRICS if m.startswith(stage)} for stage in ("val", "test")}
-    metrics.update(folds=int(row["folds"]), failed=int(row["failed"]), cv_in_job=True)
-    write_metrics(metrics, output_dir)  # the job's own figures: means over its folds
-    return metrics
-
-
 def run_job(cfg: DictConfig) -> float | None:
     """The Hydra job of ``python -m maskdet.train``: one run (or all folds, ``cv_in_job``); in a sweep a
     failure is recorded and the sweep goes on; returns the metric a sweeper optimises."""
-    job = train_cv if cfg.get("cv_in_job") else train
+    job = (lambda c: train_folds(c, train)) if cfg.get("cv_in_job") else train
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         try:
             metrics = job(cfg)

@@ -107,3 +107,27 @@ def test_a_run_folder_with_symlinks_is_not_resumed(finished_run, tiny_dataset, c
                                   f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], cli_env(cache_dir, tmp_path))
     assert done.returncode == 1 and "symbolic links (train.log ->" in done.stderr, done.stderr[-2000:]
     assert victim.read_text() == "precious\n"
+
+
+def test_a_failure_after_training_started_is_recorded_and_keeps_its_folder(tmp_path):
+    """The failure bookkeeping of training, from plain Python: failed.json is written, the folder is kept, and a
+    full disk becomes one paragraph saying what to do; a refusal before training removes the empty folder."""
+    import errno
+    import json
+
+    from maskdet import runfolder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    full = OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoints" / "last.ckpt"))
+    failure = runfolder.training_failed(run, full)
+    assert isinstance(failure, runfolder.TrainingFailed) and "paths.log_dir=<folder>" in str(failure)
+    assert "No space left" in json.loads((run / runfolder.FAILED).read_text())["error"]
+    runfolder.remove_unstarted_run(run, None, full)
+    assert run.is_dir()  # it trained: its traces stay
+    other = ValueError("a bug")
+    assert runfolder.training_failed(run, other, record=False) is other and other.training_started
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    runfolder.remove_unstarted_run(refused, None, ValueError("refused before training"))
+    assert not refused.exists()

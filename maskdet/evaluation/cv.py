@@ -329,3 +329,25 @@ def console_summary(runs: pd.DataFrame, summary: pd.DataFrame, sweep_dir: str | 
     if (sweep_dir / "comparison.md").is_file():
         lines.append(f"comparison of configurations (intervals, tests): {sweep_dir / 'comparison.md'}")
     return "\n".join(lines)
+
+
+def train_folds(cfg, train) -> dict:
+    """All folds inside one job (``cv_in_job``: caches reused), for a search whose objective is
+    cross-validated: ``train(fold_cfg)`` runs each fold in ``fold_<k>/``; the folds' summary is written and
+    the mean validation and test metrics are returned (and written as the job's own ``metrics.json``)."""
+    from omegaconf import OmegaConf
+
+    from maskdet.evaluation.reports import write_metrics
+
+    output_dir = Path(cfg.paths.output_dir)
+    for fold in range(cfg.data.num_folds):
+        fold_cfg = cfg.copy()
+        OmegaConf.update(fold_cfg, FOLD_KEY, fold)
+        OmegaConf.update(fold_cfg, "paths.output_dir", str(output_dir / f"fold_{fold}"))
+        train(fold_cfg)
+    runs, summary = write_summary(output_dir)
+    row = summary.iloc[0]
+    metrics = {stage: {m: float(row[f"{m} mean"]) for m in METRICS if m.startswith(stage)} for stage in ("val", "test")}
+    metrics.update(folds=int(row["folds"]), failed=int(row["failed"]), cv_in_job=True)
+    write_metrics(metrics, output_dir)  # the job's own figures: means over its folds
+    return metrics
