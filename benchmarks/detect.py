@@ -247,7 +247,8 @@ def best_seconds(runs: dict, repeats: int, number: int) -> dict:
 def throughput(repeats: int = 20, number: int = 1) -> None:
     import yaml
 
-    from maskdet.detect import analyse, build_detector, classify_crops, face_crops
+    from maskdet.detect import analyse, build_detector, face_crops
+    from maskdet.inference import classify_crops
     from maskdet.models import MaskClassifier
 
     conf = Path(__file__).resolve().parents[1] / "maskdet" / "conf" / "detector"

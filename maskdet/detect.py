@@ -4,7 +4,8 @@ The classifiers are trained on face crops; people have group photos and videos. 
 ``build_detector``) turns an RGB frame into boxes; each box is widened by the detector's ``margin`` into a
 square crop framed like a training crop, preprocessed exactly as training images are (PIL RGB, bilinear
 resize to the checkpoint's image_size, as ``images.load_resized``), and all faces of a frame go through the
-classifier together, in batches. ``detect_and_classify`` does this for photo and video files, writes
+classifier together, in batches (``inference.classify_crops``: this module keeps the detectors and the scenes,
+inference the model). ``detect_and_classify`` does this for photo and video files, writes
 annotated copies, and returns one row per face, one summary row per analysed frame and the skipped files.
 
 Detectors (the optional ``detect`` extra; nothing is downloaded at run time):
@@ -29,12 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from maskdet.data.augment import to_float
 from maskdet.data.images import BadImageError, display_path, load_rgb, skip
 from maskdet.errors import ConfigError
-from maskdet.finite import require_finite
+from maskdet.inference import classify_crops, prediction_columns, prediction_schema
+from maskdet.progress import progress
 
 INSTALL = "pip install 'maskdet[detect]'"
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv"}
@@ -42,10 +42,6 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv"}
 # opencv-python-headless wheels bundle (H.264 is not); other containers are written as .mp4.
 VIDEO_WRITERS = {".avi": "MJPG", ".mp4": "mp4v"}
 UNMASKED = "without_mask"  # the class that counts as "no mask" in the masked share
-# On the CPU a forward pass gets at most this many input pixels (4 crops at 224 px): measured here
-# (benchmarks/detect.py), MobileNetV2 classifies 12 faces in 99 ms in batches of 4, in 187 ms in one batch of 12
-# (its activations no longer fit the CPU caches) and in 169 ms one by one. At 32 px this allows 196 crops.
-CPU_BATCH_PIXELS = 4 * 224 * 224
 
 
 def require_cv2():
@@ -335,24 +331,6 @@ def face_crops(image: Image.Image, faces: Sequence[Face], size: int, margin: flo
     return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
 
 
-def classify_crops(model, crops: np.ndarray, batch_size: int = 64, what: str = "faces") -> np.ndarray:
-    """Class probabilities (N x classes) for uint8 NHWC crops, ``batch_size`` crops per forward pass (fewer
-    on the CPU for large crops, see CPU_BATCH_PIXELS)."""
-    if not len(crops):
-        return np.zeros((0, len(model.hparams.class_names)), np.float32)
-    device = next(model.parameters()).device
-    if device.type == "cpu":
-        batch_size = min(batch_size, max(1, CPU_BATCH_PIXELS // crops.shape[1] ** 2))
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(crops), batch_size):
-            batch = to_float(torch.from_numpy(crops[start:start + batch_size]).to(device).permute(0, 3, 1, 2))
-            out.append(model(batch).float().softmax(1).cpu().numpy())
-    probs = np.concatenate(out)
-    require_finite(probs, f"class probabilities of {what}")
-    return probs
-
-
 @dataclass
 class FrameResult:
     """The faces found in one frame and their class probabilities (same order)."""
@@ -395,10 +373,10 @@ def draw(image: Image.Image, result: FrameResult, names: Sequence[str]) -> Image
 
 
 def _face_rows(source: str, frame: int, result: FrameResult, names: Sequence[str]) -> list[dict]:
+    predicted = prediction_columns(result.probs, names)
     return [{"source": source, "frame": frame, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "detector_score": f.score,
-             "prediction": names[int(p.argmax())], "confidence": float(p.max()),
-             **{f"prob_{n}": float(v) for n, v in zip(names, p)}}
-            for f, p in zip(result.faces, result.probs)]
+             **{column: values[i] for column, values in predicted.items()}}
+            for i, f in enumerate(result.faces)]
 
 
 def _frame_row(source: str, frame: int, time_s: float, result: FrameResult, names: Sequence[str]) -> dict:
@@ -429,8 +407,8 @@ def annotated_video_path(folder: Path, index: int, source: Path) -> Path:
     return folder / f"{index:05d}_{source.stem}{suffix}"
 
 
-def _video(model, detector, path: Path, index: int, every_n: int, batch_size: int, folder: Path | None,
-           progress: Progress) -> tuple[list[dict], list[dict], list[dict]]:
+def _video(model, detector, path: Path, index: int, every_n: int, batch_size: int,
+           folder: Path | None) -> tuple[list[dict], list[dict], list[dict]]:
     """Faces and frame rows of one video, and its skip entries; every ``every_n``-th frame is analysed and
     the frames between keep the last boxes in the annotated copy, which has every frame of the input."""
     cv2 = require_cv2()
@@ -451,7 +429,6 @@ def _video(model, detector, path: Path, index: int, every_n: int, batch_size: in
             if not writer.isOpened():
                 raise ConfigError(f"OpenCV cannot write the annotated video {target} with the "
                                   f"{VIDEO_WRITERS[target.suffix]} codec; run with annotate=false to skip annotated copies.")
-        task = progress.add_task(path.name, total=expected or None)
         number, result = 0, FrameResult([], np.zeros((0, len(names))))
         while ok:
             if number % every_n == 0:
@@ -463,9 +440,7 @@ def _video(model, detector, path: Path, index: int, every_n: int, batch_size: in
                 image = draw(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), result, names)
                 writer.write(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
             number += 1
-            progress.advance(task)
             ok, bgr = capture.read()
-        progress.remove_task(task)
     finally:
         capture.release()
         if writer is not None:
@@ -478,8 +453,9 @@ def _video(model, detector, path: Path, index: int, every_n: int, batch_size: in
 
 
 def detect_and_classify(model, detector, files: Iterable[Path], batch_size: int = 64, every_n_frames: int = 1,
-                        annotate_dir: Path | None = None, progress: bool = True) -> Scenes:
-    """Faces found and classified in photo and video ``files``; annotated copies into ``annotate_dir``.
+                        annotate_dir: Path | None = None) -> Scenes:
+    """Faces found and classified in photo and video ``files``; annotated copies into ``annotate_dir``; progress
+    on the console per file (``maskdet.progress``).
 
     Photos are turned upright by their EXIF orientation (as ``load_rgb`` does for training), so box
     coordinates are those of the upright photo. A file that cannot be read is skipped with its reason.
@@ -492,13 +468,11 @@ def detect_and_classify(model, detector, files: Iterable[Path], batch_size: int 
         annotate_dir.mkdir(parents=True, exist_ok=True)
     faces, frames, skipped = [], [], []
     files = list(files)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, transient=True, disable=not progress) as bar:
-        task = bar.add_task("photos and videos", total=len(files))
+    with progress(f"finding faces in {len(files):,} photos and videos", len(files)) as advance:
         for index, path in enumerate(files):
             if is_video(path):
                 rows, summary, problems = _video(model, detector, path, index, int(every_n_frames), batch_size,
-                                                 annotate_dir, bar)
+                                                 annotate_dir)
                 faces += rows
                 frames += summary
                 skipped += problems
@@ -507,16 +481,15 @@ def detect_and_classify(model, detector, files: Iterable[Path], batch_size: int 
                     image = load_rgb(path)
                 except BadImageError as err:
                     skipped.append(skip(path, str(err)))
-                    bar.advance(task)
+                    advance(1)
                     continue
                 result = analyse(model, detector, np.asarray(image), batch_size, display_path(path))
                 faces += _face_rows(str(path), 0, result, names)
                 frames.append(_frame_row(str(path), 0, 0.0, result, names))
                 if annotate_dir is not None:
                     draw(image, result, names).save(annotate_dir / f"{index:05d}_{path.stem}.jpg", quality=90)
-            bar.advance(task)
-    face_columns = ["source", "frame", "x", "y", "w", "h", "detector_score", "prediction", "confidence",
-                    *[f"prob_{n}" for n in names]]
+            advance(1)
+    face_columns = ["source", "frame", "x", "y", "w", "h", "detector_score", *prediction_schema(names)]
     frame_columns = ["source", "frame", "time_s", "faces", *(["masked", "masked_share"] if UNMASKED in names else []),
                      *[f"n_{n}" for n in names]]
     return Scenes(pd.DataFrame(faces, columns=face_columns), pd.DataFrame(frames, columns=frame_columns), skipped)

@@ -23,7 +23,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import track
 
 from maskdet import runfolder
 from maskdet.checkpoints import load_classifier, warn_if_demonstration
@@ -62,8 +61,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         raise DataError(f"No images in input={cfg.input}: it holds no file of a type predict reads "
                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Pass a folder of face crops, an image file or a "
                         "glob such as 'faces/*.jpg'.")
-    predictions, unreadable = predict_files(model, files, cfg.batch_size,
-                                            progress=lambda b: track(b, description="predicting", transient=True))
+    predictions, unreadable = predict_files(model, files, cfg.batch_size)
     skipped += unreadable
     predictions = abstain_from_config(cfg.get("abstain"), predictions, cfg.ckpt_path)  # "uncertain" below it
     out = Path(cfg.paths.output_dir)

@@ -160,7 +160,7 @@ def test_a_short_video_round_trips(tmp_path, suffix, codec):
     frames, boxes = moving_faces(6)
     write_video(tmp_path / f"walk{suffix}", frames, codec)
     scenes = detect_and_classify(untrained_model(), haar(), [tmp_path / f"walk{suffix}"], every_n_frames=2,
-                                 annotate_dir=tmp_path / "annotated", progress=False)
+                                 annotate_dir=tmp_path / "annotated")
     assert scenes.skipped == []
     assert scenes.frames["frame"].tolist() == [0, 2, 4] and scenes.frames["faces"].tolist() == [3, 3, 3]
     assert scenes.frames["masked_share"].between(0, 1).all()
@@ -185,8 +185,7 @@ def test_unreadable_videos_and_photos_are_skipped_with_a_reason(tmp_path):
 
     (tmp_path / "cut.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    scenes = detect_and_classify(untrained_model(), haar(), [tmp_path / "cut.mp4", tmp_path / "broken.jpg"],
-                                 progress=False)
+    scenes = detect_and_classify(untrained_model(), haar(), [tmp_path / "cut.mp4", tmp_path / "broken.jpg"])
     reasons = {s["path"]: s["reason"] for s in scenes.skipped}
     assert "cannot be read as a video" in reasons[str(tmp_path / "cut.mp4")]
     assert "corrupt" in reasons[str(tmp_path / "broken.jpg")] or "not a readable image" in reasons[str(tmp_path / "broken.jpg")]

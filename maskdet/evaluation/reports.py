@@ -28,16 +28,11 @@ TESTED_ON = runfolder.TESTED_ON.name
 def predictions_frame(index: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """One row per test image: path, label, prediction, confidence, one probability column per class, demographics."""
     require_finite(probs, "The test predictions")
+    from maskdet.inference import prediction_columns
+
     part = index.loc[rows]
-    predicted = probs.argmax(1)
-    frame = pd.DataFrame({
-        "path": part["path"].to_numpy(),
-        "label": part["label_name"].to_numpy(),
-        "prediction": np.asarray(class_names, dtype=object)[predicted],
-        "confidence": probs.max(1),
-    })
-    for i, name in enumerate(class_names):
-        frame[f"prob_{name}"] = probs[:, i]
+    frame = pd.DataFrame({"path": part["path"].to_numpy(), "label": part["label_name"].to_numpy(),
+                          **prediction_columns(probs, class_names)})
     for column in DEMOGRAPHIC_COLUMNS:
         frame[column] = part[column].to_numpy()
     return frame
