@@ -342,8 +342,8 @@ class Check:
         try:
             output = self.run(args, limit, peak=True)
         except StepFailed as err:
-            raise StepFailed(str(err), {"note": note, **study_figures(run_dir, folds, time.monotonic() - start)}) from None
-        figures = {"note": note, **study_figures(run_dir, folds, time.monotonic() - start)}
+            raise StepFailed(str(err), {"note": note, **study_metrics(run_dir, folds, time.monotonic() - start)}) from None
+        figures = {"note": note, **study_metrics(run_dir, folds, time.monotonic() - start)}
         summary = read_json(run_dir / "metrics.json")
         if summary.get("folds") != folds or summary.get("failed"):
             raise StepFailed(f"{summary.get('folds')} folds, {summary.get('failed')} failed (expected {folds})", figures)
@@ -359,7 +359,7 @@ def peak_memory(output: str) -> dict:
     return {"GPU peak MB": peaks[-1]} if peaks else {}
 
 
-def study_figures(run_dir: Path, folds: int, seconds: float) -> dict:
+def study_metrics(run_dir: Path, folds: int, seconds: float) -> dict:
     """Accuracy over the finished folds, seconds per fold, and training images per second of the study."""
     done = [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold_*/metrics.json"))]
     for fold_dir in sorted(run_dir.glob("fold_*")):

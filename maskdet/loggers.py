@@ -53,8 +53,8 @@ def tb_tag(name: str) -> str:
 
 
 def final_step(trainer) -> int:
-    """The step of the last training curve point (Lightning logs an epoch's figures at ``global_step - 1``),
-    where a run's test, final and bias figures go so that they do not stretch the step axis."""
+    """The step of the last training curve point (Lightning logs an epoch's metrics at ``global_step - 1``),
+    where a run's test, final and bias metrics go so that they do not stretch the step axis."""
     return max(int(trainer.global_step) - 1, 0)
 
 
@@ -84,7 +84,7 @@ def _tag_for(logger):
 
 @contextlib.contextmanager
 def at_final_step(trainer):
-    """While testing: figures Lightning logs go to maskdet's TensorBoard at ``final_step`` (not one past it)."""
+    """While testing: metrics Lightning logs go to maskdet's TensorBoard at ``final_step`` (not one past it)."""
     loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
     for logger in loggers:
         logger.held_step = final_step(trainer)
@@ -134,8 +134,8 @@ def hparams_of(cfg: DictConfig) -> dict:
     return flat
 
 
-def final_figures(metrics: dict) -> dict:
-    """``final/<name>``: the run's test figures, its best and last validation accuracy and each gap."""
+def final_metrics(metrics: dict) -> dict:
+    """``final/<name>``: the run's test metrics, its best and last validation accuracy and each gap."""
     final = {f"final/{k}": v for k, v in metrics["test"].items()}
     final.update({f"final/{k}": v for k, v in metrics["val"].items() if k in ("val/acc_best", "val/acc")})
     final.update({f"final/bias/{k}": v for k, v in (metrics.get("bias") or {}).items() if k.endswith("/gap")})
@@ -172,7 +172,7 @@ def leading_settings(names, differing) -> list[str]:
 
 
 def metric_order(names) -> list[str]:
-    """Final figures in the HParams tab's order: ``MAIN_METRICS``, then each gap, then the rest."""
+    """Final metrics in the HParams tab's order: ``MAIN_METRICS``, then each gap, then the rest."""
     names = list(dict.fromkeys(names))
     first = [m for m in MAIN_METRICS if m in names]
     gaps = sorted(n for n in names if n.startswith("final/bias/") and n.endswith("/gap") and n not in first)
@@ -231,10 +231,10 @@ def command_settings(hparams: dict) -> set[str]:
 
 
 def log_final(trainer, hparams: dict, metrics: dict) -> None:
-    """The run's settings with its final figures, once, at the last training step: every logger gets both;
+    """The run's settings with its final metrics, once, at the last training step: every logger gets both;
     TensorBoard also the run's session (status success) and, outside a sweep, its hparams config (a sweep
     declares one config for all its runs when it ends: ``write_sweep_hparams``)."""
-    final = final_figures(metrics)
+    final = final_metrics(metrics)
     step = final_step(trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)  # no metrics: Lightning's TensorBoard writes no hparams summary of its own

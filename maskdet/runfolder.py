@@ -8,7 +8,7 @@ run that is not theirs), the model card, cv and compare::
     <run>/checkpoints/last.ckpt   full training state at the end of the latest epoch (resume from it)
     <run>/checkpoints/best.ckpt   weights of the best validation epoch (tested; evaluate/predict/export use it)
     <run>/data_report.json        what the data was; <run>/splits.csv the split of every image
-    <run>/metrics.json            the run's figures and what it was tested on: the run FINISHED
+    <run>/metrics.json            the run's metrics and what it was tested on: the run FINISHED
     <run>/failed.json             the error of a run that did not finish: the run FAILED
     <run>/tested_on.json          what the test ran on (test-split fingerprint, classes, trainer settings),
                                   copied into metrics.json: compare pools only runs tested on the same data

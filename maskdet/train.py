@@ -28,7 +28,7 @@ register_resume_resolvers()
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run one training job described by a composed ``cfg``; return the figures written to ``metrics.json``
+    """Run one training job described by a composed ``cfg``; return the metrics written to ``metrics.json``
     (``maskdet.training.train``)."""
     from maskdet.training import train as run
 

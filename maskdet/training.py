@@ -45,7 +45,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run one training job described by ``cfg``; return the figures written to ``metrics.json``.
+    """Run one training job described by ``cfg``; return the metrics written to ``metrics.json``.
 
     Everything that can be refused (keys, a resume that would change the experiment) is refused before any
     data work. A failure once training has started leaves ``failed.json`` in the run folder.

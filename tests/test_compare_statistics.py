@@ -27,7 +27,7 @@ from maskdet.evaluation.compare import (
     compare_pairs,
     resample_runs,
     resample_weights,
-    resampled_figures,
+    resampled_metrics,
     write_comparison,
 )
 from maskdet.evaluation.cv import write_summary
@@ -114,7 +114,7 @@ def shared_holdout_coverage(reps: int, folds: int = 5, n: int = 200, tau: float 
 
 
 # ------------------------------------------------------------------ independent computations
-def test_resampled_figures_equal_the_metric_functions_on_resampled_rows():
+def test_resampled_metrics_equal_the_metric_functions_on_resampled_rows():
     rng = np.random.default_rng(3)
     frame = _frame(rng, rng.normal(1, 1, 120))
     idx = rng.integers(0, 120, size=(50, 120))
@@ -122,7 +122,7 @@ def test_resampled_figures_equal_the_metric_functions_on_resampled_rows():
     groups = frame["gender"].to_numpy()
     counts = (np.column_stack([(groups == g) & frame["correct"] for g in ("female", "male")]).astype(float),
               np.column_stack([groups == g for g in ("female", "male")]).astype(float))
-    out = resampled_figures(frame, weights, counts)
+    out = resampled_metrics(frame, weights, counts)
     label, pred = frame["label"].to_numpy()[idx], frame["prediction"].to_numpy()[idx]
     correct, confidence = frame["correct"].to_numpy()[idx], frame["confidence"].to_numpy()[idx]
     assert out["accuracy"] == pytest.approx(correct.mean(1))

@@ -105,7 +105,7 @@ def test_a_resume_with_other_data_settings_is_refused_naming_each_key(tiny_datas
     assert not (tmp_path / "outputs").exists(), "a refused resume must not create a run folder"
 
 
-def test_best_checkpoint_is_refused_for_resuming_and_a_finished_run_resumes_to_the_same_figures(
+def test_best_checkpoint_is_refused_for_resuming_and_a_finished_run_resumes_to_the_same_metrics(
         tiny_dataset, cache_dir, tmp_path):
     from maskdet.errors import ConfigError
     from maskdet.train import train
@@ -256,7 +256,7 @@ def test_a_full_disk_while_checkpointing_fails_loudly_and_leaves_no_truncated_ch
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-def test_tensorboard_hparams_tab_holds_the_settings_with_the_final_figures(trained):
+def test_tensorboard_hparams_tab_holds_the_settings_with_the_final_metrics(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -44,7 +44,7 @@ def _check_mlflow(tmp_path, logger, metrics):
 
 
 @pytest.mark.slow
-def test_csv_logger_holds_epochs_settings_and_final_figures(tiny_dataset, cache_dir, tmp_path):
+def test_csv_logger_holds_epochs_settings_and_final_metrics(tiny_dataset, cache_dir, tmp_path):
     _check_csv(*_train("csv", tiny_dataset, cache_dir, tmp_path))
 
 

@@ -143,7 +143,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
         groups = frame[attribute]
         if (groups == UNKNOWN).all():
             notes.append(f"{attribute}: no demographic information (file names are not UTKFace-style and no "
-                         f"{attribute} column was given), so no per-group figures.")
+                         f"{attribute} column was given), so no per-group metrics.")
             continue
         frame_by_group = MetricFrame(
             metrics={"accuracy": accuracy_score,
@@ -186,7 +186,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
         for r in mine:
             if not r["ranked"] and r["group"] != UNKNOWN and r["n"]:
                 warnings.append(f"{attribute}: {r['group']} (n = {r['n']}) is under bias.min_group_size = "
-                                f"{min_group_size}: shown, not tested; its figures say almost nothing.")
+                                f"{min_group_size}: shown, not tested; its metrics say almost nothing.")
         gap = {"attribute": attribute, "metric": primary_metric, "groups_ranked": sum(r["ranked"] for r in mine),
                "groups_flagged": sum(1 for r in mine if not r["ranked"])}
         if len(counted) >= 2:

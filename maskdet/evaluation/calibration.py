@@ -52,8 +52,8 @@ def _per_image(probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
             "confidence": probs.max(1), "correct": probs.argmax(1) == labels}
 
 
-def _figures(images: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Each figure for each row of ``idx`` (one resample, or the sample itself, a row)."""
+def _metrics(images: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric for each row of ``idx`` (one resample, or the sample itself, a row)."""
     return {"nll": images["nll"][idx].mean(1), "brier": images["brier"][idx].mean(1),
             "ece": expected_calibration_error(images["confidence"][idx], images["correct"][idx])}
 
@@ -62,8 +62,8 @@ def _rows(scope: str, group: str, before: dict, after: dict, mask: np.ndarray, n
     where = np.flatnonzero(mask)
     whole = where[None, :]
     resampled = where[rng.integers(0, len(where), size=(n_boot, len(where)))]
-    b, a = _figures(before, whole), _figures(after, whole)
-    bb, ab = _figures(before, resampled), _figures(after, resampled)
+    b, a = _metrics(before, whole), _metrics(after, whole)
+    bb, ab = _metrics(before, resampled), _metrics(after, resampled)
     rows = []
     for name in FIGURES:
         q = lambda x: np.percentile(x, [2.5, 97.5])  # noqa: E731

@@ -1,6 +1,6 @@
 """Is configuration A really better than B? Intervals per configuration and one declared family of tests.
 
-Every figure is measured on the TEST split, from each run's ``predictions.csv`` (accuracy, macro-F1, ECE:
+Every metric is measured on the TEST split, from each run's ``predictions.csv`` (accuracy, macro-F1, ECE:
 top-label, 15 equal-width confidence bins) and ``bias_report.json`` (the *gap* of one attribute: its best
 minus its worst ranked group in the audit's primary metric). The gap compared is always the same attribute's
 (``primary_attribute``; by default the first attribute whose gap every run reports, e.g. gender), never a
@@ -13,7 +13,7 @@ of predictions.csv for runs of an older maskdet):
   the one holdout test split). The folds' spread is training variability given this test split; the test
   split is one sample of images. Both are resampled by a *paired two-level bootstrap*: each resample draws
   the test images with replacement (the same images for every configuration, so the comparison is paired)
-  and recomputes every run's figures on them; the fold level is then drawn around the resample's mean over
+  and recomputes every run's metrics on them; the fold level is then drawn around the resample's mean over
   folds from Student's t with k - 1 degrees of freedom, scaled by the resample's sample std over folds /
   sqrt(k) (resampling only k <= 10 folds with replacement would shrink their variance by (k - 1)/k and give
   normal tails). The interval is the percentile interval of these draws, the p-value the two-sided one that
@@ -117,8 +117,8 @@ def check_options(primary_metric: str = COMPARISON.primary_metric, correction: s
     ComparisonOptions(primary_metric=primary_metric, correction=correction, alpha=alpha, n_boot=n_boot)
 
 
-def run_figures(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
-    """A finished run's test figures, every attribute's gap from its bias report and the split sizes; and its
+def run_metrics(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
+    """A finished run's test metrics, every attribute's gap from its bias report and the split sizes; and its
     predictions indexed by path and label (with the demographic group columns and ``correct``)."""
     run_dir = Path(run_dir)
     predictions = pd.read_csv(run_dir / runfolder.PREDICTIONS)
@@ -171,7 +171,7 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
             notes.append(f"left out {where}: no predictions.csv (the run was not tested: test=false?)")
         else:
             try:
-                figures, data[job["run_dir"]] = run_figures(job["run_dir"])
+                figures, data[job["run_dir"]] = run_metrics(job["run_dir"])
             except (KeyError, ValueError, TypeError, AttributeError) as err:  # a hand-edited or truncated file
                 notes.append(f"left out {where}: predictions.csv, bias_report.json or data_report.json cannot "
                              f"be read ({type(err).__name__}: {err}); re-test the run with maskdet.evaluate")
@@ -192,7 +192,7 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
     if len(runs) and runs["gap_metric"].nunique() > 1:
         notes.append(f"the runs' bias reports measure the {attribute} gap in different metrics "
                      f"({', '.join(map(str, runs['gap_metric'].dropna().unique()))}): the gap column mixes them")
-    notes += _left_out_of_figures(runs, attribute)
+    notes += _left_out_of_metrics(runs, attribute)
     runs.attrs.update(design=design, gap_attribute=attribute)
     return runs, data, notes
 
@@ -250,7 +250,7 @@ WHY_LEFT_OUT = {"ece": "its predictions.csv holds confidences that are not numbe
                        "bias.min_group_size test images), or there is no bias_report.json"}
 
 
-def _left_out_of_figures(runs: pd.DataFrame, attribute: str | None) -> list[str]:
+def _left_out_of_metrics(runs: pd.DataFrame, attribute: str | None) -> list[str]:
     """A note per figure naming the runs it leaves out (when some, not all, lack it: when all do, the
     figure's column is empty and says so)."""
     notes = []
@@ -295,8 +295,8 @@ def _group_counts(frame: pd.DataFrame, attribute: str | None, metric: str | None
     return np.column_stack(success).astype(float), np.column_stack(trials).astype(float)
 
 
-def resampled_figures(frame: pd.DataFrame, weights: np.ndarray, gap: tuple | None = None) -> dict[str, np.ndarray]:
-    """Every figure of one run on each resample of its test images (``weights``: B x n multiplicities, in the
+def resampled_metrics(frame: pd.DataFrame, weights: np.ndarray, gap: tuple | None = None) -> dict[str, np.ndarray]:
+    """Every metric of one run on each resample of its test images (``weights``: B x n multiplicities, in the
     order of ``frame``): accuracy, macro-F1 (``metrics.macro_f1``'s convention), ECE (``metrics.
     expected_calibration_error``'s bins) and, with ``gap`` (``_group_counts``), the gap between the best and
     the worst ranked group. The same values as those functions on the resampled rows (tests)."""
@@ -342,8 +342,8 @@ def resampled_figures(frame: pd.DataFrame, weights: np.ndarray, gap: tuple | Non
 # ------------------------------------------------------------------ resampling every run, per configuration
 def resample_runs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = SEED,
                   notes: list[str] | None = None) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
-    """Every run's figures on ``n_boot`` resamples of its test images: runs that list the same images (paths
-    and labels) share one draw of resamples, so a comparison of them is paired. Returns the resampled figures
+    """Every run's metrics on ``n_boot`` resamples of its test images: runs that list the same images (paths
+    and labels) share one draw of resamples, so a comparison of them is paired. Returns the resampled metrics
     and each run's image set (its key). A gap the bias report gives but predictions.csv cannot reproduce (no
     group columns) is not resampled, and named."""
     rng = np.random.default_rng(seed)
@@ -362,7 +362,7 @@ def resample_runs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], n_boot: int
                 counts = None
         if counts is None and pd.notna(run["gap"]):
             unmatched.append(run["run_dir"])
-        resampled[run["run_dir"]] = resampled_figures(frame, draws[key], counts)
+        resampled[run["run_dir"]] = resampled_metrics(frame, draws[key], counts)
     if unmatched and notes is not None:
         notes.append(f"the {runs.attrs.get('gap_attribute')} gap of the bias report cannot be recomputed from "
                      f"predictions.csv (no group columns, or other groups) for {_run_list(unmatched)}: its test "
@@ -584,7 +584,7 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
         how = (f"**Design: shared holdout.** Every run is tested on the same {images} test images; the folds differ "
                "in training data. Configuration intervals and pair tests use a paired two-level bootstrap: each of "
                f"{family['n_boot']} resamples draws the test images with replacement (the same images for every "
-               "configuration) and recomputes every run's figures; the fold level is drawn from Student's t with "
+               "configuration) and recomputes every run's metrics; the fold level is drawn from Student's t with "
                "k - 1 degrees of freedom scaled by the resample's sample std over folds / sqrt(k). Intervals are "
                "percentile intervals of these draws, p-values the two-sided ones that match them (smallest "
                f"possible {family['smallest_p']:.2g}). With one fold there is no training level: the interval "
@@ -598,7 +598,7 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
                "sets overlap); configuration intervals: the same corrected t interval.")
         interval = "95 % pointwise Nadeau-Bengio corrected t interval over folds"
     lines = ["# Comparison of configurations", "", how, "",
-             f"**Conventions.** All figures are on the test split. ECE: {ECE_TEXT}; binned ECE is biased upwards "
+             f"**Conventions.** All metrics are on the test split. ECE: {ECE_TEXT}; binned ECE is biased upwards "
              "on resampled images, so its bootstrap interval can lie above the estimate (a difference of ECEs is "
              f"less affected: the bias is alike in both). {names['gap']}: each run's "
              f"bias_report.json gap for {attribute or 'the compared attribute'} (its best minus its worst ranked "

@@ -195,7 +195,7 @@ def keep_apart(runs: pd.DataFrame) -> list[str]:
                          "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
     tested = runs.loc[finished].groupby(runs.loc[finished, "test_data"].fillna(NOT_RECORDED), sort=False)["config"]
     if len(tested) > 1 and not by_fold:
-        notes.append(f"the configurations were tested on {len(tested)} different test sets, so their test figures "
+        notes.append(f"the configurations were tested on {len(tested)} different test sets, so their test metrics "
                      "do not compare (maskdet.compare refuses them): " +
                      "; ".join(f"{data}: {', '.join(configs.unique())}" for data, configs in tested))
     return notes
@@ -241,7 +241,7 @@ def format_markdown(runs: pd.DataFrame, summary: pd.DataFrame, common: list[str]
     lines = ["# Cross-validation summary", "", f"Common overrides: {md(' '.join(common)) or '(none)'}", "",
              "**Conventions.** mean ± std over a configuration's finished folds; std is the sample std (ddof = 1), "
              "and a configuration with one fold shows none (undefined); n = folds, or the n given in a cell. No "
-             "intervals here: the test figures are on one shared holdout, so the folds' spread is training "
+             "intervals here: the test metrics are on one shared holdout, so the folds' spread is training "
              "variability given this test split and ignores test-set sampling; comparison.md gives intervals and "
              "tests that account for both (and ECE: top-label, 15 equal-width confidence bins). val/acc_best is "
              "a maximum over epochs (biased upwards).", "",
@@ -349,5 +349,5 @@ def train_folds(cfg, train) -> dict:
     row = summary.iloc[0]
     metrics = {stage: {m: float(row[f"{m} mean"]) for m in METRICS if m.startswith(stage)} for stage in ("val", "test")}
     metrics.update(folds=int(row["folds"]), failed=int(row["failed"]), cv_in_job=True)
-    write_metrics(metrics, output_dir)  # the job's own figures: means over its folds
+    write_metrics(metrics, output_dir)  # the job's own metrics: means over its folds
     return metrics

@@ -19,7 +19,7 @@ from maskdet.jsonfile import write_json
 log = logging.getLogger("maskdet.evaluation")
 
 
-# Trainer settings that change what a run's figures mean: how long and how it trained, and how much of
+# Trainer settings that change what a run's metrics mean: how long and how it trained, and how much of
 # the test split it saw. A sweep job resumed with another trainer.max_epochs keeps its job's overrides, so
 # only this record tells it from its siblings.
 TRAINER_SETTINGS = ("max_epochs", "max_steps", "min_epochs", "precision", "accumulate_grad_batches",
@@ -85,7 +85,7 @@ def test_and_report(trainer: L.Trainer, model, datamodule, output_dir: Path, ckp
     metrics and the bias summary."""
     from maskdet.loggers import at_final_step
 
-    with at_final_step(trainer):  # TensorBoard: test figures at the last training step, not one past it
+    with at_final_step(trainer):  # TensorBoard: test metrics at the last training step, not one past it
         metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
     rows, probs = model.test_predictions()  # a collective under DDP: every rank takes part
     if not trainer.is_global_zero:

@@ -55,7 +55,7 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> np.
     return ece
 
 
-# ------------------------------------------------------------------ per-group figures of the bias audit
+# ------------------------------------------------------------------ per-group metrics of the bias audit
 # A figure the audit reports per demographic group, with a bootstrap 95 % interval: a function of
 # (labels, predictions, confidence), each 1-D or one bootstrap resample a row, returning one value per row.
 # Adding one is one such function and its name in ``bias.metrics`` (conf/bias/default.yaml): registered here
@@ -65,7 +65,7 @@ GROUP_METRICS: dict[str, tuple[str, GroupMetric]] = {}
 
 
 def group_metric(name: str, title: str):
-    """Register a per-group figure as ``name`` (its columns in bias_report.csv: name, name_low, name_high);
+    """Register a per-group metric as ``name`` (its columns in bias_report.csv: name, name_low, name_high);
     ``title`` heads its column in bias_report.md."""
     def register(function: GroupMetric) -> GroupMetric:
         function.title = title
@@ -88,7 +88,7 @@ def resolve_group_metrics(names) -> dict[str, tuple[str, GroupMetric]]:
             try:
                 function = import_target(name)
             except (ImportError, AttributeError) as err:
-                raise ConfigError(f"bias.metrics: {name} is not a per-group figure ({err}): use any of "
+                raise ConfigError(f"bias.metrics: {name} is not a per-group metric ({err}): use any of "
                                   f"{', '.join(GROUP_METRICS)}, or the import path of a function(labels, predictions, "
                                   "confidence) in your own package (see maskdet/evaluation/metrics.py).") from None
             title = getattr(function, "title", column)

@@ -92,7 +92,7 @@ def model_card(model, ckpt_path: Path, sidecar: dict) -> str:
               "- Research on mask classification and its demographic bias; not for decisions about people.",
               "- Demographic groups come from file-name annotations (UTKFace style): estimated, coarse "
               "(binary gender, five race groups) and missing for some images.",
-              "- Accuracy and the bias figures hold for data like the test split; other cameras, "
+              "- Accuracy and the bias metrics hold for data like the test split; other cameras, "
               "populations and mask types may differ."]
     if synthetic:
         lines.append("- **Trained on maskdet's procedurally drawn synthetic faces**: a demonstration model. "

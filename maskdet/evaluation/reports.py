@@ -92,9 +92,9 @@ def write_test_reports(predictions: pd.DataFrame, class_names: Sequence[str], fo
 
 
 def write_metrics(metrics: dict, folder: str | Path) -> Path:
-    """metrics.json, with the record of what the run was tested on (``tested_on``) when its figures come
+    """metrics.json, with the record of what the run was tested on (``tested_on``) when its metrics come
     from a test in this folder: a comparison then pools and pairs only runs tested alike. A run that was
-    not tested (no test figures) gets no record, so an older tested_on.json is never taken for its own."""
+    not tested (no test metrics) gets no record, so an older tested_on.json is never taken for its own."""
     record = Path(folder) / TESTED_ON
     if metrics.get("test") and "tested_on" not in metrics and record.is_file():
         metrics = {**metrics, "tested_on": json.loads(record.read_text())}

@@ -46,7 +46,7 @@ class MaskClassifier(L.LightningModule):
             "architecture": architecture, "num_classes": int(num_classes), "class_names": class_names,
             "image_size": int(image_size), "weights": None if weights is None else str(weights), "freeze": freeze,
             "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-        }, logger=False)  # train.py logs the run's settings with its final figures instead (HParams tab)
+        }, logger=False)  # train.py logs the run's settings with its final metrics instead (HParams tab)
         self.net, self.head_name = build_network(architecture, num_classes, image_size, weights, freeze)
         register_preprocessing(self, mean, std)  # normalisation and temperature, as FaceClassifier's
         self.optimizer_factory = optimizer
