@@ -51,7 +51,7 @@ def tiny_checkpoint(work: Path) -> tuple[Path, Path]:
                     "trainer.max_epochs=1", "logger=null", "callbacks.explanations=null", "paths.log_dir=trained"],
                    cwd=work, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
     ckpt = next((work / "trained").glob("train/runs/*/checkpoints/best.ckpt"))
-    crop = next((work / ".cache").rglob("*.png"))
+    crop = next(p for p in (work / ".cache").rglob("*") if p.suffix.lower() in (".png", ".jpg"))
     return ckpt, crop
 
 
