@@ -31,12 +31,15 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from maskdet.config import packaged_defaults
 from maskdet.data.images import BadImageError, display_path, load_rgb, skip
 from maskdet.errors import ConfigError
 from maskdet.inference import classify_crops, prediction_columns, prediction_schema
 from maskdet.progress import progress
 
 INSTALL = "pip install 'maskdet[detect]'"
+# Each detector's defaults are its config file's (maskdet/conf/detector/), for Python callers too.
+HAAR, YUNET, BLAZEFACE = (packaged_defaults(f"detector/{name}.yaml") for name in ("haar", "onnx", "blazeface"))
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv"}
 # What annotated videos are written with: these two encoders are in the FFmpeg that the
 # opencv-python-headless wheels bundle (H.264 is not); other containers are written as .mp4.
@@ -76,8 +79,9 @@ class HaarDetector:
     CASCADES = {"default": "haarcascade_frontalface_default.xml", "alt": "haarcascade_frontalface_alt.xml",
                 "alt2": "haarcascade_frontalface_alt2.xml", "alt_tree": "haarcascade_frontalface_alt_tree.xml"}
 
-    def __init__(self, cascade: str = "default", profile: bool = False, scale_factor: float = 1.1,
-                 min_neighbors: int = 5, min_size: int = 24, equalize: bool = False, margin: float = 0.5):
+    def __init__(self, cascade: str = HAAR["cascade"], profile: bool = HAAR["profile"],
+                 scale_factor: float = HAAR["scale_factor"], min_neighbors: int = HAAR["min_neighbors"],
+                 min_size: int = HAAR["min_size"], equalize: bool = HAAR["equalize"], margin: float = HAAR["margin"]):
         cv2 = self.cv2 = require_cv2()
         if cascade not in self.CASCADES:
             raise ConfigError(f"detector.cascade={cascade} is not a Haar face cascade; choose one of "
@@ -123,8 +127,9 @@ class YuNetDetector:
     probability. The model is checked on a blank frame when it is loaded, so a wrong file stops the run
     before anything is written."""
 
-    def __init__(self, model_path: str | None = None, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 top_k: int = 5000, margin: float = 0.35):
+    def __init__(self, model_path: str | None = YUNET["model_path"], score_threshold: float = YUNET["score_threshold"],
+                 nms_threshold: float = YUNET["nms_threshold"], top_k: int = YUNET["top_k"],
+                 margin: float = YUNET["margin"]):
         cv2 = self.cv2 = require_cv2()
         supported = ("detector=onnx runs YuNet face detectors in ONNX format through cv2.FaceDetectorYN (for "
                      "example face_detection_yunet_2023mar.onnx from the OpenCV model zoo; maskdet downloads "
@@ -193,8 +198,9 @@ class BlazeFaceDetector:
     SETTINGS = {"full_range": ("face_detection_full_range.tflite", 192, (4,), (1,)),
                 "short_range": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6))}
 
-    def __init__(self, model: str = "short_range", score_threshold: float = 0.65, nms_threshold: float = 0.3,
-                 min_face: int = 0, margin: float = 0.4):
+    def __init__(self, model: str = BLAZEFACE["model"], score_threshold: float = BLAZEFACE["score_threshold"],
+                 nms_threshold: float = BLAZEFACE["nms_threshold"], min_face: int = BLAZEFACE["min_face"],
+                 margin: float = BLAZEFACE["margin"]):
         if model not in self.SETTINGS:
             raise ConfigError(f"detector.model={model!r} is unknown: choose full_range or short_range.")
         if isinstance(min_face, bool) or not isinstance(min_face, int) or min_face < 0:
