@@ -69,9 +69,25 @@ def differing_settings(saved: DictConfig, current: DictConfig, sections=COMPARED
             out.update(flatten(container, section))
         return {k: v for k, v in out.items() if k not in IGNORED}
 
-    before, after = settings(saved), settings(current)
+    before, after = _normalisation_resolved(settings(saved)), _normalisation_resolved(settings(current))
     return [f"{key}: run had {before.get(key, '<absent>')!r}, this command {after.get(key, '<absent>')!r}"
             for key in sorted(set(before) | set(after)) if before.get(key, "<absent>") != after.get(key, "<absent>")]
+
+
+def _normalisation_resolved(settings: dict) -> dict:
+    """``model.mean`` / ``model.std`` null means the weights' own normalisation: compared as the numbers it
+    stands for, so a run saved with the numbers (before they came from the weights' metadata) resumes."""
+    if settings.get("model.mean") is None or settings.get("model.std") is None:
+        from maskdet.models.backbones import weights_normalisation
+
+        try:
+            mean, std = weights_normalisation(str(settings.get("model.architecture")), settings.get("model.weights"))
+        except Exception:  # noqa: BLE001 - an architecture that cannot be resolved is refused by the model itself
+            return settings
+        for key, value in (("model.mean", mean), ("model.std", std)):
+            if settings.get(key) is None:
+                settings[key] = [float(v) for v in value]
+    return settings
 
 
 def check_resume(cfg: DictConfig) -> Resume | None:

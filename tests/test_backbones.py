@@ -233,6 +233,23 @@ def test_normalisation_comes_from_the_weights_own_metadata(timm):
     assert MaskClassifier("custom_cnn", num_classes=3, mean=[0.5] * 3, std=[0.25] * 3).hparams.std == [0.25] * 3
 
 
+def test_a_run_saved_with_the_normalisation_s_numbers_resumes_under_null():
+    """A run saved before the normalisation came from the weights' metadata holds its numbers; the configs now
+    say null. Resuming compares what null stands for, so the run resumes; other numbers are still refused."""
+    from omegaconf import OmegaConf
+
+    from maskdet.resume import differing_settings
+
+    def cfg(mean, std):
+        return OmegaConf.create({"seed": 0, "data": {}, "model": {"architecture": "resnet18", "weights": "IMAGENET1K_V1",
+                                                                 "mean": mean, "std": std}})
+
+    saved = cfg([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert differing_settings(saved, cfg(None, None)) == []
+    assert differing_settings(saved, cfg([0.5, 0.5, 0.5], None)) == \
+        ["model.mean: run had [0.485, 0.456, 0.406], this command [0.5, 0.5, 0.5]"]
+
+
 def test_a_timm_model_resets_its_declared_head_and_trains_a_step(timm):
     torch.manual_seed(0)
     model = MaskClassifier("timm/test_efficientnet", num_classes=3, image_size=32)
