@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import importlib
@@ -29,11 +30,16 @@ def register_resolvers() -> None:
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
-@functools.cache
 def packaged_defaults(config_file: str) -> dict:
     """The values a packaged config file (``bias/default.yaml``, relative to ``maskdet/conf``) sets, unresolved:
     the one home of each default. Settings objects take their defaults from here, so that Python callers
-    and the command line get the same values (a default written twice drifts apart)."""
+    and the command line get the same values (a default written twice drifts apart). A fresh copy each time:
+    a caller that changes it changes no one else's defaults."""
+    return copy.deepcopy(_packaged(config_file))
+
+
+@functools.cache
+def _packaged(config_file: str) -> dict:
     loaded = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / config_file), resolve=False)
     return {k: v for k, v in loaded.items() if k != "defaults"}
 

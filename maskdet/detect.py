@@ -474,7 +474,7 @@ def detect_and_classify(model, detector, files: Iterable[Path], batch_size: int 
         annotate_dir.mkdir(parents=True, exist_ok=True)
     faces, frames, skipped = [], [], []
     files = list(files)
-    with progress(f"finding faces in {len(files):,} photos and videos", len(files)) as advance:
+    with progress(f"finding faces in {len(files):,} photos and videos", len(files), quiet=len(files) < 2) as advance:
         for index, path in enumerate(files):
             if is_video(path):
                 rows, summary, problems = _video(model, detector, path, index, int(every_n_frames), batch_size,

@@ -125,7 +125,7 @@ def predict_files(model, files: Sequence[Path], batch_size: int = 64,
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     model.eval()
     with ThreadPoolExecutor(workers) as pool, torch.inference_mode(), \
-            progress(f"predicting {len(files):,} images", len(files)) as advance:
+            progress(f"predicting {len(files):,} images", len(files), quiet=len(batches) < 2) as advance:
         for batch in batches:
             loaded = list(pool.map(lambda p: _load(p, size), batch))
             good = [(p, a) for p, a in zip(batch, loaded) if not isinstance(a, str)]

@@ -38,7 +38,8 @@ def _required_message(key: str, task: str) -> str:
                 f"data={'|'.join(layouts)} (all but synthetic also need data.root=<folder>).")
     if key == "data.root":
         return ("data.root is not set: this data layout reads a dataset on disk; pass data.root=<folder> (or "
-                "data=synthetic for the embedded dataset).")
+                "data=synthetic for the embedded dataset; a layout of your own that reads no folder sets root: null "
+                "in its YAML).")
     return f"{key} has no value (??? in the config): set it on the command line with {key}=<value>."
 
 
@@ -499,9 +500,12 @@ def check_config(cfg: DictConfig, task: str) -> None:
     check_settings(cfg, task)
     if isinstance(cfg.get("robustness"), DictConfig):
         check_robustness_options(cfg.robustness)
-    for group in ("data", "model", "trainer", "callbacks", "logger", "detector"):
+    for group in ("data", "model", "trainer", "callbacks", "logger"):
         if isinstance(cfg.get(group), DictConfig):
             check_keys(cfg[group], group)
+    scenes = cfg.get("scenes") if isinstance(cfg.get("scenes"), DictConfig) else {}
+    if isinstance(cfg.get("detector"), DictConfig) and (cfg.get("detect") or scenes.get("enabled")):
+        check_keys(cfg.detector, "detector")  # only where a detector will be built
     if isinstance(cfg.get("logger"), DictConfig):
         check_logger_extras(cfg.logger)
     if isinstance(cfg.get("explain"), DictConfig):

@@ -18,10 +18,14 @@ console = logging.getLogger(SUMMARY)  # the lines the console shows (maskdet.con
 
 
 @contextmanager
-def progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+def progress(what: str, total: int, quiet: bool = False) -> Iterator[Callable[[int], None]]:
     """Report a long build: a rich progress bar when stderr is a terminal, otherwise a console line at the
-    start, about every 10 % and at the end. Yields ``advance(n)``, to call as items are done."""
+    start, about every 10 % and at the end. Yields ``advance(n)``, to call as items are done. ``quiet``: work
+    too short to report (one batch, one file): nothing is shown."""
     start, done, reported = time.perf_counter(), 0, 0
+    if quiet:
+        yield lambda n: None
+        return
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import Progress

@@ -69,25 +69,31 @@ def differing_settings(saved: DictConfig, current: DictConfig, sections=COMPARED
             out.update(flatten(container, section))
         return {k: v for k, v in out.items() if k not in IGNORED}
 
-    before, after = _normalisation_resolved(settings(saved)), _normalisation_resolved(settings(current))
+    before, after = _normalisation_resolved(settings(saved), settings(current))
     return [f"{key}: run had {before.get(key, '<absent>')!r}, this command {after.get(key, '<absent>')!r}"
             for key in sorted(set(before) | set(after)) if before.get(key, "<absent>") != after.get(key, "<absent>")]
 
 
-def _normalisation_resolved(settings: dict) -> dict:
+def _normalisation_resolved(saved: dict, current: dict) -> tuple[dict, dict]:
     """``model.mean`` / ``model.std`` null means the weights' own normalisation: compared as the numbers it
-    stands for, so a run saved with the numbers (before they came from the weights' metadata) resumes."""
-    if settings.get("model.mean") is None or settings.get("model.std") is None:
-        from maskdet.models.backbones import weights_normalisation
+    stands for, so a run saved with the numbers (before they came from the weights' metadata) resumes. The
+    numbers come from this command's own model config only: a run folder's saved config is data, and naming
+    an architecture there must never make maskdet import it. The saved side's null is filled only when it
+    names this command's architecture and weights."""
+    if all(side.get(key) is not None for side in (saved, current) for key in ("model.mean", "model.std")):
+        return saved, current
+    from maskdet.models.backbones import weights_normalisation
 
-        try:
-            mean, std = weights_normalisation(str(settings.get("model.architecture")), settings.get("model.weights"))
-        except Exception:  # noqa: BLE001 - an architecture that cannot be resolved is refused by the model itself
-            return settings
+    same_network = all(saved.get(k) == current.get(k) for k in ("model.architecture", "model.weights"))
+    try:
+        mean, std = weights_normalisation(str(current.get("model.architecture")), current.get("model.weights"))
+    except Exception:  # noqa: BLE001 - an architecture that cannot be resolved is refused by the model itself
+        return saved, current
+    for side in (current, saved) if same_network else (current,):
         for key, value in (("model.mean", mean), ("model.std", std)):
-            if settings.get(key) is None:
-                settings[key] = [float(v) for v in value]
-    return settings
+            if side.get(key) is None:
+                side[key] = [float(v) for v in value]
+    return saved, current
 
 
 def check_resume(cfg: DictConfig) -> Resume | None:

@@ -233,7 +233,7 @@ def test_normalisation_comes_from_the_weights_own_metadata(timm):
     assert MaskClassifier("custom_cnn", num_classes=3, mean=[0.5] * 3, std=[0.25] * 3).hparams.std == [0.25] * 3
 
 
-def test_a_run_saved_with_the_normalisation_s_numbers_resumes_under_null():
+def test_a_run_saved_with_the_normalisation_s_numbers_resumes_under_null(tmp_path, monkeypatch):
     """A run saved before the normalisation came from the weights' metadata holds its numbers; the configs now
     say null. Resuming compares what null stands for, so the run resumes; other numbers are still refused."""
     from omegaconf import OmegaConf
@@ -248,6 +248,13 @@ def test_a_run_saved_with_the_normalisation_s_numbers_resumes_under_null():
     assert differing_settings(saved, cfg(None, None)) == []
     assert differing_settings(saved, cfg([0.5, 0.5, 0.5], None)) == \
         ["model.mean: run had [0.485, 0.456, 0.406], this command [0.5, 0.5, 0.5]"]
+    # a stranger's saved config naming code as its architecture: compared as text, never imported
+    (tmp_path / "planted_family.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nbuild = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    planted = OmegaConf.create({"seed": 0, "data": {}, "model": {"architecture": "planted_family.build/x",
+                                                                 "weights": None, "mean": None, "std": None}})
+    assert any(d.startswith("model.architecture") for d in differing_settings(planted, cfg(None, None)))
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_timm_model_resets_its_declared_head_and_trains_a_step(timm):

@@ -181,7 +181,10 @@ def read_exclusions(path: str | Path) -> list[str]:
     except (csv.Error, UnicodeDecodeError) as err:
         raise ConfigError(f"data.exclude={path} is not a readable CSV file ({type(err).__name__}): give a UTF-8 "
                           "CSV with a 'path' column.") from None
-    header = rows[0] if rows else []
+    if not rows:
+        raise ConfigError(f"data.exclude={path} is empty: give a CSV with a 'path' column (one image path per row), "
+                          "or data.exclude=null.")
+    header = rows[0]
     if "path" not in header:
         raise ConfigError(f"data.exclude={path} has no 'path' column (columns: {header[:8]}): give a "
                           "CSV with one image path per row under the header 'path'.")
