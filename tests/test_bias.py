@@ -150,7 +150,7 @@ def test_correction_and_primary_metric_are_bias_options_checked_before_training(
 
 
 def lowest_recall(y_true, y_pred, confidence):
-    """A per-group figure from "the user's own package", named in bias.metrics by its import path."""
+    """A per-group metric from "the user's own package", named in bias.metrics by its import path."""
     y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
     recalls = [((y_true == c) & (y_pred == c)).sum(1) / np.maximum((y_true == c).sum(1), 1) for c in np.unique(y_true)]
     return np.min(recalls, axis=0)
@@ -190,12 +190,12 @@ def test_a_new_per_group_figure_is_one_function_and_one_config_entry(tmp_path):
            "lowest recall [95 % bootstrap] |" in (tmp_path / "bias_report.md").read_text()
 
 
-def test_an_unknown_per_group_figure_is_refused_before_training(tmp_path, cache_dir):
+def test_an_unknown_per_group_metric_is_refused_before_training(tmp_path, cache_dir):
     from maskdet.errors import ConfigError
     from maskdet.preflight import check_config
 
     cfg = compose_train(["bias.metrics=[macro_f1,auroc]"], tmp_path / "run", cache_dir)
-    with pytest.raises(ConfigError, match=r"bias.metrics: auroc is not a per-group figure .*use any of macro_f1, ece, "
+    with pytest.raises(ConfigError, match=r"bias.metrics: auroc is not a per-group metric .*use any of macro_f1, ece, "
                                           "or the import path of a function"):
         check_config(cfg, "train")
     # figures that would fail or mislead only after training: one value for all resamples, 1-D input only
