@@ -169,7 +169,10 @@ def test_yolo_and_coco_refuse_what_their_files_do_not_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_voc_scene_set_trains_with_every_photo_inside_one_split_and_one_fold(tmp_path, cache_dir):
+@pytest.mark.parametrize("layout", WRITERS)
+def test_a_scene_set_trains_with_every_photo_inside_one_split_and_one_fold_and_is_scored(layout, tmp_path, cache_dir):
+    """VOC, YOLO and COCO alike: trained on, each photo's crops in one split and one fold, then evaluated as
+    scenes (detector + classifier over the test photos)."""
     from hydra.utils import instantiate
 
     from maskdet.data.prepare import prepare
@@ -177,8 +180,8 @@ def test_a_voc_scene_set_trains_with_every_photo_inside_one_split_and_one_fold(t
     from maskdet.train import train
     from tests.conftest import compose_train
 
-    root = write_voc(tmp_path / "voc", compose_scenes(n_photos=24))
-    overrides = ["data=voc", f"data.root={root}", "data.num_folds=3", "data.label_map=binary", "trainer.max_epochs=1",
+    root = WRITERS[layout][0](tmp_path / layout, compose_scenes(n_photos=24))
+    overrides = [f"data={layout}", f"data.root={root}", "data.num_folds=3", "data.label_map=binary", "trainer.max_epochs=1",
                  "~logger", "callbacks.explanations=null", "bias.n_bootstrap=10"]
     cfg = compose_train(overrides, tmp_path / "run", cache_dir)
     prepared = prepare(instantiate(cfg.data))
