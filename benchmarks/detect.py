@@ -155,11 +155,14 @@ DETECTOR_CHOICES = {
     "haar alt2": dict(name="haar", cascade="alt2"),
     "haar alt2, min_neighbors=3": dict(name="haar", cascade="alt2", min_neighbors=3),
     "haar default + profile": dict(name="haar", cascade="default", profile=True),
-    "blazeface full range": dict(name="blazeface", model="full_range", min_face=0),
-    "blazeface short range": dict(name="blazeface", model="short_range", min_face=0),
-    "blazeface short, min_face=24": dict(name="blazeface", model="short_range", min_face=24),
-    "blazeface short, min_face=24, 0.75": dict(name="blazeface", model="short_range", min_face=24, score_threshold=0.75),
-    "blazeface short, min_face=24, 0.9": dict(name="blazeface", model="short_range", min_face=24, score_threshold=0.9),
+    "blazeface full range, 0.5": dict(name="blazeface", model="full_range", min_face=0, score_threshold=0.5,
+                                       verify_below=0),
+    "blazeface short range, 0.5": dict(name="blazeface", model="short_range", min_face=0, score_threshold=0.5,
+                                        verify_below=0),
+    "blazeface short, min_face=24, 0.5": dict(name="blazeface", min_face=24, score_threshold=0.5, verify_below=0),
+    "blazeface short, min_face=24, 0.65": dict(name="blazeface", min_face=24, score_threshold=0.65, verify_below=0),
+    "blazeface short, min_face=24, 0.75": dict(name="blazeface", min_face=24, score_threshold=0.75, verify_below=0),
+    "blazeface as shipped (0.5, 2nd look < 0.75)": dict(name="blazeface"),
 }
 
 
