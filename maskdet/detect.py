@@ -217,6 +217,9 @@ class BlazeFaceDetector:
                            ("verify_score", verify_score)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
                 raise ConfigError(f"detector.{key}={value!r} must be a number between 0 and 1.")
+        if isinstance(verify_below, bool) or not isinstance(verify_below, int | float) or not 0 <= verify_below <= 1:
+            raise ConfigError(f"detector.verify_below={verify_below!r} must be a score from 0 to 1 (boxes scoring below "
+                              "it get a second look; 0: none does).")
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as err:
@@ -231,9 +234,6 @@ class BlazeFaceDetector:
         self.anchors = ssd_anchors(self.size, strides, per_location)
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
         self.min_face, self.margin = int(min_face), float(margin)
-        if isinstance(verify_below, bool) or not isinstance(verify_below, int | float) or not 0 <= verify_below <= 1:
-            raise ConfigError(f"detector.verify_below={verify_below!r} must be a score from 0 to 1 (boxes scoring below "
-                              "it get a second look; 0: none does).")
         self.verify_below, self.verify_score = float(verify_below), float(verify_score)
 
     def _run(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

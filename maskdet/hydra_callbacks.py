@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from maskdet.cli import parse_overrides
+from maskdet.data.settings import FOLD_KEY
 from maskdet.errors import MaskdetError
 
 log = logging.getLogger("maskdet.sweep")
@@ -50,7 +51,7 @@ def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
     swept = _swept_keys(sweeper_params, sys.argv[1:] if argv is None else argv)
     chosen = [(k, v) for k, v in pairs if k in swept] if swept else \
         [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]
-    chosen.sort(key=lambda kv: kv[0] == "data.fold")  # stable: command-line order, the fold (cv.FOLD_KEY) last
+    chosen.sort(key=lambda kv: kv[0] == FOLD_KEY)  # stable: command-line order, the fold last
     short = [k.rsplit(".", 1)[-1] for k, _ in chosen]
     words = [f"{_safe(s if short.count(s) == 1 else k)}-{_safe(v)}" for s, (k, v) in zip(short, chosen)]
     name = "+".join(words)[:NAME_LIMIT].rstrip("+")

@@ -220,10 +220,12 @@ def test_normalisation_comes_from_the_weights_own_metadata(timm):
     (mean, std) is used and saved with the model, not a copy in each YAML; given values win."""
     from torchvision.models import ResNet18_Weights
 
-    from maskdet.models.backbones import weights_normalisation
+    from maskdet.models.backbones import _torchvision_normalisation, weights_normalisation
 
     published = ResNet18_Weights.IMAGENET1K_V1.transforms()
     assert weights_normalisation("resnet18", "IMAGENET1K_V1") == (tuple(published.mean), tuple(published.std))
+    assert _torchvision_normalisation("resnet18", None) == (tuple(published.mean), tuple(published.std))  # read, not
+    # ImageNet's fallback (which has the same numbers): null weights take the default published weights' metadata
     vit = timm.models.get_pretrained_cfg("vit_tiny_patch16_224.augreg_in21k")  # trained at mean 0.5, std 0.5
     assert weights_normalisation("timm/vit_tiny_patch16_224", "augreg_in21k") == (tuple(vit.mean), tuple(vit.std))
     assert tuple(vit.mean) == (0.5, 0.5, 0.5)

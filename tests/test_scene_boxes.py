@@ -90,7 +90,7 @@ WRITERS = {"voc": (write_voc, read_voc), "yolo": (write_yolo, read_yolo), "coco"
 
 
 @pytest.mark.parametrize("layout", WRITERS)
-def test_every_box_becomes_a_crop_framed_as_predict_frames_a_detected_face(layout, tmp_path):
+def test_every_box_becomes_a_crop_framed_as_predict_frames_a_detected_face(layout, tmp_path, monkeypatch):
     from maskdet.detect import Face, crop_box
 
     scenes = compose_scenes(n_photos=4)
@@ -109,8 +109,15 @@ def test_every_box_becomes_a_crop_framed_as_predict_frames_a_detected_face(layou
     crop = np.asarray(Image.open(row["path"]).convert("RGB"), dtype=float)
     assert crop.shape == expected.shape == (112, 112, 3)
     assert np.abs(crop - expected).mean() < 1.0  # YOLO's relative coordinates round to the same pixel
-    again = read(tmp_path / layout, tmp_path / "cache")  # read from the cache the second time
-    assert list(again.index["path"]) == list(index["path"])
+    listing = Path(row["path"]).parent.parent / "crops.json"
+    cut_at = listing.stat().st_mtime_ns
+    again = read(tmp_path / layout, tmp_path / "cache")  # read from the cache the second time, not cut again
+    assert list(again.index["path"]) == list(index["path"]) and listing.stat().st_mtime_ns == cut_at
+    # data.root and the cache folder as a user types them, relative (paths.cache_dir's default is ./.cache/maskdet)
+    monkeypatch.chdir(tmp_path)
+    relative = read(Path(layout), Path("cache"))
+    assert len(relative.index) == 12 and not relative.skipped, relative.skipped
+    assert list(relative.index["path"]) == list(index["path"])  # absolute, and the same crops
 
 
 def test_unusable_boxes_and_files_are_reported_with_their_reasons(tmp_path):
@@ -252,6 +259,9 @@ def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
     assert report["recall_low"] < 2 / 3 < report["recall_high"]
     assert report["true_masked_share"] == pytest.approx(6 / 9)  # with_mask and worn incorrectly count as masked
     assert int(report["confusion"].to_numpy().sum()) == 6 and 0 <= report["map_50"] <= 1
+    assert report["ap_per_class"] and set(report["ap_per_class"]) <= set(names)
+    assert all(0 <= ap <= 1 for ap in report["ap_per_class"].values())
+    assert 0 <= report["estimated_masked_share"] <= 1  # among the 9 detections, from the model's classes
     assert len(report["missed"]) == sum(1 for _, _, boxes in scenes if boxes[2][4] != "without_mask")
     assert report["recall_by_group"] == []  # the photos carry no demographics
     assert match([(0, 0, 10, 10), (50, 50, 10, 10)], [(1, 1, 10, 10), (0, 0, 10, 10)], [0.5, 0.9], 0.5) == [(0, 1)]

@@ -39,7 +39,7 @@ from maskdet.data.images import (
     path_problem,
     skip,
 )
-from maskdet.data.sources import Scan
+from maskdet.data.sources import Scan, require_root
 from maskdet.errors import DataError
 
 CROPS_VERSION = 2  # bump when cropping changes, so cached crops are cut again
@@ -58,15 +58,6 @@ class Box:
     h: float
     label: str
     where: str
-
-
-def _require_folder(root, what: str) -> Path:
-    if root is None:
-        raise DataError(f"data.root is not set: a {what} needs data.root=<folder>.")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root={root} is not a folder: point it at the {what}.")
-    return root
 
 
 def _photo(root: Path, folder: Path, name: str, where: str, skipped: list[dict]) -> Path | None:
@@ -98,6 +89,10 @@ def parse_voc(root: Path, classes: list[str] | None = None) -> tuple[list[Box], 
                         "per photo (an annotations/ folder beside images/).")
     for xml in files:
         where = display_path(xml)
+        problem = path_problem(xml, root, extensions={".xml"})  # a link leading out of the dataset is not read
+        if problem:
+            skipped.append(skip(xml, f"{where}: {problem}"))
+            continue
         try:
             tree = ElementTree.parse(xml)
         except (ElementTree.ParseError, DefusedXmlException, UnicodeDecodeError, ValueError) as err:
@@ -151,6 +146,16 @@ def _yolo_names(root: Path, names_file: str | None) -> list[str]:
     return [n.strip() for n in names]
 
 
+def _yolo_label_files(root: Path, photo: Path) -> list[Path]:
+    """Where a photo's YOLO labels may be: ``labels/`` in place of the last ``images/`` of its path below
+    ``root`` (Ultralytics' rule), then beside the photo."""
+    parts = list(photo.relative_to(root).with_suffix(".txt").parts)
+    if "images" in parts[:-1]:
+        last = len(parts) - 2 - parts[:-1][::-1].index("images")
+        parts[last] = "labels"
+    return [root.joinpath(*parts), photo.with_suffix(".txt")]
+
+
 def parse_yolo(root: Path, names_file: str | None = None, classes: list[str] | None = None) -> tuple[list[Box], list[dict]]:
     """YOLO: a ``.txt`` per photo (``labels/x.txt`` beside ``images/x.jpg``, or beside the photo), one box per
     line: class number, centre x, centre y, width, height, all but the class relative to the photo's size."""
@@ -163,11 +168,13 @@ def parse_yolo(root: Path, names_file: str | None = None, classes: list[str] | N
     from PIL import Image
 
     for photo in photos:
-        label_file = Path(str(photo.with_suffix(".txt")).replace(f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"))
-        if not label_file.is_file():
-            label_file = photo.with_suffix(".txt")
-        if not label_file.is_file():
+        label_file = next((c for c in _yolo_label_files(root, photo) if c.is_file()), None)
+        if label_file is None:
             skipped.append(skip(photo, "no YOLO label file (labels/<name>.txt): the photo has no boxes to crop"))
+            continue
+        problem = path_problem(label_file, root, extensions={".txt"})
+        if problem:
+            skipped.append(skip(label_file, f"the photo's YOLO label file: {problem}"))
             continue
         try:
             with Image.open(photo) as image:
@@ -298,7 +305,7 @@ def _safe_name(text: str, limit: int = 60) -> str:
 def crop_boxes(layout: str, root: Path, boxes: list[Box], skipped: list[dict], cache_dir, margin: float) -> pd.DataFrame:
     """The index of the boxes' crops (cut once, then read from the cache): path, label_name, demographics
     unknown, ``group`` and ``photo`` (the source photo), the box; unusable boxes and photos go to ``skipped``."""
-    folder = Path(cache_dir) / "scene_crops" / _key(layout, boxes, margin)
+    folder = Path(cache_dir).expanduser().resolve() / "scene_crops" / _key(layout, boxes, margin)
     listing = folder / "crops.json"
     if not listing.is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +362,7 @@ def _scan(layout: str, root, cache_dir, margin: float, parse) -> Scan:
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin <= 2:
         raise DataError(f"data.source.margin={margin!r} must be a number from 0 to 2 (the crop's side is "
                         "1 + 2 x margin times the box's; 0.5 frames faces as predict detect=true with Haar does).")
-    root = _require_folder(root, f"{layout} scene dataset")
+    root = require_root(root, f"{layout} scene dataset (photos with face boxes)")
     boxes, skipped = parse(root)
     if not boxes:
         raise DataError(f"No usable face boxes under data.root={root} (data={layout}): "

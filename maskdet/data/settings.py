@@ -10,6 +10,7 @@ gets.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from maskdet.data.demographics import GROUP_COLUMNS, normalise_group
 from maskdet.errors import ConfigError
 
 DEFAULTS = packaged_defaults("data/default.yaml")
+FOLD_KEY = "data.fold"  # the setting a k-fold sweep varies (sweep summaries, job names, in-job folds)
 POLICIES = ("group", "drop", "keep")  # data.duplicates (maskdet.data.duplicates)
 SOURCE_PHOTO = re.compile(r"^(\d{1,3}_[01]_[0-4]_\d+)")  # UTKFace [age]_[gender]_[race]_[datetime]
 
@@ -175,6 +177,14 @@ def read_exclusions(path: str | Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"data.exclude={path} does not exist: give a CSV with a 'path' column, such as the "
                           "label_issues.csv that a k-fold sweep writes, or data.exclude=null.")
+    stat = path.stat()
+    return list(_read_exclusions(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_exclusions(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """``read_exclusions``'s reading, once per version of the file: the settings are built by the check before
+    the imports, by preflight and by the run itself."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -189,7 +199,7 @@ def read_exclusions(path: str | Path) -> list[str]:
         raise ConfigError(f"data.exclude={path} has no 'path' column (columns: {header[:8]}): give a "
                           "CSV with one image path per row under the header 'path'.")
     column = header.index("path")
-    return [row[column] for row in rows[1:] if len(row) > column and row[column].strip()]
+    return tuple(row[column] for row in rows[1:] if len(row) > column and row[column].strip())
 
 
 def normalised_paths(paths: Sequence[str], root: str | None) -> set[str]:

@@ -111,12 +111,6 @@ TESTS = {"bootstrap": "paired two-level bootstrap (test images and folds)",
          "mcnemar_exact": "McNemar's exact test (one fold's two runs)"}
 
 
-def check_options(primary_metric: str = COMPARISON.primary_metric, correction: str = COMPARISON.correction,
-                  alpha: float = ALPHA, n_boot: int = N_BOOT) -> None:
-    """Refuse a comparison option that no comparison could use (also checked before a sweep starts)."""
-    ComparisonOptions(primary_metric=primary_metric, correction=correction, alpha=alpha, n_boot=n_boot)
-
-
 def run_metrics(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
     """A finished run's test metrics, every attribute's gap from its bias report and the split sizes; and its
     predictions indexed by path and label (with the demographic group columns and ``correct``)."""
@@ -696,7 +690,7 @@ def write_comparison(paths, out_dir: str | Path, primary_metric: str = COMPARISO
     """Compare the runs under ``paths`` and write comparison.md / .csv / .json, comparison_configurations.csv
     and comparison.png into ``out_dir`` (through ``maskdet.writing``: a planted symlink is replaced, never
     written through); return the configurations, pairs, family, runs, notes and the markdown."""
-    check_options(primary_metric, correction, alpha, n_boot)
+    ComparisonOptions(primary_metric, correction, alpha, primary_attribute, n_boot, seed)  # refused before any work
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

@@ -18,11 +18,11 @@ import pandas as pd
 import yaml
 
 from maskdet import runfolder
+from maskdet.data.settings import FOLD_KEY
 from maskdet.errors import DataError
 from maskdet.writing import md, one_line, write_csv, write_text
 
 METRICS = ["val/acc_best", "val/acc", "val/f1", "val/loss", "test/acc", "test/f1", "test/loss"]
-FOLD_KEY = "data.fold"
 IN_JOB_FOLD = re.compile(r"fold_(\d+)")
 NOT_RECORDED = "not recorded (written by an older maskdet)"
 

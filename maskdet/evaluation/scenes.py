@@ -26,11 +26,10 @@ import torch
 
 from maskdet.data.demographics import UNKNOWN
 from maskdet.data.images import BadImageError, load_rgb
+from maskdet.detect import UNMASKED
 from maskdet.evaluation.statistics import wilson_interval
 from maskdet.jsonfile import write_json
 from maskdet.writing import md, write_csv, write_text
-
-UNMASKED = "without_mask"
 
 
 def is_scene_data(index: pd.DataFrame) -> bool:
@@ -82,8 +81,8 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
         boxes = [tuple(float(v) for v in b.split(",")) for b in faces["box"]]
         result = analyse(model, detector, rgb, batch_size, what=str(photo))
         found = [(f.x, f.y, f.w, f.h) for f in result.faces]
-        probs = np.asarray(result.probs) if len(found) else np.zeros((0, len(names)))
-        predicted = probs.argmax(1) if len(found) else np.zeros(0, int)
+        probs = np.asarray(result.probs)  # N x classes, (0, classes) when no face was found
+        predicted = probs.argmax(1)
         pairs = dict(match(boxes, found, [f.score for f in result.faces], iou))
         detections += len(found)
         masked_detections += int(sum(names[p] != UNMASKED for p in predicted))
@@ -94,7 +93,7 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
                                **{c: getattr(row, c) for c in ("gender", "race", "age_group") if hasattr(row, c)}})
             if d is None and row.label_name != UNMASKED:
                 missed.append((rgb, box, row.label_name))
-        metric.update([{"boxes": _xyxy(found), "scores": torch.tensor(probs.max(1) if len(found) else [], dtype=torch.float32),
+        metric.update([{"boxes": _xyxy(found), "scores": torch.tensor(probs.max(1), dtype=torch.float32),
                         "labels": torch.tensor(predicted, dtype=torch.long)}],
                       [{"boxes": _xyxy(boxes), "labels": torch.tensor([names.index(lab) for lab in faces["label_name"]],
                                                                         dtype=torch.long)}])
@@ -107,7 +106,8 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
     ap = metric.compute()
     per_class = {names[int(c)]: float(v) for c, v in zip(np.atleast_1d(ap["classes"].numpy()),
                                                          np.atleast_1d(ap["map_per_class"].numpy()))}
-    estimated_masked = masked_detections / detections if detections else None  # as frames.csv would report it
+    has_unmasked = UNMASKED in names  # a checkpoint with other class names has no notion of "masked" (as frames.csv)
+    estimated_masked = masked_detections / detections if detections and has_unmasked else None
     confusion = pd.crosstab(truth.loc[truth["found"], "label"], truth.loc[truth["found"], "predicted"]) \
         .reindex(index=names, columns=names, fill_value=0) if matched else pd.DataFrame(0, index=names, columns=names)
     return {"split": split, "photos": int(truth["photo"].nunique()), "faces": len(truth), "detections": detections,
@@ -115,7 +115,7 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
             "recall": matched / len(truth), "recall_low": recall_low, "recall_high": recall_high,
             "precision": matched / detections if detections else np.nan, "precision_low": precision_low,
             "precision_high": precision_high, "map_50": float(ap["map_50"]), "ap_per_class": per_class,
-            "true_masked_share": float((truth["label"] != UNMASKED).mean()),
+            "true_masked_share": float((truth["label"] != UNMASKED).mean()) if has_unmasked else None,
             "estimated_masked_share": estimated_masked,
             "recall_by_group": recall_by_group(truth), "unreadable": unreadable,
             "confusion": confusion, "missed": missed}
