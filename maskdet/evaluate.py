@@ -43,6 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if datamodule.class_names != list(model.hparams.class_names):
         raise ConfigError(f"The data's classes {datamodule.class_names} differ from the checkpoint's "
                           f"{list(model.hparams.class_names)}: evaluate on data with the same classes (or data.label_map).")
+    detector = _scene_detector(cfg, datamodule)  # its extras are refused now, before the test
     write_report(build_report(datamodule.data, datamodule.settings.source_name), output_dir)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     test_metrics, bias = test_and_report(trainer, model, datamodule, output_dir, None, cfg.get("bias"))
@@ -58,12 +59,8 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics["robustness"] = {f"{r['corruption']}@{r['severity']}": r["accuracy"] for r in report["rows"]
                                  if r["attribute"] == "overall"}
         summary("robustness: %s", output_dir / "robustness" / "robustness.md")
-    scenes = cfg.get("scenes")
-    if scenes is not None and scenes.get("enabled", True):
-        from maskdet.evaluation.scenes import is_scene_data
-
-        if is_scene_data(datamodule.data.index):  # data=voc|yolo|coco: detection + classification on the photos
-            metrics["scenes"] = _score_scenes(cfg, model, datamodule, output_dir / "scenes")
+    if detector is not None:  # data=voc|yolo|coco: detection + classification on the photos
+        metrics["scenes"] = _score_scenes(cfg, model, detector, datamodule, output_dir / "scenes")
     write_metrics(metrics, output_dir)
     log.info("metrics: %s\nrun folder: %s", json.dumps(metrics["test"]), output_dir)
     summary("run folder: %s", output_dir)
@@ -72,12 +69,26 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-def _score_scenes(cfg: DictConfig, model, datamodule, folder: Path) -> dict:
-    """The scene dataset's test photos through ``detector`` and the model (maskdet/evaluation/scenes.py)."""
+def _scene_detector(cfg: DictConfig, datamodule):
+    """The detector that scores a scene dataset (``scenes.enabled`` and data with boxes), built with its extras
+    checked; None for other data."""
+    scenes = cfg.get("scenes")
+    if scenes is None or not scenes.get("enabled", True):
+        return None
+    from maskdet.evaluation.scenes import is_scene_data, require_map_backend
+
+    if not is_scene_data(datamodule.data.index):
+        return None
     from maskdet.detect import build_detector
+
+    require_map_backend()
+    return build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
+
+
+def _score_scenes(cfg: DictConfig, model, detector, datamodule, folder: Path) -> dict:
+    """The scene dataset's test photos through ``detector`` and the model (maskdet/evaluation/scenes.py)."""
     from maskdet.evaluation.scenes import write_scene_report
 
-    detector = build_detector(OmegaConf.to_container(cfg.get("detector") or {}, resolve=True))
     report = write_scene_report(model.eval(), detector, datamodule.data.index, datamodule.data.root,
                                 datamodule.class_names, folder, iou=float(cfg.scenes.iou),
                                 gallery_size=int(cfg.scenes.gallery_size))

@@ -277,3 +277,16 @@ def test_class_and_photo_names_from_annotations_cannot_write_outside_the_cache(t
     crops = (tmp_path / "cache" / "scene_crops").resolve()
     assert all(Path(p).resolve().is_relative_to(crops) for p in scan.index["path"])
     assert "../../escaped" in set(scan.index["label_name"]) and not list(tmp_path.rglob("escaped"))
+
+
+def test_scene_scoring_without_its_map_backend_is_refused_with_the_install(monkeypatch):
+    """evaluate calls this before the test, so a missing detect extra costs no test pass and no report."""
+    import sys
+
+    from maskdet.errors import ConfigError
+    from maskdet.evaluation.scenes import require_map_backend
+
+    require_map_backend()  # the dev environment has it
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if the detect extra were not installed
+    with pytest.raises(ConfigError, match=r"pycocotools, part of the detect extra: pip install 'maskdet\[detect\]'"):
+        require_map_backend()

@@ -32,6 +32,18 @@ from maskdet.jsonfile import write_json
 from maskdet.writing import md, write_csv, write_text
 
 
+def require_map_backend() -> None:
+    """Refuse scene scoring without pycocotools, torchmetrics' mAP backend (which imports it only when it
+    computes): said before any work, not after the test."""
+    from maskdet.detect import INSTALL
+    from maskdet.errors import ConfigError
+
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"Scoring scenes (mAP) needs pycocotools, part of the detect extra: {INSTALL}.") from None
+
+
 def is_scene_data(index: pd.DataFrame) -> bool:
     """Whether the index comes from a scene layout (its crops know their photo and box)."""
     return {"photo", "box"} <= set(index.columns)
@@ -60,13 +72,9 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
     """Detect and classify every photo of ``split`` and score it against its annotated boxes (module docstring)."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    from maskdet.detect import INSTALL, analyse
-    from maskdet.errors import ConfigError
+    from maskdet.detect import analyse
 
-    try:
-        import pycocotools  # noqa: F401 - torchmetrics' mAP backend, imported by it only when computing
-    except ImportError:
-        raise ConfigError(f"Scoring scenes (mAP) needs pycocotools, part of the detect extra: {INSTALL}.") from None
+    require_map_backend()
 
     part = index[index["split"] == split]
     names = list(class_names)
