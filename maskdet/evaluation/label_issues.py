@@ -58,7 +58,7 @@ def _read_predictions(path: Path, class_names: list[str] | None) -> tuple[pd.Dat
         raise DataError(f"{path} has no {', '.join(missing) or 'prob_<class> columns'}: it is not a predictions file "
                         "written by maskdet.train.")
     if class_names is not None and names != class_names:
-        raise DataError(f"{path} predicts the classes {names[:8]} but another job of the sweep {class_names[:8]}: "
+        raise DataError(f"{path} predicts the classes {_shown(names)} but another job of the sweep {_shown(class_names)}: "
                         "the folds were not trained on one problem.")
     probs = frame[[f"prob_{n}" for n in names]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
@@ -66,9 +66,13 @@ def _read_predictions(path: Path, class_names: list[str] | None) -> tuple[pd.Dat
                         "maskdet.train wrote it; rerun the job.")
     unknown = sorted(set(frame["label"]) - set(names))
     if unknown:
-        raise DataError(f"{path} lists labels {[one_line(u)[:40] for u in unknown[:5]]} that are not among its classes "
-                        f"{names[:8]}.")
+        raise DataError(f"{path} lists labels {_shown(unknown, 5)} that are not among its classes {_shown(names)}.")
     return frame, names
+
+
+def _shown(names, limit: int = 8) -> list[str]:
+    """Class names or labels from a stranger's CSV, as a message shows them: a few, each short and on one line."""
+    return [one_line(n)[:40] for n in list(names)[:limit]]
 
 
 def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict]:
