@@ -87,7 +87,7 @@ class SweepSummary(Callback):
             from maskdet.evaluation.label_issues import write_label_issues
 
             try:
-                write_label_issues(sweep_dir)
+                write_label_issues(sweep_dir, image_roots=_own_data_folders(config))
             except MaskdetError as err:  # e.g. trained with callbacks.calibration=null: said, the sweep goes on
                 log.warning("no label issues for %s: %s", sweep_dir, err)
         from maskdet.evaluation.compare import write_comparison  # scipy/matplotlib: only when a sweep ends
@@ -138,3 +138,18 @@ class LeakageStudy(Callback):
             return
         log.info("leakage study: %s\n%s", sweep_dir / "leakage_study.md", text)
         print(text)
+
+
+def _own_data_folders(config: DictConfig) -> list[str]:
+    """The folders this sweep's own configuration read images from (``data.root``, and the cache that holds
+    generated images and scene crops): the only places its label-issue gallery reads from."""
+    folders = []
+    for key in ("data.root", "data.cache_dir"):
+        try:
+            value = OmegaConf.select(config, key, default=None)
+        except Exception:  # noqa: BLE001 - a key that does not resolve names no folder
+            value = None
+        if isinstance(value, str) and value:
+            folders.append(value)
+    return folders
+

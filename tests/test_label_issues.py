@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,3 +181,28 @@ def test_the_gallery_reads_only_images_inside_the_runs_dataset(tmp_path):
                            "why": "label issue"})
     assert gallery_of_suspects(issues, tmp_path / "g.png", roots=[str(tmp_path / "data")]) == 1
     assert gallery_of_suspects(issues, tmp_path / "none.png", roots=[]) == 0
+
+
+def test_the_gallery_s_folders_come_from_the_sweep_s_own_config_never_from_its_files(tmp_path):
+    """A run's data_report.json is data: a report naming "/" as its root opens nothing. At the end of a sweep
+    the folders are the ones its own configuration read (data.root and the cache); from the command line,
+    --data-root."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from maskdet.hydra_callbacks import _own_data_folders
+
+    _simulated_sweep(tmp_path)
+    private = tmp_path / "private"
+    private.mkdir()
+    for report in tmp_path.rglob("predictions.csv"):
+        (report.parent / "data_report.json").write_text('{"root": "/"}')
+        frame = pd.read_csv(report)
+        frame["path"] = [str(private / f"{Path(p).stem}.png") for p in frame["path"]]  # real files, outside the data
+        for path in frame["path"]:
+            Image.new("RGB", (8, 8)).save(path)
+        frame.to_csv(report, index=False)
+    assert write_label_issues(tmp_path, outlier_share=0)["gallery_images"] == 0
+    assert write_label_issues(tmp_path, outlier_share=0, image_roots=[str(private)])["gallery_images"] > 0
+    config = OmegaConf.create({"data": {"root": "/my/faces", "cache_dir": "/my/cache"}})
+    assert _own_data_folders(config) == ["/my/faces", "/my/cache"]

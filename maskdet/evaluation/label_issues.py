@@ -23,9 +23,9 @@ values are checked as data, and text is escaped where it lands.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,22 +135,8 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
                             f"{one_line(sorted(overlap)[0])}): the runs do not share one split.")
     frame = pd.concat(frames, ignore_index=True)
     source = {"config": config, "folds": folds, "runs": int(len(chosen)), "runs_without_val_predictions": missing,
-              "val_images": int(len(val)), "test_images": int(len(frame) - len(val)),
-              "data_roots": _data_roots(chosen["run_dir"])}
+              "val_images": int(len(val)), "test_images": int(len(frame) - len(val))}
     return frame, names, source
-
-
-def _data_roots(run_dirs) -> list[str]:
-    """The dataset folders the runs' data reports name: the only places the gallery reads images from."""
-    roots = set()
-    for run in map(Path, run_dirs):
-        try:
-            root = json.loads((run / "data_report.json").read_text()).get("root")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(root, str) and root:
-            roots.add(root)
-    return sorted(roots)
 
 
 def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01) -> pd.DataFrame:
@@ -230,9 +216,10 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
 
 def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: list[str] = ()) -> int:
     """The ``top`` suspects drawn with their given and suggested labels. Paths come from the sweep's CSVs,
-    which anyone may have written, so only image files inside ``roots`` (the runs' dataset folders, as their
-    data reports name them; ``images.path_problem``) are read; the others, and files that cannot be read
-    (moved, not images), are left out of the picture and counted in its title."""
+    which anyone may have written, so only image files inside ``roots`` are read (``images.path_problem``):
+    folders the caller vouches for (the sweep's own ``data.root`` and cache, or ``--data-root``), never folders
+    named by the sweep's files. The others, and files that cannot be read (moved, not images), are left out of
+    the picture and counted in its title."""
     import torch
     from PIL import Image
 
@@ -254,7 +241,7 @@ def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: 
                      "confidence": 1 - row.label_quality})
     unread = len(flagged) - len(rows)
     title = (f"Top {len(rows)} label-issue suspects: given label, suggested label and 1 - label quality"
-             + (f" ({unread} listed files outside the dataset or unreadable)" if unread else ""))
+             + (f" ({unread} listed files outside the given data folders, or unreadable)" if unread else ""))
     import matplotlib.pyplot as plt
 
     plt.close(gallery(torch.stack(images) if images else torch.zeros(0, 3, 96, 96), pd.DataFrame(rows), title, path))
@@ -262,8 +249,9 @@ def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: 
 
 
 def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, outlier_share: float = 0.01,
-                       top: int = 24) -> dict:
-    """Find, rank and write (module docstring); returns the counts and where the files are."""
+                       top: int = 24, image_roots: Sequence[str] = ()) -> dict:
+    """Find, rank and write (module docstring); returns the counts and where the files are. The gallery reads
+    images only inside ``image_roots`` (``gallery_of_suspects``)."""
     if isinstance(outlier_share, bool) or not isinstance(outlier_share, int | float) or not 0 <= outlier_share < 0.5:
         raise DataError(f"outlier_share={outlier_share!r} must be a share from 0 (no outliers flagged) to below 0.5.")
     frame, class_names, source = held_out_predictions(sweep_dir)
@@ -276,8 +264,8 @@ def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, out
     write_csv(flagged[columns], folder / "label_issues.csv")
     write_csv(issues[[*columns, "label_issue", "outlier"]], folder / "label_quality.csv")
     write_text(folder / "label_issues.md", format_markdown(issues, source, outlier_share))
-    gallery_of_suspects(issues, folder / "label_issues.png", top, source["data_roots"])
-    summary = {"images": len(issues), "label_issues": int(issues["label_issue"].sum()),
+    drawn = gallery_of_suspects(issues, folder / "label_issues.png", top, list(image_roots))
+    summary = {"images": len(issues), "gallery_images": drawn, "label_issues": int(issues["label_issue"].sum()),
                "outliers": int(issues["outlier"].sum()), "flagged": int(len(flagged)), "folder": str(folder), **source}
     log.info("label issues: %d likely label errors and %d outliers among %d held-out images (%s)",
              summary["label_issues"], summary["outliers"], summary["images"], folder / "label_issues.md")
