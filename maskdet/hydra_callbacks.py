@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskdet.cli import parse_overrides
 from maskdet.data.settings import FOLD_KEY
 from maskdet.errors import MaskdetError
+from maskdet.writing import file_name_part
 
 log = logging.getLogger("maskdet.sweep")
 NAME_LIMIT = 80  # characters after the job number: folder names stay short on every file system
@@ -29,12 +29,6 @@ def _swept_keys(sweeper_params, argv) -> set[str]:
     except HydraException:  # not Hydra overrides (a launcher's worker process): use the sweeper's params
         pass
     return keys
-
-
-def _safe(text: str) -> str:
-    """``text`` in letters, digits and ``. _ -``, each run of other characters (``/ = , + [ ] : ( ) { } $ ~``,
-    quotes, spaces, newlines...) as one ``_``; "empty" when nothing is left (``[]``, ``''``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "empty"
 
 
 def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
@@ -53,7 +47,7 @@ def job_name(num, overrides, sweeper_params=None, argv=None) -> str:
         [(k, v) for k, v in pairs if "/" not in v and not k.startswith(("paths.", "hydra."))]
     chosen.sort(key=lambda kv: kv[0] == FOLD_KEY)  # stable: command-line order, the fold last
     short = [k.rsplit(".", 1)[-1] for k, _ in chosen]
-    words = [f"{_safe(s if short.count(s) == 1 else k)}-{_safe(v)}" for s, (k, v) in zip(short, chosen)]
+    words = [f"{file_name_part(s if short.count(s) == 1 else k)}-{file_name_part(v)}" for s, (k, v) in zip(short, chosen)]
     name = "+".join(words)[:NAME_LIMIT].rstrip("+")
     return f"{num}_{name}" if name else str(num)
 

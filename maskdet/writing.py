@@ -107,6 +107,14 @@ def save_figure(fig, path: str | Path, **options) -> Path:
     return path
 
 
+def file_name_part(text, limit: int | None = None) -> str:
+    """``text`` as one file or folder name: letters, digits and ``. _ -``, each run of other characters (``/``,
+    spaces, quotes, newlines...) as one ``_``; "empty" when nothing but dots is left, so that a stranger's class
+    name or photo name never becomes ``..`` or a path."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_")[:limit]
+    return name if name.strip(".") else "empty"
+
+
 def one_line(text) -> str:
     """``text`` with control characters (newlines, tabs, escapes) folded into single spaces."""
     return _CONTROL.sub(" ", str(text)).strip()

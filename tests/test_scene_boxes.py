@@ -165,11 +165,14 @@ def test_yolo_and_coco_refuse_what_their_files_do_not_name(tmp_path):
     data = json.loads((coco / "faces.json").read_text())
     data["annotations"] += [{"image_id": 0, "category_id": 99, "bbox": [1, 1, 50, 50]},
                             {"image_id": 42, "category_id": 1, "bbox": [1, 1, 50, 50]},
-                            {"image_id": 0, "category_id": 1, "bbox": "=cmd|' /C calc'!A0"}]
+                            {"image_id": 0, "category_id": 1, "bbox": "=cmd|' /C calc'!A0"},
+                            {"image_id": [0], "category_id": {"id": 1}, "bbox": [1, 1, 50, 50]}]
+    data["images"].append({"id": [7], "file_name": "scene_00.png"})  # ids that are lists or objects: data, not keys
+    data["categories"].append({"id": {"x": 1}, "name": "with_mask"})
     (coco / "faces.json").write_text(json.dumps(data))
     reasons = " | ".join(s["reason"] for s in read_coco(coco, tmp_path / "cache").skipped)
     assert "category_id 99 is not among the categories" in reasons and "image_id 42 is not among the images" in reasons
-    assert "is not four numbers" in reasons
+    assert "is not four numbers" in reasons and "image_id [0] is not among the images" in reasons
     (coco / "faces.json").write_text("{}")
     with pytest.raises(DataError, match="is not COCO"):
         read_coco(coco, tmp_path / "cache")

@@ -41,6 +41,7 @@ from maskdet.data.images import (
 )
 from maskdet.data.sources import Scan, require_root
 from maskdet.errors import DataError
+from maskdet.writing import file_name_part
 
 CROPS_VERSION = 2  # bump when cropping changes, so cached crops are cut again
 ANNOTATION_SUFFIXES = {".txt", ".yaml", ".yml", ".names", ".json", ".xml", ".cache"}  # beside the photos, not photos
@@ -205,8 +206,8 @@ def parse_yolo(root: Path, names_file: str | None = None, classes: list[str] | N
 
 
 def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | None = None) -> tuple[list[Box], list[dict]]:
-    """COCO: one JSON (``annotations``, default the only ``*.json`` under root, or ``_annotations.coco.json``)
-    with ``images`` (id, file_name), ``categories`` (id, name) and ``annotations`` (image_id, category_id,
+    """COCO: one JSON (``annotations``, relative to root; by default the only ``*.json`` under root, so a
+    Roboflow export's ``train/_annotations.coco.json`` is found when its folder is the root) with ``images`` (id, file_name), ``categories`` (id, name) and ``annotations`` (image_id, category_id,
     bbox [x, y, width, height] in pixels)."""
     if annotations:
         path = Path(annotations) if Path(annotations).is_absolute() else root / annotations
@@ -222,8 +223,10 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
         raise DataError(f"{path} is not a readable COCO JSON file ({type(err).__name__}).") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise DataError(f"{path} is not COCO: it needs 'images', 'annotations' and 'categories' lists.")
-    categories = {c.get("id"): str(c.get("name", "")).strip() for c in data["categories"] if isinstance(c, dict)}
-    images = {i.get("id"): i for i in data["images"] if isinstance(i, dict)}
+    # ids are looked up, so only numbers and strings count: a list or object as an id is a stranger's error
+    categories = {c["id"]: str(c.get("name", "")).strip() for c in data["categories"]
+                  if isinstance(c, dict) and _is_id(c.get("id"))}
+    images = {i["id"]: i for i in data["images"] if isinstance(i, dict) and _is_id(i.get("id"))}
     boxes, skipped, photos = [], [], {}
     where_file = display_path(path)
     for k, item in enumerate(data["annotations"]):
@@ -231,7 +234,7 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
         if not isinstance(item, dict):
             skipped.append(skip(path, f"{where}: not an object"))
             continue
-        image = images.get(item.get("image_id"))
+        image = images.get(item.get("image_id")) if _is_id(item.get("image_id")) else None
         if image is None or not isinstance(image.get("file_name"), str):
             skipped.append(skip(path, f"{where}: image_id {item.get('image_id')!r} is not among the images"))
             continue
@@ -240,7 +243,7 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
             photos[name] = _photo(root, path.parent, name, where, skipped)
         if photos[name] is None:
             continue
-        label = categories.get(item.get("category_id"))
+        label = categories.get(item.get("category_id")) if _is_id(item.get("category_id")) else None
         if not label:
             skipped.append(skip(photos[name], f"{where}: category_id {item.get('category_id')!r} is not among the "
                                               "categories"))
@@ -252,6 +255,10 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
             continue
         boxes.append(Box(photos[name], *map(float, bbox), label, where))
     return _known_classes(boxes, classes, skipped), skipped
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _known_classes(boxes: list[Box], classes: list[str] | None, skipped: list[dict]) -> list[Box]:
@@ -296,12 +303,6 @@ def _key(layout: str, boxes: list[Box], margin: float) -> str:
     return digest.hexdigest()[:16]
 
 
-def _safe_name(text: str, limit: int = 60) -> str:
-    """``text`` as one file-name component: letters, digits and ``-_`` only (annotations are a stranger's
-    text, and class names and photo names become folder and file names under the cache)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:limit]
-
-
 def crop_boxes(layout: str, root: Path, boxes: list[Box], skipped: list[dict], cache_dir, margin: float) -> pd.DataFrame:
     """The index of the boxes' crops (cut once, then read from the cache): path, label_name, demographics
     unknown, ``group`` and ``photo`` (the source photo), the box; unusable boxes and photos go to ``skipped``."""
@@ -331,7 +332,7 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
         for box in boxes:
             by_photo.setdefault(box.photo, []).append(box)
         # numbered, so that names the sanitising makes equal ("with mask", "with_mask") stay apart
-        folders = {label: f"{i:02d}_{_safe_name(label)}" for i, label in enumerate(sorted({b.label for b in boxes}))}
+        folders = {label: f"{i:02d}_{file_name_part(label, 60)}" for i, label in enumerate(sorted({b.label for b in boxes}))}
         for photo_number, (photo, photo_boxes) in enumerate(by_photo.items()):
             try:
                 image = load_rgb(photo)
@@ -345,7 +346,7 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
                     continue
                 face = Face(round(usable.x), round(usable.y), max(1, round(usable.w)), max(1, round(usable.h)), 1.0)
                 crop = image.crop(crop_box(face, image.width, image.height, margin))
-                stem = _safe_name("_".join(photo.relative_to(root).with_suffix("").parts))
+                stem = file_name_part("_".join(photo.relative_to(root).with_suffix("").parts), 60)
                 name = f"{folders[box.label]}/{photo_number:06d}_{stem}_{number}.png"
                 (tmp / folders[box.label]).mkdir(exist_ok=True)
                 crop.save(tmp / name)
