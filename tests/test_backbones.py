@@ -18,6 +18,7 @@ from maskdet.models import MaskClassifier, build_network
 from maskdet.models.backbones import FAMILIES, family, torchvision_head, torchvision_heads
 from maskdet.models.networks import fetch_weights
 from tests.conftest import CONF, REPO, cli_env, compose_train
+from tests.helpers import commands
 
 CLOSED_PORT = "http://127.0.0.1:9"  # every connection refused: an offline machine, with no traffic
 
@@ -179,7 +180,7 @@ def test_a_family_s_declared_head_and_class_count_are_checked_before_any_data_wo
     with pytest.raises(ConfigError, match=r"outputs of shape \(2, 10\) for 2 images, not \(2, 3\)"):
         build_network("tests.test_backbones.build_misdeclared/fixed", 3, 16)
     # through the CLI: refused by preflight with maskdet's message (not Hydra's wrapper), before the data is read
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}",
                              "model.architecture=tests.test_backbones.build_misdeclared/hed", "data.num_folds=3"],
                             cwd=REPO, env=cli_env(tmp_path / "fresh_cache", tmp_path), capture_output=True, text=True,
                             timeout=300)

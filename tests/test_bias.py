@@ -1,7 +1,6 @@
 """The bias audit: interval and test formulas, per-group reports, planted bias found, evaluate, the COMP6721 study's bias analysis."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ from maskdet.evaluation.bias import audit, write_bias_report
 from maskdet.evaluation.statistics import newcombe_interval, two_proportion_test, wilson_interval
 from maskdet.train import train
 from tests.conftest import REPO, cli_env, compose_train
+from tests.helpers import commands
 
 CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
 
@@ -323,7 +323,7 @@ def test_planted_synthetic_bias_is_found_and_a_clean_set_comes_back_clean(streng
 def trained_run(small_dataset, tmp_path_factory):
     cache = tmp_path_factory.mktemp("evalcache")
     root = tmp_path_factory.mktemp("evalrun")
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={small_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={small_dataset}",
                              "data.num_folds=3", "trainer.max_epochs=2", "task_name=toeval", "~logger"],
                             cwd=REPO, env=cli_env(cache, root), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -336,7 +336,7 @@ def test_evaluate_reproduces_the_run_and_evaluates_subsets(trained_run, small_da
     run, cache, root = trained_run
     ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
     env = cli_env(cache, root)
-    result = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=ev"],
+    result = commands.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=ev"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (ev,) = (root / "outputs" / "ev" / "runs").iterdir()
@@ -347,7 +347,7 @@ def test_evaluate_reproduces_the_run_and_evaluates_subsets(trained_run, small_da
         json.loads((run / "metrics.json").read_text())["test"]["test/acc"], abs=1e-6)
     original = pd.read_csv(run / "predictions.csv")
 
-    result = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=evsub",
+    result = commands.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "task_name=evsub",
                              "+data.subset.gender=female", "data.cap_per_class=5"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

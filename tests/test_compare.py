@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -21,6 +20,7 @@ from maskdet.evaluation.cv import collect_runs, write_summary
 from maskdet.evaluation.statistics import corrected_t_test, holm, mcnemar_exact
 from maskdet.hydra_callbacks import job_name
 from tests.conftest import REPO, cli_env, compose_train
+from tests.helpers import commands
 
 CLASSES = ["without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask"]
 N_TEST = 200
@@ -226,12 +226,12 @@ def test_cv_in_job_folds_and_named_job_folders_are_collected(tmp_path):
 def test_command_line_compares_run_folders_and_refuses_when_none_is_usable(tmp_path):
     sweep = _sweep(tmp_path / "sweep", {GOOD_0: [0.8, 0.82], BAD: [0.5, 0.55]})
     env = {**cli_env(tmp_path, tmp_path)}
-    ok = subprocess.run([sys.executable, "-m", "maskdet.compare", str(sweep / "0_job"), str(sweep / "2_job"),
+    ok = commands.run([sys.executable, "-m", "maskdet.compare", str(sweep / "0_job"), str(sweep / "2_job"),
                          "--out", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "two" / "comparison.json").is_file() and "McNemar" in ok.stdout
     (tmp_path / "empty" / "logs").mkdir(parents=True)
-    bad = subprocess.run([sys.executable, "-m", "maskdet.compare", str(tmp_path / "empty")], cwd=REPO, env=env,
+    bad = commands.run([sys.executable, "-m", "maskdet.compare", str(tmp_path / "empty")], cwd=REPO, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "No usable runs to compare in" in bad.stderr and "predictions.csv" in bad.stderr
@@ -239,7 +239,7 @@ def test_command_line_compares_run_folders_and_refuses_when_none_is_usable(tmp_p
 
 @pytest.mark.slow
 def test_a_real_multirun_writes_the_comparison_and_seeds_alone_do_not_differ(tiny_dataset, cache_dir, tmp_path):
-    result = subprocess.run(
+    result = commands.run(
         [sys.executable, "-m", "maskdet.train", "-m", "data=folder", f"data.root={tiny_dataset}", "data.num_folds=3",
          "trainer.max_epochs=1", "~logger", "callbacks.explanations=null", "seed=0,1", "data.fold=0,1,2",
          "comparison.correction=fdr_bh", "comparison.n_boot=500"],  # the sweep's comparison options (conf/comparison)
@@ -368,7 +368,7 @@ def test_compare_replaces_a_planted_symlink_and_leaves_its_target_alone(tmp_path
     outside.write_text("do not touch\n")
     for name in ("comparison.md", "comparison.csv", "cv_summary.md"):
         (sweep / name).symlink_to(outside)
-    result = subprocess.run([sys.executable, "-m", "maskdet.compare", str(sweep)], cwd=REPO,
+    result = commands.run([sys.executable, "-m", "maskdet.compare", str(sweep)], cwd=REPO,
                             env=cli_env(tmp_path, tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert outside.read_text() == "do not touch\n"
@@ -381,7 +381,7 @@ def test_compare_replaces_a_planted_symlink_and_leaves_its_target_alone(tmp_path
 def test_the_command_line_refuses_different_test_data_with_a_message(tmp_path):
     first = _sweep(tmp_path / "a", {GOOD_0: [0.8, 0.82]}, record=_record("faces-v1"))
     second = _sweep(tmp_path / "b", {GOOD_0: [0.8, 0.82]}, record=_record("faces-v2"))
-    result = subprocess.run([sys.executable, "-m", "maskdet.compare", str(first), str(second), "--out",
+    result = commands.run([sys.executable, "-m", "maskdet.compare", str(first), str(second), "--out",
                              str(tmp_path / "out")], cwd=REPO, env=cli_env(tmp_path, tmp_path), capture_output=True,
                             text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ from PIL import Image
 from maskdet.data.augment import BatchAugment
 from maskdet.data.cache import load_or_build
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 from tests.helpers.data import datamodule
 
 
@@ -106,7 +107,7 @@ def test_augmentation_applies_to_training_batches_only(tiny_dataset, cache_dir):
 def test_data_report_cli(tiny_dataset, cache_dir, tmp_path):
     faces = shutil.copytree(tiny_dataset, tmp_path / "faces")  # a copy: the session's dataset stays as it is
     (faces / "with_cloth_mask" / "notes.txt").write_text("x")
-    result = subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={faces}",
+    result = commands.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={faces}",
                              "data.num_folds=3"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -5,7 +5,6 @@ and scales; a cat and a cup of coffee as photos without a face), so every box ha
 """
 
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 from benchmarks.detect import as_rgb, astronaut_head, compose, found, iou, paint_mask, plain_background
 from maskdet.errors import ConfigError
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -205,7 +205,7 @@ def trained_ckpt(tiny_run):
 
 
 def _predict(ckpt, inbox, tmp_path, cache_dir, *overrides):
-    return subprocess.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={ckpt}", f"input={inbox}",
+    return commands.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={ckpt}", f"input={inbox}",
                            "detect=true", *overrides], cwd=REPO, env=cli_env(cache_dir, tmp_path),
                           capture_output=True, text=True, timeout=300)
 

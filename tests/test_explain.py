@@ -1,6 +1,5 @@
 """Explanations: Grad-CAM is faithful (looks where the evidence is), pictures for every architecture."""
 
-import subprocess
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ from maskdet.errors import ConfigError
 from maskdet.evaluation.explain import GradCAM, find_target_layer
 from maskdet.models import MaskClassifier
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 
 
 def _region_dataset(n: int, generator: torch.Generator):
@@ -118,20 +118,20 @@ def test_training_run_writes_explanations_and_logs_them_to_tensorboard(tiny_data
 @pytest.mark.slow
 def test_explain_command_for_a_torchvision_checkpoint(tiny_dataset, cache_dir, tmp_path):
     env = cli_env(cache_dir, tmp_path)
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={tiny_dataset}",
                              "data.num_folds=3", "model=mobilenet_v2", "model.weights=null", "data.image_size=64",
                              "trainer.max_epochs=1", "task_name=mnv2", "~logger", "callbacks.explanations=null"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (ckpt,) = (tmp_path / "outputs" / "mnv2" / "runs").glob("*/checkpoints/last.ckpt")
     assert not (ckpt.parent.parent / "explain").exists()  # switched off by config
-    result = subprocess.run([sys.executable, "-m", "maskdet.explain", f"ckpt_path={ckpt}", "explain.per_class=50",
+    result = commands.run([sys.executable, "-m", "maskdet.explain", f"ckpt_path={ckpt}", "explain.per_class=50",
                              "task_name=ex"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "ex" / "runs").iterdir()
     assert (run / "gradcam.png").is_file() and (run / "feature_maps.png").is_file()
     assert "fewer test images" in (run / "notes.txt").read_text()  # 50 per class asked, 9 there
-    result = subprocess.run([sys.executable, "-m", "maskdet.explain", f"ckpt_path={ckpt}",
+    result = commands.run([sys.executable, "-m", "maskdet.explain", f"ckpt_path={ckpt}",
                              "explain.target_layer=net.nothing", "task_name=ex2"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "explain.target_layer='net.nothing' is not a layer" in result.stderr

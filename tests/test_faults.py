@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, cli_env, compose_train
+from tests.helpers import commands
 
 DETERMINISTIC = ["data=folder", "data.num_folds=3", "trainer.deterministic=true", "seed=5",
                  "callbacks.explanations=null", "+data.augment={_target_: maskdet.data.augment.BatchAugment}"]
@@ -28,7 +29,7 @@ QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
 
 
 def _cli(args, env, **kwargs):
-    return subprocess.run([sys.executable, "-m", "maskdet.train", *QUIET, *args], cwd=REPO, env=env,
+    return commands.run([sys.executable, "-m", "maskdet.train", *QUIET, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -200,7 +201,7 @@ def test_no_prediction_is_derived_from_nan_probabilities(trained, tiny_dataset, 
             shutil.copy(image, tmp_path / folder / image.name)
     runs = {}
     for entry, extra in (("predict", [f"input={tmp_path / 'crops'}"]), ("evaluate", []), ("export", []), ("explain", [])):
-        result = subprocess.run([sys.executable, "-m", f"maskdet.{entry}", f"ckpt_path={ckpt}", *extra], cwd=REPO,
+        result = commands.run([sys.executable, "-m", f"maskdet.{entry}", f"ckpt_path={ckpt}", *extra], cwd=REPO,
                                 env=env, capture_output=True, text=True, timeout=300)
         runs[entry] = result
         assert result.returncode == 1, (entry, result.stderr[-2000:])
@@ -298,7 +299,7 @@ def test_a_fixed_split_source_without_test_images_is_refused_before_training_unl
 def test_predict_with_no_readable_input_fails_instead_of_writing_an_empty_result(trained, tmp_path, cache_dir):
     (tmp_path / "crops").mkdir()
     (tmp_path / "crops" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    result = subprocess.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
+    result = commands.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}",
                              f"input={tmp_path / 'crops'}"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "None of the files" in result.stderr and "broken.jpg" in result.stdout + result.stderr

@@ -4,7 +4,6 @@ a real k-fold sweep on planted noise, and data.exclude retraining without the fl
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import yaml
 from maskdet.errors import DataError
 from maskdet.evaluation.label_issues import score_against_truth, write_label_issues
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 
 CLASSES = ["without_mask", "with_mask", "mask_weared_incorrect"]
 
@@ -121,7 +121,7 @@ def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_witho
     data = ["data=synthetic", "data.source.per_class=40", "data.source.size=32", "data.source.label_noise=0.1",
             "data.source.outliers=6", "data.num_folds=3", "trainer.max_epochs=4", "~logger",
             "callbacks.explanations=null", "bias.n_bootstrap=10"]
-    swept = subprocess.run([sys.executable, "-m", "maskdet.train", "-m", "data.fold=0,1,2", *data], cwd=REPO, env=env,
+    swept = commands.run([sys.executable, "-m", "maskdet.train", "-m", "data.fold=0,1,2", *data], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=900)
     assert swept.returncode == 0, swept.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
@@ -134,7 +134,7 @@ def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_witho
     assert score["planted"] == len(pd.read_csv(planted_csv)) and score["found"] > 0, score
 
     out = tmp_path / "again"
-    command = subprocess.run([sys.executable, "-m", "maskdet.label_issues", str(sweep), "--out", str(out),
+    command = commands.run([sys.executable, "-m", "maskdet.label_issues", str(sweep), "--out", str(out),
                               "--outlier-share", "0.02"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert command.returncode == 0, command.stderr[-3000:]
     assert f"data.exclude={out / 'label_issues.csv'}" in command.stdout
@@ -143,7 +143,7 @@ def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_witho
         set(again.loc[again["why"].str.contains("label issue"), "path"])  # the same held-out predictions
 
     run = tmp_path / "excluded"
-    retrained = subprocess.run([sys.executable, "-m", "maskdet.train", *data, f"data.exclude={sweep / 'label_issues.csv'}",
+    retrained = commands.run([sys.executable, "-m", "maskdet.train", *data, f"data.exclude={sweep / 'label_issues.csv'}",
                                 "trainer.max_epochs=1", f"hydra.run.dir={run}"], cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=600)
     assert retrained.returncode == 0, retrained.stderr[-3000:]

@@ -4,7 +4,6 @@ import io
 import json
 import logging
 import shutil
-import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,7 @@ from maskdet.data.synthetic import CLASSES, COMP6721_COUNTS, draw_image, generat
 from maskdet.errors import ConfigError, DataError
 from maskdet.evaluation.leakage import write_leakage_study
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 from tests.helpers.data import datamodule, report_of, settings
 
 
@@ -279,7 +279,7 @@ def test_splits_csv_round_trips_through_splits_file(planted, cache_dir, tmp_path
 
 
 def test_cli_writes_splits_csv(tiny_dataset, cache_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={tiny_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={tiny_dataset}",
                              "data.num_folds=3", f"hydra.run.dir={tmp_path}/report"], cwd=REPO,
                             env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -314,7 +314,7 @@ def test_leakage_table_gives_intervals_and_the_inflation(tmp_path):
 
 @pytest.mark.slow
 def test_leakage_study_experiment_runs_both_policies(tmp_path, cache_dir):
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "+experiment=leakage_study",
+    result = commands.run([sys.executable, "-m", "maskdet.train", "+experiment=leakage_study",
                              "data.source.per_class=24", "data.source.size=64", "data.num_folds=3",
                              "trainer.max_epochs=1", "~callbacks.progress_bar", "trainer.enable_progress_bar=false"],
                             cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)

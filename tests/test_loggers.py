@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import lightning as L
@@ -11,13 +10,14 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 
 TINY = ["data=folder", "data.num_folds=3", "trainer.max_epochs=2", "callbacks.explanations=null",
         "trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
 
 
 def _train(logger: str, tiny_dataset, cache_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", *TINY, f"data.root={tiny_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.train", *TINY, f"data.root={tiny_dataset}",
                              f"logger={logger}", f"task_name=log_{logger}"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,7 +136,7 @@ def test_tensorboard_opens_on_curves_lists_set_settings_and_main_metrics_first(t
 
     from maskdet.loggers import LEADING, MAIN_METRICS, tb_tag
 
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", *TINY, f"data.root={tiny_dataset}",
+    result = commands.run([sys.executable, "-m", "maskdet.train", *TINY, f"data.root={tiny_dataset}",
                              "logger=[tensorboard,csv]", "task_name=log_tb", "model.optimizer.weight_decay=0.001"],
                             cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

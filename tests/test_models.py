@@ -5,6 +5,7 @@ from torch import nn
 
 from maskdet.errors import ConfigError, WeightsUnavailableError
 from maskdet.models import MaskClassifier, build_network
+from tests.helpers import commands
 from tests.helpers.data import settings
 
 
@@ -114,7 +115,6 @@ def test_a_frozen_random_backbone_is_warned_about(caplog):
 
 
 def test_offline_weights_are_reported_before_any_data_work(tmp_path, cache_dir):
-    import subprocess
     import sys
 
     from tests.conftest import REPO, cli_env
@@ -123,7 +123,7 @@ def test_offline_weights_are_reported_before_any_data_work(tmp_path, cache_dir):
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         env[var] = "http://127.0.0.1:9"
     env.pop("no_proxy", None), env.pop("NO_PROXY", None)
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "+experiment=resnet18_frozen"], cwd=REPO, env=env,
+    result = commands.run([sys.executable, "-m", "maskdet.train", "+experiment=resnet18_frozen"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Downloading the resnet18" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "fresh_cache").exists(), "the embedded dataset must not be generated first"

@@ -24,6 +24,7 @@ from maskdet.models import MaskClassifier
 from maskdet.preflight import check_config, writable_problem
 from maskdet.train import main as train_main
 from maskdet.train import train
+from tests.helpers import commands
 
 CLASSES = ["with_mask", "without_mask", "mask_weared_incorrect", "mask_chin"]
 
@@ -31,7 +32,7 @@ CLASSES = ["with_mask", "without_mask", "mask_weared_incorrect", "mask_chin"]
 def run_cli(module: str, args: list[str], root: Path, cache: Path | None = None) -> subprocess.CompletedProcess:
     env = cli_env(cache or root / "cache", root)
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", f"maskdet.{module}", *args], env=env, cwd=root,
+    return commands.run([sys.executable, "-m", f"maskdet.{module}", *args], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
 
 

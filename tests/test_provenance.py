@@ -3,7 +3,6 @@ model trained only on the embedded drawn faces is applied to other images."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -12,10 +11,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO, cli_env, compose_train
+from tests.helpers import commands
 
 
 def _predict(ckpt, crop, env):
-    return subprocess.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={ckpt}", f"input={crop}"], cwd=REPO,
+    return commands.run([sys.executable, "-m", "maskdet.predict", f"ckpt_path={ckpt}", f"input={crop}"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
 
 

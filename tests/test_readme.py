@@ -26,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, REPO
+from tests.helpers import commands
 from tests.helpers.readme_commands import (
     ARGPARSE_ENTRIES,
     HYDRA_ENTRIES,
@@ -409,7 +410,7 @@ class Workspace:
         if cmd.text not in self.outcomes:
             argv = self.argv(cmd)  # may run the commands it depends on first (<run>, <sweep>)
             before = self.folders()
-            result = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900)
+            result = commands.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=900)
             self.outcomes[cmd.text] = Outcome(argv, result.returncode, result.stdout + result.stderr,
                                               sorted(self.root / p for p in self.folders() - before))
         return self.outcomes[cmd.text]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ from maskdet.evaluation.robustness import (
     write_robustness_report,
 )
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 
 
 def _images(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -197,7 +197,7 @@ def test_evaluate_writes_the_robustness_report_and_refuses_a_bad_corruption_firs
     run = shutil.copytree(tiny_run, tmp_path / "run")
     ckpt = run / "checkpoints" / "best.ckpt"
     env = cli_env(cache_dir, tmp_path)
-    refused = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "robustness.enabled=true",
+    refused = commands.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "robustness.enabled=true",
                               "robustness.corruptions=[blur,fog]", f"hydra.run.dir={tmp_path / 'bad'}"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0
@@ -206,7 +206,7 @@ def test_evaluate_writes_the_robustness_report_and_refuses_a_bad_corruption_firs
     assert not (tmp_path / "bad" / "predictions.csv").exists()  # refused before any work
 
     out = tmp_path / "ev"
-    done = subprocess.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "robustness.enabled=true",
+    done = commands.run([sys.executable, "-m", "maskdet.evaluate", f"ckpt_path={ckpt}", "robustness.enabled=true",
                            "robustness.severities=[1,5]", "robustness.corruptions=[blur,occlude_lower_face]",
                            "robustness.n_bootstrap=200", "robustness.min_group_size=2", "bias.n_bootstrap=10",
                            f"hydra.run.dir={out}"],

@@ -5,7 +5,6 @@ and a run folder holding symlinks is not written into. Real processes, real file
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,13 +14,14 @@ import torch
 from filelock import FileLock
 
 from tests.conftest import REPO, cli_env, compose_train
+from tests.helpers import commands
 
 QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
 SETTINGS = ["data=folder", "data.num_folds=3", "trainer.max_epochs=1", "callbacks.explanations=null"]
 
 
 def _cli(module, args, env):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+    return commands.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
 
 

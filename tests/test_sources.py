@@ -17,6 +17,7 @@ from maskdet.data.images import BadImageError, load_rgb
 from maskdet.data.sources import Scan, read_class_folders, read_manifest, read_roboflow, scan
 from maskdet.errors import DataError
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 from tests.helpers.data import report_of, settings
 
 
@@ -223,7 +224,7 @@ def test_manifest_listing_one_file_twice_with_different_values_is_refused(tmp_pa
 
 
 def _data_command(root: Path, tmp_path: Path, cache_dir: Path, report: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={root}",
+    return commands.run([sys.executable, "-m", "maskdet.data", "data=folder", f"data.root={root}",
                            f"hydra.run.dir={tmp_path}/{report}"], cwd=REPO, env=cli_env(cache_dir, tmp_path),
                           capture_output=True, text=True, timeout=300)
 

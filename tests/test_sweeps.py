@@ -11,6 +11,7 @@ import yaml
 
 from maskdet.evaluation.cv import collect_runs, summarise, write_summary
 from tests.conftest import REPO, cli_env
+from tests.helpers import commands
 from tests.helpers.data import settings
 
 
@@ -54,7 +55,7 @@ def test_killed_job_without_metrics_is_reported_not_skipped(tmp_path):
 
 
 def _multirun(tmp_path, cache_dir, *overrides):
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", "-m", *overrides], cwd=REPO,
+    result = commands.run([sys.executable, "-m", "maskdet.train", "-m", *overrides], cwd=REPO,
                             env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=600)
     sweeps = list((tmp_path / "outputs").glob("*/multiruns/*"))
     return result, sweeps

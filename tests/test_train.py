@@ -1,7 +1,6 @@
 """End-to-end training runs on tiny synthetic data: outputs, learning, experiments, bad input."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from maskdet.errors import ConfigError, DataError
 from maskdet.train import train
 from tests.conftest import CONF, REPO, cli_env, compose_train
+from tests.helpers import commands
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -104,7 +104,7 @@ def test_cli_trains_an_unseen_class_folder_layout(tmp_path, cache_dir):
     from tests.test_sources import make_folder_dataset
 
     root = make_folder_dataset(tmp_path / "faces", classes=("hat", "helmet", "hood"), per_class=25)
-    result = subprocess.run(
+    result = commands.run(
         [sys.executable, "-m", "maskdet.train", "data=folder", f"data.root={root}", "trainer.max_epochs=2",
          "data.num_folds=3", "task_name=unseen"],
         cwd=REPO, env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=300)
@@ -116,7 +116,7 @@ def test_cli_trains_an_unseen_class_folder_layout(tmp_path, cache_dir):
 
 
 def _cli_error(tmp_path, cache_dir, *overrides) -> str:
-    result = subprocess.run([sys.executable, "-m", "maskdet.train", *overrides], cwd=REPO,
+    result = commands.run([sys.executable, "-m", "maskdet.train", *overrides], cwd=REPO,
                             env=cli_env(cache_dir, tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 import yaml
 
 from tests.conftest import cli_env
+from tests.helpers import commands
 
 
 class _Marker:
@@ -30,7 +30,7 @@ class _Marker:
 
 
 def _run(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True,
+    return commands.run([sys.executable, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 
