@@ -270,6 +270,45 @@ def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
     assert match([(0, 0, 10, 10), (50, 50, 10, 10)], [(1, 1, 10, 10), (0, 0, 10, 10)], [0.5, 0.9], 0.5) == [(0, 1)]
 
 
+def test_difficult_and_crowd_boxes_are_ignore_regions_neither_cropped_nor_charged(tmp_path):
+    """VOC difficult="1" and COCO iscrowd=1, the benchmarks' own ignore rule: not cut as crops (reported), and a
+    detection inside one is neither a hit nor a false detection; mAP gets them as crowd boxes."""
+    from maskdet.evaluation.scenes import score_scenes
+    from maskdet.models import MaskClassifier
+
+    scenes = compose_scenes(n_photos=3)
+    coco = write_coco(tmp_path / "coco", scenes)
+    data = json.loads((coco / "faces.json").read_text())
+    data["annotations"].append({"image_id": 1, "category_id": 2, "bbox": [140, 0, 60, 60], "iscrowd": 1})
+    (coco / "faces.json").write_text(json.dumps(data))
+    crowd = read_coco(coco, tmp_path / "cache")
+    assert len(crowd.index) == 9 and any("iscrowd (COCO): not cut as a crop" in s["reason"] for s in crowd.skipped)
+    voc = write_voc(tmp_path / "voc", scenes)
+    for name, _, _ in scenes:  # every photo gets a difficult face where the detector below puts its extra box
+        xml = voc / "annotations" / name.replace(".jpg", ".xml")
+        xml.write_text(xml.read_text().replace("</annotation>", "<object><name>without_mask</name><difficult>1"
+                       "</difficult><bndbox><xmin>145</xmin><ymin>0</ymin><xmax>185</xmax><ymax>40</ymax></bndbox>"
+                       "</object></annotation>"))
+    scan = read_voc(voc, tmp_path / "cache")
+    assert len(scan.index) == 9 and sum("marked difficult" in s["reason"] for s in scan.skipped) == 3
+    assert {json.loads(v)[0][0] for v in scan.index["ignore"]} == {"without_mask"}
+    known = {}
+    for name, _, boxes in scenes:
+        rgb = np.asarray(Image.open(voc / "images" / name).convert("RGB"))
+        known[int(rgb.astype(np.int64).sum())] = [b[:4] for b in boxes[:2]] + [(150, 5, 30, 30)]
+    names = ["mask_weared_incorrect", "with_mask", "without_mask"]
+    model = MaskClassifier("custom_cnn", num_classes=3, class_names=names, image_size=32).eval()
+    report = score_scenes(model, KnownBoxes(known), scan.index.assign(split="test"), voc, names)
+    # as in the test above, but the box at (150, 5) lies inside each photo's ignore region: precision 6/6, not 6/9
+    assert (report["faces"], report["detections"], report["matched"]) == (9, 6, 6)
+    assert report["detections_in_ignore_regions"] == 3 and report["precision"] == 1.0
+    assert all(crop.shape == (96, 96, 3) for crop, _ in report["missed"])  # crops kept, not whole photos
+    from maskdet.data.sources import apply_label_map
+
+    mapped = apply_label_map(scan.index, {"with_mask": "mask", "mask_weared_incorrect": "mask", "without_mask": "no_mask"})
+    assert {json.loads(v)[0][0] for v in mapped["ignore"]} == {"no_mask"}  # the label map reaches the regions
+
+
 def test_class_and_photo_names_from_annotations_cannot_write_outside_the_cache(tmp_path):
     """A class named ``../../escaped`` (annotations are a stranger's text) becomes a numbered, sanitised
     folder inside the crops' cache folder; the label itself is kept as data."""

@@ -12,7 +12,10 @@ Every crop's ``group`` is its source photo, and the layouts' YAMLs set ``data.gr
 source's group column), so all faces of one photo stay in one split and one fold. Boxes that cannot be used
 (outside the photo, empty or degenerate, smaller than 8 px, of a class the annotations do not name) and
 photos that are missing or unreadable are listed in ``skipped`` with the annotation file and the reason,
-never dropped silently. Annotations come from strangers: XML is parsed with defusedxml (no entity
+never dropped silently. Boxes marked ``difficult`` (VOC) or ``iscrowd`` (COCO) are ignore regions, as
+in those benchmarks' own scoring: not cut as crops (listed in ``skipped`` with that reason), and kept in the
+index's ``ignore`` column (JSON: [label, x, y, w, h] per region of the photo) so that scoring scenes neither
+credits nor charges a detection there. Annotations come from strangers: XML is parsed with defusedxml (no entity
 expansion, no external entities), and every value is read as data.
 """
 
@@ -24,7 +27,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +46,7 @@ from maskdet.data.sources import Scan, require_root
 from maskdet.errors import DataError
 from maskdet.writing import file_name_part
 
-CROPS_VERSION = 2  # bump when cropping changes, so cached crops are cut again
+CROPS_VERSION = 3  # bump when cropping changes, so cached crops are cut again
 ANNOTATION_SUFFIXES = {".txt", ".yaml", ".yml", ".names", ".json", ".xml", ".cache"}  # beside the photos, not photos
 DEFAULT_MARGIN = 0.5  # the Haar detector's default margin (conf/detector/haar.yaml): the face fills half the crop
 
@@ -59,6 +62,7 @@ class Box:
     h: float
     label: str
     where: str
+    ignore: bool = False  # VOC difficult="1", COCO iscrowd=1: a region scoring ignores, not a face to crop
 
 
 def _photo(root: Path, folder: Path, name: str, where: str, skipped: list[dict]) -> Path | None:
@@ -115,7 +119,8 @@ def parse_voc(root: Path, classes: list[str] | None = None) -> tuple[list[Box], 
             except (TypeError, ValueError):
                 skipped.append(skip(photo, f"{where} object {k + 1}: its bndbox {values} is not four numbers"))
                 continue
-            boxes.append(Box(photo, x1, y1, x2 - x1, y2 - y1, label, f"{where} object {k + 1}"))
+            difficult = (item.findtext("difficult") or "0").strip() == "1"
+            boxes.append(Box(photo, x1, y1, x2 - x1, y2 - y1, label, f"{where} object {k + 1}", difficult))
     return _known_classes(boxes, classes, skipped), skipped
 
 
@@ -253,7 +258,7 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
                                                                     for v in bbox)):
             skipped.append(skip(photos[name], f"{where}: bbox {repr(bbox)[:60]} is not four numbers"))
             continue
-        boxes.append(Box(photos[name], *map(float, bbox), label, where))
+        boxes.append(Box(photos[name], *map(float, bbox), label, where, item.get("iscrowd") in (1, True)))
     return _known_classes(boxes, classes, skipped), skipped
 
 
@@ -275,7 +280,7 @@ def _known_classes(boxes: list[Box], classes: list[str] | None, skipped: list[di
 
 # ------------------------------------------------------------------------------------------ cropping
 
-def usable_box(box: Box, width: int, height: int) -> tuple[Box | None, str | None]:
+def usable_box(box: Box, width: int, height: int, min_side: int = MIN_SIDE) -> tuple[Box | None, str | None]:
     """``box`` clipped to the photo, or the reason it cannot be used."""
     values = (box.x, box.y, box.w, box.h)
     if not all(math.isfinite(v) for v in values):
@@ -286,9 +291,9 @@ def usable_box(box: Box, width: int, height: int) -> tuple[Box | None, str | Non
     x2, y2 = min(box.x + box.w, width), min(box.y + box.h, height)
     if x2 <= x1 or y2 <= y1:
         return None, f"the box ({box.x:g}, {box.y:g}, {box.w:g} x {box.h:g}) lies outside the {width}x{height} photo"
-    if min(x2 - x1, y2 - y1) < MIN_SIDE:
-        return None, f"the box is {x2 - x1:.0f}x{y2 - y1:.0f} px inside the photo, below the {MIN_SIDE} px minimum"
-    return Box(box.photo, x1, y1, x2 - x1, y2 - y1, box.label, box.where), None
+    if min(x2 - x1, y2 - y1) < min_side:
+        return None, f"the box is {x2 - x1:.0f}x{y2 - y1:.0f} px inside the photo, below the {min_side} px minimum"
+    return replace(box, x=x1, y=y1, w=x2 - x1, h=y2 - y1), None
 
 
 def _key(layout: str, boxes: list[Box], margin: float) -> str:
@@ -315,10 +320,14 @@ def crop_boxes(layout: str, root: Path, boxes: list[Box], skipped: list[dict], c
                 _cut(root, boxes, folder, margin)
     record = json.loads(listing.read_text())
     skipped += record["skipped"]
+    ignored: dict[str, list] = {}
+    for region in record["ignore"]:
+        ignored.setdefault(region["photo"], []).append([region["label"], *region["box"]])
     rows = [{"path": str(folder / r["crop"]), "label_name": r["label"], "age": None, "gender": None, "race": None,
-             "group": r["photo"], "photo": r["photo"], "box": ",".join(f"{v:.1f}" for v in r["box"])}
+             "group": r["photo"], "photo": r["photo"], "box": ",".join(f"{v:.1f}" for v in r["box"]),
+             "ignore": json.dumps(ignored.get(r["photo"], []))}
             for r in record["crops"]]
-    return pd.DataFrame(rows, columns=["path", "label_name", "age", "gender", "race", "group", "photo", "box"])
+    return pd.DataFrame(rows, columns=["path", "label_name", "age", "gender", "race", "group", "photo", "box", "ignore"])
 
 
 def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
@@ -326,7 +335,7 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
     from maskdet.detect import Face, crop_box
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    crops, refused = [], []
+    crops, refused, ignored = [], [], []
     try:
         by_photo: dict[Path, list[Box]] = {}
         for box in boxes:
@@ -340,9 +349,15 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
                 refused.append(skip(photo, f"{photo_boxes[0].where}: the photo {err}; its {len(photo_boxes)} boxes are skipped"))
                 continue
             for number, box in enumerate(photo_boxes):
-                usable, problem = usable_box(box, image.width, image.height)
+                usable, problem = usable_box(box, image.width, image.height, min_side=1 if box.ignore else MIN_SIDE)
                 if problem:
                     refused.append(skip(photo, f"{box.where}: {problem}; the box is skipped"))
+                    continue
+                if box.ignore:  # PASCAL VOC's and COCO's rule: neither a face to learn nor one to find
+                    refused.append(skip(photo, f"{box.where}: marked difficult (VOC) or iscrowd (COCO): not cut as a "
+                                               "crop; scoring scenes neither credits nor charges a detection there"))
+                    ignored.append({"photo": str(photo.relative_to(root)), "label": box.label,
+                                    "box": [usable.x, usable.y, usable.w, usable.h]})
                     continue
                 face = Face(round(usable.x), round(usable.y), max(1, round(usable.w)), max(1, round(usable.h)), 1.0)
                 crop = image.crop(crop_box(face, image.width, image.height, margin))
@@ -352,7 +367,7 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
                 crop.save(tmp / name)
                 crops.append({"crop": name, "label": box.label, "photo": str(photo.relative_to(root)),
                               "box": [usable.x, usable.y, usable.w, usable.h]})
-        (tmp / "crops.json").write_text(json.dumps({"crops": crops, "skipped": refused}))
+        (tmp / "crops.json").write_text(json.dumps({"crops": crops, "skipped": refused, "ignore": ignored}))
         if not folder.exists():
             os.replace(tmp, folder)
     finally:

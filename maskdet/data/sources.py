@@ -322,7 +322,13 @@ def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | No
     unmapped = sorted(set(index["label_name"]) - set(mapping))
     if unmapped:
         raise DataError(f"data.label_map does not say what to do with class(es) {unmapped}; add them to the map.")
-    return index.assign(label_name=index["label_name"].map(mapping))
+    index = index.assign(label_name=index["label_name"].map(mapping))
+    if "ignore" in index.columns:  # a scene set's ignore regions carry class names too (maskdet.data.scene_boxes)
+        import json
+
+        index["ignore"] = [json.dumps([[mapping.get(label, label), *box] for label, *box in json.loads(regions)])
+                           for regions in index["ignore"]]
+    return index
 
 
 def fill_unknown(index: pd.DataFrame) -> pd.DataFrame:

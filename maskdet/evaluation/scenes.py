@@ -5,7 +5,9 @@ A scene dataset (``data=voc|yolo|coco``, ``maskdet.data.scene_boxes``) knows eve
 classifier on every face found, ``maskdet.detect.analyse``) and scores it against the annotated boxes:
 
 * face recall and precision at IoU >= ``iou`` (each annotated box matched to at most one detection,
-  greedily by detector score), with Wilson 95 % intervals over the boxes / detections;
+  greedily by detector score), with Wilson 95 % intervals over the boxes / detections; a detection left
+  unmatched that lies mostly (half its area or more) inside an ignore region (VOC ``difficult``, COCO
+  ``iscrowd``) counts neither way, and mAP gets those regions as COCO crowd boxes (``iscrowd``);
 * per-class AP and mAP at IoU 0.5 (torchmetrics ``MeanAveragePrecision``): each detection is one box of its
   predicted class, ranked by the classifier's confidence in that class;
 * the classification confusion on matched boxes (annotated class x predicted class);
@@ -79,7 +81,7 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
     part = index[index["split"] == split]
     names = list(class_names)
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, iou_thresholds=[0.5])
-    truth_rows, detections, masked_detections, missed, unreadable = [], 0, 0, [], []
+    truth_rows, detections, masked_detections, missed, unreadable, ignored_detections = [], 0, 0, [], [], 0
     for photo, faces in part.groupby("photo", sort=True):
         try:
             rgb = np.asarray(load_rgb(Path(root) / photo))
@@ -92,19 +94,23 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
         probs = np.asarray(result.probs)  # N x classes, (0, classes) when no face was found
         predicted = probs.argmax(1)
         pairs = dict(match(boxes, found, [f.score for f in result.faces], iou))
-        detections += len(found)
-        masked_detections += int(sum(names[p] != UNMASKED for p in predicted))
+        regions = _ignore_regions(faces, names)
+        kept = [d for d in range(len(found)) if d in pairs.values() or not _inside_region(found[d], regions)]
+        ignored_detections += len(found) - len(kept)
+        detections += len(kept)
+        masked_detections += int(sum(names[predicted[d]] != UNMASKED for d in kept))
         for i, (row, box) in enumerate(zip(faces.itertuples(), boxes)):
             d = pairs.get(i)
             truth_rows.append({"photo": photo, "label": row.label_name, "found": d is not None,
                                "predicted": names[predicted[d]] if d is not None else None,
                                **{c: getattr(row, c) for c in ("gender", "race", "age_group") if hasattr(row, c)}})
             if d is None and row.label_name != UNMASKED:
-                missed.append((rgb, box, row.label_name))
+                missed.append((_missed_crop(rgb, box, detector.margin), row.label_name))
+        labels = [names.index(lab) for lab in faces["label_name"]] + [label for label, _ in regions]
         metric.update([{"boxes": _xyxy(found), "scores": torch.tensor(probs.max(1), dtype=torch.float32),
                         "labels": torch.tensor(predicted, dtype=torch.long)}],
-                      [{"boxes": _xyxy(boxes), "labels": torch.tensor([names.index(lab) for lab in faces["label_name"]],
-                                                                        dtype=torch.long)}])
+                      [{"boxes": _xyxy(boxes + [box for _, box in regions]), "labels": torch.tensor(labels, dtype=torch.long),
+                        "iscrowd": torch.tensor([0] * len(boxes) + [1] * len(regions), dtype=torch.long)}])
     truth = pd.DataFrame(truth_rows)
     if truth.empty:
         raise ValueError(f"no {split} photo of the scene dataset could be scored")
@@ -119,7 +125,7 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
     confusion = pd.crosstab(truth.loc[truth["found"], "label"], truth.loc[truth["found"], "predicted"]) \
         .reindex(index=names, columns=names, fill_value=0) if matched else pd.DataFrame(0, index=names, columns=names)
     return {"split": split, "photos": int(truth["photo"].nunique()), "faces": len(truth), "detections": detections,
-            "matched": matched, "iou": iou,
+            "matched": matched, "iou": iou, "detections_in_ignore_regions": ignored_detections,
             "recall": matched / len(truth), "recall_low": recall_low, "recall_high": recall_high,
             "precision": matched / detections if detections else np.nan, "precision_low": precision_low,
             "precision_high": precision_high, "map_50": float(ap["map_50"]), "ap_per_class": per_class,
@@ -127,6 +133,40 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
             "estimated_masked_share": estimated_masked,
             "recall_by_group": recall_by_group(truth), "unreadable": unreadable,
             "confusion": confusion, "missed": missed}
+
+
+def _ignore_regions(faces: pd.DataFrame, names: list[str]) -> list[tuple[int, tuple]]:
+    """The photo's ignore regions as (class number, (x, y, w, h)); those of classes the model lacks are dropped,
+    as a crowd of a class nobody predicts can match nothing."""
+    if "ignore" not in faces.columns or not isinstance(faces["ignore"].iloc[0], str):
+        return []
+    import json
+
+    return [(names.index(label), tuple(float(v) for v in box)) for label, *box in json.loads(faces["ignore"].iloc[0])
+            if label in names]
+
+
+def _inside_region(box: tuple, regions: list[tuple[int, tuple]], share: float = 0.5) -> bool:
+    """Whether ``share`` or more of ``box``'s area lies inside one ignore region (COCO's crowd overlap: the
+    intersection over the detection's own area)."""
+    x, y, w, h = box
+    for _, (rx, ry, rw, rh) in regions:
+        across = max(0.0, min(x + w, rx + rw) - max(x, rx)) * max(0.0, min(y + h, ry + rh) - max(y, ry))
+        if w * h > 0 and across / (w * h) >= share:
+            return True
+    return False
+
+
+def _missed_crop(rgb: np.ndarray, box: tuple, margin: float, side: int = 96) -> np.ndarray:
+    """A missed face cut as predict would cut it, at ``side`` px: the report keeps crops, not whole photos."""
+    from PIL import Image
+
+    from maskdet.detect import Face, crop_box
+
+    image = Image.fromarray(rgb)
+    x, y, w, h = box
+    face = Face(round(x), round(y), max(1, round(w)), max(1, round(h)), 1.0)
+    return np.asarray(image.crop(crop_box(face, image.width, image.height, margin)).resize((side, side)))
 
 
 def _xyxy(boxes) -> torch.Tensor:
@@ -153,7 +193,9 @@ def format_markdown(report: dict, class_names: list[str]) -> str:
     pct = lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
     lines = ["# Scenes scored end to end (detection + classification)", "",
              f"{report['photos']} {report['split']} photos, {report['faces']} annotated faces, {report['detections']} "
-             f"detections; a face is found at IoU >= {report['iou']:g} (each box matched once, best score first).", "",
+             f"detections; a face is found at IoU >= {report['iou']:g} (each box matched once, best score first); "
+             f"{report['detections_in_ignore_regions']} more detections fell inside ignore regions (VOC difficult, COCO "
+             "iscrowd) and count neither way.", "",
              f"- face recall {pct(report['recall'])} [95 % Wilson {pct(report['recall_low'])}, {pct(report['recall_high'])}]",
              f"- face precision {pct(report['precision'])} [95 % Wilson {pct(report['precision_low'])}, "
              f"{pct(report['precision_high'])}]",
@@ -185,9 +227,7 @@ def write_scene_report(model, detector, index: pd.DataFrame, root, class_names: 
     """Score the test photos (``score_scenes``) and write scenes.json / .md, scenes_confusion.csv and
     scenes_missed.png (up to ``gallery_size`` missed masked faces)."""
     import matplotlib.pyplot as plt
-    from PIL import Image
 
-    from maskdet.detect import Face, crop_box
     from maskdet.evaluation.explain import gallery
 
     folder = Path(folder)
@@ -196,11 +236,8 @@ def write_scene_report(model, detector, index: pd.DataFrame, root, class_names: 
     write_csv(report["confusion"].rename_axis("annotated").reset_index(), folder / "scenes_confusion.csv")
     write_text(folder / "scenes.md", format_markdown(report, class_names))
     crops, rows = [], []
-    for rgb, (x, y, w, h), label in report["missed"][:gallery_size]:
-        image = Image.fromarray(rgb)
-        crop = image.crop(crop_box(Face(round(x), round(y), max(1, round(w)), max(1, round(h)), 1.0),
-                                   image.width, image.height, detector.margin)).resize((96, 96))
-        crops.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255)
+    for crop, label in report["missed"][:gallery_size]:
+        crops.append(torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 255)
         rows.append({"label": label, "prediction": "not detected", "confidence": 0.0})
     plt.close(gallery(torch.stack(crops) if crops else torch.zeros(0, 3, 96, 96), pd.DataFrame(rows),
                       f"Missed masked faces ({len(report['missed'])} in all, {len(crops)} shown)", folder / "scenes_missed.png"))
