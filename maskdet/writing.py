@@ -18,6 +18,7 @@ import contextlib
 import html
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,43 @@ def atomic_file(path: str | Path, mode: str = "w"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def temporary_sibling(final: Path):
+    """A new folder beside ``final`` (named ``.<final's name>-<random>``, as ``remove_orphans`` expects) to
+    build into; renamed to ``final`` when the block succeeds, so a reader never sees half a folder, and removed
+    when it fails. When ``final`` appeared meanwhile (a parallel job built the same thing) ours is dropped.
+    Callers hold ``FileLock(f"{final}.lock")`` around it, so that an orphan is told from a live build."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():  # not "another process won the race"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_orphans(folder: Path) -> None:
+    """Remove the temporary files and folders (``.<final name>-<random>``) that interrupted builds left
+    in ``folder``. One is an orphan when nobody holds the lock of its final name: a live build holds it
+    from before its temporary is made until after it is renamed or removed."""
+    from filelock import FileLock, Timeout
+
+    for tmp in Path(folder).glob(".*-*"):
+        final = Path(folder) / tmp.name[1:].rsplit("-", 1)[0]
+        try:
+            with FileLock(f"{final}.lock", timeout=0):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+        except Timeout:  # being built now
+            continue
 
 
 def write_text(path: str | Path, text: str) -> Path:

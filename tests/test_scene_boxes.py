@@ -240,29 +240,37 @@ class KnownBoxes:
         return [Face(int(x), int(y), int(w), int(h), 0.9 - 0.1 * k) for k, (x, y, w, h) in enumerate(boxes)]
 
 
-def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
-    """Each photo: the first two annotated faces found exactly, the third missed, one false box: recall 2/3,
-    precision 2/3; masked share true and estimated from the labels; AP per class by torchmetrics."""
-    from maskdet.evaluation.scenes import match, score_scenes
+def _score_two_found_one_missed_one_false(scenes, root, index) -> dict:
+    """score_scenes with a detector that finds the first two faces of each photo exactly and a false box at
+    (150, 5), and an untrained three-class model."""
+    from maskdet.evaluation.scenes import score_scenes
     from maskdet.models import MaskClassifier
 
-    scenes = compose_scenes(n_photos=3)
-    root = write_voc(tmp_path / "voc", scenes)
-    scan = read_voc(root, tmp_path / "cache")
-    index = scan.index.assign(split="test")
     known = {}
     for name, _, boxes in scenes:
         rgb = np.asarray(Image.open(root / "images" / name).convert("RGB"))
         known[int(rgb.astype(np.int64).sum())] = [b[:4] for b in boxes[:2]] + [(150, 5, 30, 30)]
     names = ["mask_weared_incorrect", "with_mask", "without_mask"]
     model = MaskClassifier("custom_cnn", num_classes=3, class_names=names, image_size=32).eval()
-    report = score_scenes(model, KnownBoxes(known), index, root, names)
+    return score_scenes(model, KnownBoxes(known), index, root, names)
+
+
+def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
+    """Each photo: the first two annotated faces found exactly, the third missed, one false box: recall 2/3,
+    precision 2/3; masked share true and estimated from the labels; AP per class by torchmetrics."""
+    from maskdet.evaluation.scenes import match
+
+    scenes = compose_scenes(n_photos=3)
+    root = write_voc(tmp_path / "voc", scenes)
+    scan = read_voc(root, tmp_path / "cache")
+    index = scan.index.assign(split="test")
+    report = _score_two_found_one_missed_one_false(scenes, root, index)
     assert (report["faces"], report["detections"], report["matched"]) == (9, 9, 6)
     assert report["recall"] == pytest.approx(2 / 3) and report["precision"] == pytest.approx(2 / 3)
     assert report["recall_low"] < 2 / 3 < report["recall_high"]
     assert report["true_masked_share"] == pytest.approx(6 / 9)  # with_mask and worn incorrectly count as masked
     assert int(report["confusion"].to_numpy().sum()) == 6 and 0 <= report["map_50"] <= 1
-    assert report["ap_per_class"] and set(report["ap_per_class"]) <= set(names)
+    assert report["ap_per_class"] and set(report["ap_per_class"]) <= set(LABELS)
     assert all(0 <= ap <= 1 for ap in report["ap_per_class"].values())
     assert 0 <= report["estimated_masked_share"] <= 1  # among the 9 detections, from the model's classes
     assert len(report["missed"]) == sum(1 for _, _, boxes in scenes if boxes[2][4] != "without_mask")
@@ -273,8 +281,6 @@ def test_scenes_are_scored_against_their_boxes_by_hand(tmp_path):
 def test_difficult_and_crowd_boxes_are_ignore_regions_neither_cropped_nor_charged(tmp_path):
     """VOC difficult="1" and COCO iscrowd=1, the benchmarks' own ignore rule: not cut as crops (reported), and a
     detection inside one is neither a hit nor a false detection; mAP gets them as crowd boxes."""
-    from maskdet.evaluation.scenes import score_scenes
-    from maskdet.models import MaskClassifier
 
     scenes = compose_scenes(n_photos=3)
     coco = write_coco(tmp_path / "coco", scenes)
@@ -292,13 +298,7 @@ def test_difficult_and_crowd_boxes_are_ignore_regions_neither_cropped_nor_charge
     scan = read_voc(voc, tmp_path / "cache")
     assert len(scan.index) == 9 and sum("marked difficult" in s["reason"] for s in scan.skipped) == 3
     assert {json.loads(v)[0][0] for v in scan.index["ignore"]} == {"without_mask"}
-    known = {}
-    for name, _, boxes in scenes:
-        rgb = np.asarray(Image.open(voc / "images" / name).convert("RGB"))
-        known[int(rgb.astype(np.int64).sum())] = [b[:4] for b in boxes[:2]] + [(150, 5, 30, 30)]
-    names = ["mask_weared_incorrect", "with_mask", "without_mask"]
-    model = MaskClassifier("custom_cnn", num_classes=3, class_names=names, image_size=32).eval()
-    report = score_scenes(model, KnownBoxes(known), scan.index.assign(split="test"), voc, names)
+    report = _score_two_found_one_missed_one_false(scenes, voc, scan.index.assign(split="test"))
     # as in the test above, but the box at (150, 5) lies inside each photo's ignore region: precision 6/6, not 6/9
     assert (report["faces"], report["detections"], report["matched"]) == (9, 6, 6)
     assert report["detections_in_ignore_regions"] == 3 and report["precision"] == 1.0

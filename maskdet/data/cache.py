@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from maskdet.data.images import BadImageError, load_resized, load_rgb
 from maskdet.errors import DataError
 from maskdet.progress import progress
+from maskdet.writing import remove_orphans, temporary_sibling
 
 CACHE_VERSION = 2  # 2: images are turned upright by their EXIF orientation; truncated PNGs refused
 log = logging.getLogger("maskdet.data")
@@ -147,50 +148,28 @@ class _RowWriter:
         os.close(self.fd)
 
 
-def remove_orphans(folder: Path) -> None:
-    """Remove the temporary files and folders (``.<final name>-<random>``) that interrupted builds left
-    in ``folder``. One is an orphan when nobody holds the lock of its final name: a live build holds it
-    from before its temporary is made until after it is renamed or removed."""
-    for tmp in folder.glob(".*-*"):
-        final = folder / tmp.name[1:].rsplit("-", 1)[0]
-        try:
-            with FileLock(f"{final}.lock", timeout=0):
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                else:
-                    tmp.unlink(missing_ok=True)
-        except Timeout:  # being built now
-            continue
-
-
 def build(paths: pd.Series, image_size: int, folder: Path, workers: int | None = None) -> None:
     """Decode ``paths`` into ``folder``, created atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        n = len(paths)
-        images = _RowWriter(tmp / "images.npy", (n, 3, image_size, image_size), np.uint8, f"the decoded cache of "
-                            f"{n} images at {image_size} px in {folder.parent}", "set data.cache_dir=<a folder on a "
-                            "larger disk> or data.decoded_cache=false")
-        try:
-            results = _decode_all(images, paths, image_size, workers,
-                                  f"decoding {n:,} images at {image_size} px into {folder}")
-        finally:
-            images.close()
-        meta = pd.DataFrame({"path": list(paths), "error": [r[0] for r in results], "digest": [r[1] for r in results]})
-        meta.to_parquet(tmp / "meta.parquet", index=False)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.parquet").exists():  # not "another process won the race"
-                raise
+        with temporary_sibling(folder) as tmp:
+            n = len(paths)
+            images = _RowWriter(tmp / "images.npy", (n, 3, image_size, image_size), np.uint8, f"the decoded cache "
+                                f"of {n} images at {image_size} px in {folder.parent}", "set data.cache_dir=<a folder "
+                                "on a larger disk> or data.decoded_cache=false")
+            try:
+                results = _decode_all(images, paths, image_size, workers,
+                                      f"decoding {n:,} images at {image_size} px into {folder}")
+            finally:
+                images.close()
+            meta = pd.DataFrame({"path": list(paths), "error": [r[0] for r in results],
+                                 "digest": [r[1] for r in results]})
+            meta.to_parquet(tmp / "meta.parquet", index=False)
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
         raise DataError(f"Disk full while writing the decoded cache in {folder.parent}: free some space, or set "
                         "data.cache_dir=<a folder on a larger disk> or data.decoded_cache=false.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_or_build(paths: pd.Series, image_size: int, cache_dir: str | Path, workers: int | None = None) -> DecodedImages:

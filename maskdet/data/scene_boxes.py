@@ -25,8 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from maskdet.data.images import (
 )
 from maskdet.data.sources import Scan, require_root
 from maskdet.errors import DataError
-from maskdet.writing import file_name_part
+from maskdet.writing import file_name_part, remove_orphans, temporary_sibling
 
 CROPS_VERSION = 3  # bump when cropping changes, so cached crops are cut again
 ANNOTATION_SUFFIXES = {".txt", ".yaml", ".yml", ".names", ".json", ".xml", ".cache"}  # beside the photos, not photos
@@ -315,6 +313,7 @@ def crop_boxes(layout: str, root: Path, boxes: list[Box], skipped: list[dict], c
     listing = folder / "crops.json"
     if not listing.is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(folder.parent)  # what interrupted cuts left behind
         with FileLock(f"{folder}.lock"):
             if not listing.is_file():
                 _cut(root, boxes, folder, margin)
@@ -334,9 +333,8 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
     """Cut every box of every photo into a temporary folder, renamed into place when complete."""
     from maskdet.detect import Face, crop_box
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     crops, refused, ignored = [], [], []
-    try:
+    with temporary_sibling(folder) as tmp:
         by_photo: dict[Path, list[Box]] = {}
         for box in boxes:
             by_photo.setdefault(box.photo, []).append(box)
@@ -368,10 +366,6 @@ def _cut(root: Path, boxes: list[Box], folder: Path, margin: float) -> None:
                 crops.append({"crop": name, "label": box.label, "photo": str(photo.relative_to(root)),
                               "box": [usable.x, usable.y, usable.w, usable.h]})
         (tmp / "crops.json").write_text(json.dumps({"crops": crops, "skipped": refused, "ignore": ignored}))
-        if not folder.exists():
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _scan(layout: str, root, cache_dir, margin: float, parse) -> Scan:

@@ -32,8 +32,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from maskdet.config import packaged_defaults
 from maskdet.data.demographics import NAME_ATTRIBUTES
 from maskdet.progress import progress
+from maskdet.writing import remove_orphans, temporary_sibling
 
 CLASSES = ("without_mask", "with_surgical_mask", "with_cloth_mask", "with_ffp2_mask")
 INCORRECT = "mask_weared_incorrect"  # the optional fifth class (the Kaggle face-mask detection set's name)
@@ -461,6 +460,7 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(final.parent)  # what interrupted generations left behind
     with FileLock(f"{final}.lock"):  # parallel sweep jobs: one generates, the others wait
         if not final.exists():
             _generate_atomically(spec, final)
@@ -468,18 +468,10 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
 
 
 def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        generate(spec, tmp / "data")
-        if planted_path(tmp / "data").exists():  # first: a dataset in place always has its truth beside it
-            os.replace(planted_path(tmp / "data"), planted_path(final))
-        try:
-            os.rename(tmp / "data", final)
-        except OSError:
-            if not final.exists():  # another process finished first: theirs is identical
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temporary_sibling(final) as tmp:
+        generate(spec, tmp)
+        if planted_path(tmp).exists():  # first: a dataset in place always has its truth beside it
+            os.replace(planted_path(tmp), planted_path(final))
     # the parameters sit beside the dataset, not in it, so the class-folder reader sees only class folders
     final.with_suffix(".json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(spec)}, indent=2))
 

@@ -143,17 +143,41 @@ def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, 
     return fig
 
 
-def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: Path, columns: int = 6) -> plt.Figure:
-    """Images captioned with true class, predicted class and confidence."""
-    n = max(len(predictions), 1)
-    rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, (_, row) in zip(axes.flat, images, predictions.iterrows()):
-        _show(ax, image, f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}")
-    if len(predictions) == 0:
-        axes[0, 0].text(0, 0.5, "none", fontsize=10)
+def _mosaic(tiles: np.ndarray, columns: int, gap: int, top: int = 0, side_gap: int | None = None) -> np.ndarray:
+    """``tiles`` (N x H x W x 3, values in 0..1) laid out in rows of ``columns`` on white, ``gap`` pixels
+    apart (``side_gap`` between columns, when given), with ``top`` free pixels above each tile for its caption. One picture in one axes: a subplot per
+    tile made a gallery of 24 cost about a second of matplotlib's layout."""
+    n, height, width = tiles.shape[:3]
+    rows = max(1, -(-n // columns))
+    cell_h, cell_w = height + top + gap, width + (gap if side_gap is None else side_gap)
+    canvas = np.ones((rows * cell_h, columns * cell_w, 3), dtype=np.float32)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        canvas[r * cell_h + top:r * cell_h + top + height, c * cell_w:c * cell_w + width] = tile
+    return canvas
+
+
+def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: Path, columns: int = 6,
+            side: int = 96) -> plt.Figure:
+    """Images captioned with true class, predicted class and confidence, each shown at ``side`` px."""
+    n = len(predictions)
+    rows = max(1, -(-n // columns))
+    tiles = np.zeros((0, side, side, 3), dtype=np.float32)
+    if n:
+        resized = torch.nn.functional.interpolate(images[:n].float().cpu(), size=(side, side), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        tiles = resized.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    top, gap, side_gap = 30, 8, 44  # room for two caption lines above each image and for long class names
+    fig, ax = plt.subplots(figsize=(1.8 * columns, 2.0 * rows))
+    ax.imshow(_mosaic(tiles, columns, gap, top, side_gap))
+    ax.axis("off")
+    for i, (_, row) in enumerate(predictions.iterrows()):
+        r, c = divmod(i, columns)
+        caption = f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}".replace("$", r"\$")
+        ax.text(c * (side + side_gap) + side / 2, r * (side + top + gap) + top - 3, caption, ha="center", va="bottom",
+                fontsize=7)  # class names from folder names: "$" escaped, no mathtext
+    if n == 0:
+        ax.text(0.5, 0.5, "none", fontsize=10, transform=ax.transAxes, ha="center")
     _suptitle(fig, title)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
@@ -198,11 +222,10 @@ def first_layer_filters(model: nn.Module, path: Path) -> plt.Figure | None:
                                                                    - weights.amin((1, 2, 3), keepdim=True)).clamp_min(1e-12)
     columns = 8
     rows = (len(weights) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, w in zip(axes.flat, weights):
-        ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
+    fig, ax = plt.subplots(figsize=(columns * 0.9, rows * 0.9 + 0.4))
+    side = weights.shape[-1]
+    ax.imshow(_mosaic(weights.permute(0, 2, 3, 1).numpy(), columns, gap=max(1, side // 5)), interpolation="nearest")
+    ax.axis("off")
     _suptitle(fig, f"First-layer filters ({name}): {conv.out_channels} filters of "
                    f"{conv.kernel_size[0]}x{conv.kernel_size[1]} on RGB, each scaled to its own range")
     fig.tight_layout()
