@@ -71,7 +71,8 @@ def test_a_run_killed_between_epochs_resumes_to_exactly_the_uninterrupted_result
     (run,) = runs.iterdir()
     assert not (run / "metrics.json").exists()
 
-    resumed = _cli([*args, "task_name=killed", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], env)
+    resumed = _cli([*args, "task_name=killed", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], env,
+                   fresh=True)  # a new interpreter (hash seed, imports) against the forked whole run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in runs.iterdir()] == [run.name], "a resume must not leave another run folder"
     (reference,) = (tmp_path / "outputs" / "whole" / "runs").iterdir()

@@ -135,7 +135,8 @@ def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_witho
 
     out = tmp_path / "again"
     command = commands.run([sys.executable, "-m", "maskdet.label_issues", str(sweep), "--out", str(out),
-                              "--outlier-share", "0.02"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                              "--outlier-share", "0.02"], cwd=REPO, env=env, timeout=300,
+                           fresh=True)  # a new interpreter against the forked sweep: the same held-out predictions
     assert command.returncode == 0, command.stderr[-3000:]
     assert f"data.exclude={out / 'label_issues.csv'}" in command.stdout
     again = pd.read_csv(out / "label_issues.csv")

@@ -307,6 +307,9 @@ def test_difficult_and_crowd_boxes_are_ignore_regions_neither_cropped_nor_charge
 
     mapped = apply_label_map(scan.index, {"with_mask": "mask", "mask_weared_incorrect": "mask", "without_mask": "no_mask"})
     assert {json.loads(v)[0][0] for v in mapped["ignore"]} == {"no_mask"}  # the label map reaches the regions
+    xml = voc / "annotations" / "scene_00.xml"
+    xml.write_text(xml.read_text().replace("<difficult>1</difficult>", "<difficult>0</difficult>"))
+    assert len(read_voc(voc, tmp_path / "cache").index) == 10  # the flag is part of the crops' cache key
 
 
 def test_class_and_photo_names_from_annotations_cannot_write_outside_the_cache(tmp_path):

@@ -15,7 +15,8 @@ photos that are missing or unreadable are listed in ``skipped`` with the annotat
 never dropped silently. Boxes marked ``difficult`` (VOC) or ``iscrowd`` (COCO) are ignore regions, as
 in those benchmarks' own scoring: not cut as crops (listed in ``skipped`` with that reason), and kept in the
 index's ``ignore`` column (JSON: [label, x, y, w, h] per region of the photo) so that scoring scenes neither
-credits nor charges a detection there. Annotations come from strangers: XML is parsed with defusedxml (no entity
+credits nor charges a detection there. A photo with no usable face box has no crop, hence no split, and is not
+scored (its ignore regions included). Annotations come from strangers: XML is parsed with defusedxml (no entity
 expansion, no external entities), and every value is read as data.
 """
 
@@ -261,7 +262,8 @@ def parse_coco(root: Path, annotations: str | None = None, classes: list[str] | 
 
 
 def _is_id(value) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
+    """A COCO id: an int or a string (JSON's 1.0 equals 1 as a key too); lists and objects are not keys."""
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
 
 
 def _known_classes(boxes: list[Box], classes: list[str] | None, skipped: list[dict]) -> list[Box]:
@@ -302,7 +304,8 @@ def _key(layout: str, boxes: list[Box], margin: float) -> str:
         if box.photo not in stats:
             st = box.photo.stat()
             stats[box.photo] = f"{st.st_size}:{st.st_mtime_ns}"
-        digest.update(f"{box.photo}\t{stats[box.photo]}\t{box.x}\t{box.y}\t{box.w}\t{box.h}\t{box.label}\n".encode())
+        digest.update(f"{box.photo}\t{stats[box.photo]}\t{box.x}\t{box.y}\t{box.w}\t{box.h}\t{box.label}\t{box.ignore}\n"
+                      .encode())
     return digest.hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ silently; so are hidden folders and linked folders, which are not searched.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -319,15 +320,14 @@ def apply_label_map(index: pd.DataFrame, label_map: str | Mapping[str, str] | No
     mapping = BINARY_LABELS if label_map == "binary" else dict(label_map) if isinstance(label_map, Mapping) else None
     if mapping is None:
         raise DataError(f"data.label_map={label_map!r} is unknown: use null, 'binary' or a mapping {{old_class: new_class}}.")
-    unmapped = sorted(set(index["label_name"]) - set(mapping))
+    regions = {label for cell in index.get("ignore", []) for label, *_ in json.loads(cell)}  # scene sets' ignore regions
+    unmapped = sorted((set(index["label_name"]) | regions) - set(mapping))
     if unmapped:
         raise DataError(f"data.label_map does not say what to do with class(es) {unmapped}; add them to the map.")
     index = index.assign(label_name=index["label_name"].map(mapping))
     if "ignore" in index.columns:  # a scene set's ignore regions carry class names too (maskdet.data.scene_boxes)
-        import json
-
-        index["ignore"] = [json.dumps([[mapping.get(label, label), *box] for label, *box in json.loads(regions)])
-                           for regions in index["ignore"]]
+        index["ignore"] = [json.dumps([[mapping[label], *box] for label, *box in json.loads(cell)])
+                           for cell in index["ignore"]]
     return index
 
 

@@ -469,7 +469,11 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
 
 def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
     with temporary_sibling(final) as tmp:
-        generate(spec, tmp)
+        try:
+            generate(spec, tmp)
+        except BaseException:
+            planted_path(tmp).unlink(missing_ok=True)  # written beside the temporary folder, not in it
+            raise
         if planted_path(tmp).exists():  # first: a dataset in place always has its truth beside it
             os.replace(planted_path(tmp), planted_path(final))
     # the parameters sit beside the dataset, not in it, so the class-folder reader sees only class folders

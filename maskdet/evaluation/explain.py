@@ -164,11 +164,16 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
     rows = max(1, -(-n // columns))
     tiles = np.zeros((0, side, side, 3), dtype=np.float32)
     if n:
-        resized = torch.nn.functional.interpolate(images[:n].float().cpu(), size=(side, side), mode="bilinear",
-                                                  antialias=True, align_corners=False)
-        tiles = resized.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    top, gap, side_gap = 30, 8, 44  # room for two caption lines above each image and for long class names
-    fig, ax = plt.subplots(figsize=(1.8 * columns, 2.0 * rows))
+        height, width = images.shape[-2:]
+        scale = side / max(height, width)  # the longer side to ``side``, the shape kept, white around
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = torch.nn.functional.interpolate(images[:n].float().cpu(), size=size, mode="bilinear",
+                                                  antialias=True, align_corners=False).clamp(0, 1)
+        top_pad, left_pad = (side - size[0]) // 2, (side - size[1]) // 2
+        tiles = np.ones((n, side, side, 3), dtype=np.float32)
+        tiles[:, top_pad:top_pad + size[0], left_pad:left_pad + size[1]] = resized.permute(0, 2, 3, 1).numpy()
+    top, gap, side_gap = 30, 8, 60  # room for two caption lines above each image and for long class names
+    fig, ax = plt.subplots(figsize=(1.8 * columns, 2.0 * rows + 0.4))
     ax.imshow(_mosaic(tiles, columns, gap, top, side_gap))
     ax.axis("off")
     for i, (_, row) in enumerate(predictions.iterrows()):

@@ -7,7 +7,9 @@ classifier on every face found, ``maskdet.detect.analyse``) and scores it agains
 * face recall and precision at IoU >= ``iou`` (each annotated box matched to at most one detection,
   greedily by detector score), with Wilson 95 % intervals over the boxes / detections; a detection left
   unmatched that lies mostly (half its area or more) inside an ignore region (VOC ``difficult``, COCO
-  ``iscrowd``) counts neither way, and mAP gets those regions as COCO crowd boxes (``iscrowd``);
+  ``iscrowd``) counts neither way, and mAP gets those regions as COCO crowd boxes (``iscrowd``). That is
+  COCO's crowd rule, applied to VOC's difficult boxes too: a small false box inside a large difficult one
+  is excused here where VOC's own scoring (IoU with the difficult box) would count it;
 * per-class AP and mAP at IoU 0.5 (torchmetrics ``MeanAveragePrecision``): each detection is one box of its
   predicted class, ranked by the classifier's confidence in that class;
 * the classification confusion on matched boxes (annotated class x predicted class);
@@ -94,8 +96,9 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
         probs = np.asarray(result.probs)  # N x classes, (0, classes) when no face was found
         predicted = probs.argmax(1)
         pairs = dict(match(boxes, found, [f.score for f in result.faces], iou))
-        regions = _ignore_regions(faces, names)
+        regions = _ignore_regions(faces)
         kept = [d for d in range(len(found)) if d in pairs.values() or not _inside_region(found[d], regions)]
+        regions = [(names.index(label), box) for label, box in regions if label in names]  # mAP: the model's classes
         ignored_detections += len(found) - len(kept)
         detections += len(kept)
         masked_detections += int(sum(names[predicted[d]] != UNMASKED for d in kept))
@@ -119,7 +122,8 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
     precision_low, precision_high = wilson_interval(matched, detections) if detections else (np.nan, np.nan)
     ap = metric.compute()
     per_class = {names[int(c)]: float(v) for c, v in zip(np.atleast_1d(ap["classes"].numpy()),
-                                                         np.atleast_1d(ap["map_per_class"].numpy()))}
+                                                         np.atleast_1d(ap["map_per_class"].numpy()))
+                 if v >= 0}  # torchmetrics' -1: a class with no annotated face among the test photos, no AP
     has_unmasked = UNMASKED in names  # a checkpoint with other class names has no notion of "masked" (as frames.csv)
     estimated_masked = masked_detections / detections if detections and has_unmasked else None
     confusion = pd.crosstab(truth.loc[truth["found"], "label"], truth.loc[truth["found"], "predicted"]) \
@@ -135,18 +139,16 @@ def score_scenes(model, detector, index: pd.DataFrame, root: str | Path, class_n
             "confusion": confusion, "missed": missed}
 
 
-def _ignore_regions(faces: pd.DataFrame, names: list[str]) -> list[tuple[int, tuple]]:
-    """The photo's ignore regions as (class number, (x, y, w, h)); those of classes the model lacks are dropped,
-    as a crowd of a class nobody predicts can match nothing."""
+def _ignore_regions(faces: pd.DataFrame) -> list[tuple[str, tuple]]:
+    """The photo's ignore regions as (class name, (x, y, w, h)) (maskdet.data.scene_boxes' ``ignore`` column)."""
     if "ignore" not in faces.columns or not isinstance(faces["ignore"].iloc[0], str):
         return []
     import json
 
-    return [(names.index(label), tuple(float(v) for v in box)) for label, *box in json.loads(faces["ignore"].iloc[0])
-            if label in names]
+    return [(label, tuple(float(v) for v in box)) for label, *box in json.loads(faces["ignore"].iloc[0])]
 
 
-def _inside_region(box: tuple, regions: list[tuple[int, tuple]], share: float = 0.5) -> bool:
+def _inside_region(box: tuple, regions: list[tuple[str, tuple]], share: float = 0.5) -> bool:
     """Whether ``share`` or more of ``box``'s area lies inside one ignore region (COCO's crowd overlap: the
     intersection over the detection's own area)."""
     x, y, w, h = box

@@ -6,10 +6,12 @@ the imports are shared. The processes are forked from multiprocessing's forkserv
 Lightning and maskdet's training modules once: that saves about 5 s of imports per command on this 2-core
 machine, most of the suite's time before (issue 25).
 
-What a forked child cannot show, a fresh interpreter is used for (``fresh=True`` or ``subprocess.run``):
-what a command imports, warnings printed while importing, anything that depends on Python's per-process
-hash seed (runs compared for determinism), and the installed console scripts. ``MASKDET_TEST_FRESH_PROCESSES=1``
-runs every command in a fresh interpreter, to check that the two ways agree.
+A forked child is not a new interpreter: it shares the server's hash seed, numpy's global random state and
+what was imported (and any warning printed while importing), and environment variables read at start-up
+(PYTHONHASHSEED, PYTHONWARNINGS, OMP_NUM_THREADS...) are the server's. So a fresh interpreter runs what
+depends on those: ``fresh=True`` (what a command imports, runs compared for determinism), the console
+scripts a user types (``maskdet-train``), any command whose environment changes such a variable, and any
+argv that is not ``python -m maskdet...``. ``MASKDET_TEST_FRESH_PROCESSES=1`` runs every command fresh.
 """
 
 from __future__ import annotations
@@ -19,35 +21,39 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 PRELOAD = ["maskdet.training", "maskdet.evaluation.holdout", "maskdet.preflight"]  # libraries, not the entry modules run
 _context = None
+START_UP = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "TORCH_")  # read when the interpreter or torch starts
 
 
 def _forkserver():
+    """The forkserver context, and the start-up variables its server (started with the first command) has."""
     global _context
     if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
+        _context = (multiprocessing.get_context("forkserver"), _start_up(os.environ))
+        _context[0].set_forkserver_preload(PRELOAD)
     return _context
 
 
 def run(argv: list, *, env: dict | None = None, cwd=None, timeout: float = 600, fresh: bool = False,
         check: bool = False, capture_output: bool = True, text: bool = True) -> subprocess.CompletedProcess:
-    """``subprocess.run(argv, capture_output=True, text=True, ...)`` for ``[sys.executable, "-m", "maskdet.<x>",
-    ...]`` and the console scripts beside ``sys.executable``, forked from the server; any other argv (interpreter
-    options such as ``-X importtime``, other programs) and ``fresh=True`` start a fresh process."""
+    """``subprocess.run(argv, capture_output=True, text=True, ...)``: ``[sys.executable, "-m", "maskdet.<x>",
+    ...]`` forked from the server, everything else (module docstring) in a fresh process."""
     assert capture_output and text, "commands.run always captures the output as text"
     argv = [str(a) for a in argv]
-    kind, target, args = _what_to_run(argv)
-    if fresh or kind is None or os.environ.get("MASKDET_TEST_FRESH_PROCESSES") == "1":
+    forkable = len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m" and argv[2].startswith("maskdet")
+    fresh = fresh or not forkable or os.environ.get("MASKDET_TEST_FRESH_PROCESSES") == "1"
+    if not fresh:
+        context, server_start_up = _forkserver()
+        fresh = _start_up(env or os.environ) != server_start_up
+    if fresh:
         return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=check)
     with tempfile.TemporaryDirectory(prefix="maskdet-command-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         for path in (out, err):
             open(path, "w").close()
-        process = _forkserver().Process(target=_child, args=(kind, target, args, dict(env or os.environ),
+        process = context.Process(target=_child, args=(argv[2], argv[3:], dict(env or os.environ),
                                                              str(cwd or os.getcwd()), out, err))
         process.start()
         process.join(timeout)
@@ -61,15 +67,9 @@ def run(argv: list, *, env: dict | None = None, cwd=None, timeout: float = 600, 
     return result
 
 
-def _what_to_run(argv: list[str]) -> tuple[str | None, str, list[str]]:
-    """("module", name, args) for ``python -m maskdet...``, ("script", path, args) for a maskdet console script
-    of this environment, (None, "", []) for anything else."""
-    if len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m" and argv[2].startswith("maskdet"):
-        return "module", argv[2], argv[3:]
-    script = Path(argv[0])
-    if script.name.startswith("maskdet-") and script.parent == Path(sys.executable).parent and script.is_file():
-        return "script", str(script), argv[1:]
-    return None, "", []
+def _start_up(env) -> dict:
+    """The variables read when the interpreter or torch starts, but PYTHONPATH (the child puts it on sys.path)."""
+    return {k: v for k, v in env.items() if k.startswith(START_UP) and k != "PYTHONPATH"}
 
 
 def _read(path: str) -> str:
@@ -77,9 +77,9 @@ def _read(path: str) -> str:
         return handle.read()
 
 
-def _child(kind: str, target: str, args: list[str], env: dict, cwd: str, out: str, err: str) -> None:
-    """In the forked process: become ``python -m target args`` (or the console script ``target``) in ``cwd``
-    with ``env``, then exit as the interpreter would (threads joined, atexit handlers run, streams flushed)."""
+def _child(module: str, args: list[str], env: dict, cwd: str, out: str, err: str) -> None:
+    """In the forked process: become ``python -m module args`` in ``cwd`` with ``env``, then exit as the
+    interpreter would (threads joined, atexit handlers run, streams flushed)."""
     import atexit
     import runpy
     import threading
@@ -108,14 +108,9 @@ def _child(kind: str, target: str, args: list[str], env: dict, cwd: str, out: st
             sys.path.insert(1, entry)
     code = 0
     try:
-        if kind == "module":
-            sys.path[0] = cwd  # as -m puts the working folder first
-            sys.argv = [target, *args]
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            sys.path[0] = str(Path(target).parent)  # as python puts a script's folder first
-            sys.argv = [target, *args]
-            runpy.run_path(target, run_name="__main__")
+        sys.path[0] = cwd  # as -m puts the working folder first
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
         if exit_.code is None:
             code = 0
