@@ -284,8 +284,7 @@ class BlazeFaceDetector:
         for i in nms(boxes, scores, self.nms_threshold).tolist():  # best first
             # a tile can see part of a face (the eyes above a mask) as a smaller face inside a bigger box, which
             # IoU does not suppress: a box mostly inside a better one is the same face
-            inside = [float(_intersection(boxes[i], boxes[j]) / _area(boxes[i])) for j in kept]
-            if max(inside, default=0.0) < 0.6:
+            if not kept or float(share_inside(boxes[i:i + 1], boxes[kept]).max()) < 0.6:
                 kept.append(i)
         faces = []
         for i in kept:
@@ -326,13 +325,16 @@ def _best_match(boxes: np.ndarray, scores: np.ndarray, face: Face, iou: float = 
     return float(np.max(np.where(overlap >= iou, scores, 0.0)))
 
 
-def _area(box: torch.Tensor) -> torch.Tensor:
-    return (box[2] - box[0]).clamp(min=1e-6) * (box[3] - box[1]).clamp(min=1e-6)
+def share_inside(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """N x M: the share of each box's own area (x1, y1, x2, y2) that lies inside each of ``others``. IoU's
+    denominator is the union; this one is the box alone, so a small box inside a big one scores 1 (COCO's
+    crowd rule, and a tile's part of a face inside the whole face). torchvision has IoU only."""
+    from torchvision.ops import box_area
 
-
-def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0) * \
-        (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp(min=0)
+    top_left = torch.maximum(boxes[:, None, :2], others[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    return inter / box_area(boxes).clamp(min=1e-6)[:, None]
 
 
 DETECTORS = {"haar": HaarDetector, "onnx": YuNetDetector, "blazeface": BlazeFaceDetector}

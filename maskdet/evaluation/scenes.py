@@ -151,24 +151,23 @@ def _ignore_regions(faces: pd.DataFrame) -> list[tuple[str, tuple]]:
 def _inside_region(box: tuple, regions: list[tuple[str, tuple]], share: float = 0.5) -> bool:
     """Whether ``share`` or more of ``box``'s area lies inside one ignore region (COCO's crowd overlap: the
     intersection over the detection's own area)."""
-    x, y, w, h = box
-    for _, (rx, ry, rw, rh) in regions:
-        across = max(0.0, min(x + w, rx + rw) - max(x, rx)) * max(0.0, min(y + h, ry + rh) - max(y, ry))
-        if w * h > 0 and across / (w * h) >= share:
-            return True
-    return False
+    from maskdet.detect import share_inside
+
+    if not regions:
+        return False
+    return bool(share_inside(_xyxy([box]), _xyxy([r for _, r in regions])).max() >= share)
 
 
 def _missed_crop(rgb: np.ndarray, box: tuple, margin: float, side: int = 96) -> np.ndarray:
-    """A missed face cut as predict would cut it, at ``side`` px: the report keeps crops, not whole photos."""
+    """A missed face cut as predict cuts a found one (``detect.face_crops``), at ``side`` px: the report keeps
+    crops, not whole photos."""
     from PIL import Image
 
-    from maskdet.detect import Face, crop_box
+    from maskdet.detect import Face, face_crops
 
-    image = Image.fromarray(rgb)
     x, y, w, h = box
     face = Face(round(x), round(y), max(1, round(w)), max(1, round(h)), 1.0)
-    return np.asarray(image.crop(crop_box(face, image.width, image.height, margin)).resize((side, side)))
+    return face_crops(Image.fromarray(rgb), [face], side, margin)[0]
 
 
 def _xyxy(boxes) -> torch.Tensor:
