@@ -72,3 +72,23 @@ def test_the_rehearsal_ddp_step_passes_on_two_cpu_processes(tmp_path):
     (result,) = check.results
     assert result.status == "ok", (result.error, (tmp_path / "gpu_check.log").read_text()[-3000:])
     assert result.figures["ddp processes"] == 2 and result.figures["backend"] == "gloo"
+
+
+def test_a_study_stopped_at_its_limit_is_partial_not_a_failure(tmp_path):
+    """On the H200 the 10-fold study needs about 460 s, more than the check's deadline leaves it: the folds that
+    finished are timed and extrapolated ("partial"), and the check's exit status counts only real failures."""
+    gpu_check = _module()
+    check = gpu_check.Check(gpu_check.ON_GPU, tmp_path / "work", tmp_path, 600, rehearsal=False)
+
+    def stopped(limit):
+        raise gpu_check.StepPartial("timed out after 74 s", {"folds done": "1/10", "all folds (extrapolated) s": 461})
+
+    def broken(limit):
+        raise gpu_check.StepFailed("exit status 1: boom")
+
+    check.step("custom_cnn study", stopped)
+    check.step("ddp", broken)
+    assert [r.status for r in check.results] == ["partial", "FAIL"]
+    saved = (tmp_path / "gpu_check.json").read_text()
+    assert '"failed": [\n    "ddp"\n  ]' in saved
+    assert "| custom_cnn study | partial |" in (tmp_path / "gpu_check.md").read_text()
