@@ -3,16 +3,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 # `make train` installs what training needs, quietly; `make test` (and lint, bench) the dev extra as well.
-$(VENV)/.runtime: pyproject.toml
+# The installer is uv (itself pip-installed into the venv): it unpacks PyTorch's CUDA wheels (4 GB) several
+# times faster than pip (a fresh .venv with the dev extra: about 25 s against 2 min on the 2-core CI machine).
+# uv does not read pip's configuration, so the constraint file that pip's configuration names is passed on
+# (on the CI machine it caps torch and torchvision at the releases on its disk). Where uv cannot be
+# installed, pip installs as before.
+PIP_CONSTRAINT_FILE := $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^.*\.constraint='\(.*\)'$$/\1/p" | head -n 1)
+define install_into_venv
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e .
+	if $(VENV)/bin/pip install --quiet uv; then \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) $(if $(PIP_CONSTRAINT_FILE),--constraint $(PIP_CONSTRAINT_FILE)) -e '$(1)'; \
+	else \
+	  $(VENV)/bin/pip install --quiet --upgrade pip && $(VENV)/bin/pip install --quiet -e '$(1)'; \
+	fi
+endef
+
+$(VENV)/.runtime: pyproject.toml
+	$(call install_into_venv,.)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(call install_into_venv,.[dev])
 	touch $@ $(VENV)/.runtime
 
 .PHONY: install train test test-extras lint bench gpu-check
