@@ -1,7 +1,7 @@
 """How many planted label errors and non-faces does a k-fold sweep's label-issue search find?
 
     python benchmarks/label_issues.py [--per-class 300] [--noise 0.05] [--outliers 12] [--folds 5] [--epochs 10]
-                                      [--seeds 0 1] [--keep DIR]
+                                      [--seeds 0 1] [--keep DIR] [--trainer gpu]
 
 For each seed, the embedded generator plants ``--noise`` flipped labels (uniformly to another class) and
 ``--outliers`` non-face images in its four class folders (listed in ``<dataset>.planted.csv``); a k-fold sweep
@@ -36,8 +36,8 @@ def one_sweep(args, seed: int, root: Path) -> dict:
     command = [sys.executable, "-m", "maskdet.train", "-m", f"data.fold={','.join(map(str, range(args.folds)))}",
                f"data.num_folds={args.folds}", f"data.source.per_class={args.per_class}", f"data.source.seed={seed}",
                f"seed={seed}", f"data.source.label_noise={args.noise}", f"data.source.outliers={args.outliers}",
-               f"trainer.max_epochs={args.epochs}", "~logger", "callbacks.explanations=null", f"task_name=label_{seed}"]
-    env = {**os.environ, "MASKDET_ROOT": str(root), "MASKDET_CACHE_DIR": str(root / "cache"), "PYTHONPATH": str(REPO)}
+               f"trainer.max_epochs={args.epochs}", f"trainer={args.trainer}", "~logger", "callbacks.explanations=null", f"task_name=label_{seed}"]
+    env = {**os.environ, "MASKDET_ROOT": str(root), "MASKDET_CACHE_DIR": str(root / "cache"), "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--trainer", default="cpu", help="the trainer config: cpu, or gpu on a CUDA machine")
     parser.add_argument("--keep", default=None, help="copy each sweep's label_quality.csv and planted.csv here")
     args = parser.parse_args()
     rows, started = [], time.time()
