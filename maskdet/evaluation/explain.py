@@ -99,14 +99,6 @@ def _suptitle(fig: plt.Figure, text: str, fontsize: float = 9) -> None:
     fig.suptitle(textwrap.fill(text, characters), fontsize=fontsize)
 
 
-def _show(ax, image: torch.Tensor, title: str, heat: torch.Tensor | None = None) -> None:
-    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-    if heat is not None:
-        ax.imshow(heat.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_title(title.replace("$", r"\$"), fontsize=7)  # class names from folder names: no mathtext
-    ax.axis("off")
-
-
 def right_and_wrong_per_class(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int,
                               per_class: int) -> list[tuple[list[int], list[int]]]:
     """Per class, the first ``per_class`` correctly and the first ``per_class`` wrongly predicted images
@@ -117,30 +109,67 @@ def right_and_wrong_per_class(labels: torch.Tensor, predicted: torch.Tensor, num
 
 
 def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-                 class_names: Sequence[str], per_class: int, path: Path) -> plt.Figure:
+                 class_names: Sequence[str], per_class: int, path: Path, side: int = 96) -> plt.Figure:
     """One row per class: up to ``per_class`` correct and ``per_class`` misclassified images (of the
-    ``predicted`` classes) with their Grad-CAM, computed for those images only."""
+    ``predicted`` classes) with their Grad-CAM, computed for those images only, drawn as one mosaic."""
     rows = right_and_wrong_per_class(labels, predicted, len(class_names), per_class)
     chosen = [i for right, wrong in rows for i in right + wrong]
     heat, logits = GradCAM(model, layer)(images[chosen].to(next(model.parameters()).device))
     confidence = dict(zip(chosen, logits.softmax(1).amax(1).tolist()))
-    heat = dict(zip(chosen, heat))
+    # the heat map over the image at 45 % opacity, as imshow(alpha=0.45) would blend it
+    jet = torch.from_numpy(matplotlib.colormaps["jet"](heat.cpu().numpy())[..., :3]).permute(0, 3, 1, 2).float()
+    blended = dict(zip(chosen, _fit_tiles(0.55 * images[chosen].float().cpu().clamp(0, 1) + 0.45 * jet, side)))
     cols = 2 * per_class
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.7 * len(rows)), squeeze=False)
+    tiles = np.ones((len(rows) * cols, side, side, 3), dtype=np.float32)
+    captions = [""] * len(tiles)
     for r, (name, (right, wrong)) in enumerate(zip(class_names, rows)):
         for k in range(cols):
-            ax = axes[r, k]
             pool, j = (right, k) if k < per_class else (wrong, k - per_class)
             if j < len(pool):
                 i = pool[j]
                 verdict = "ok" if k < per_class else f"as {class_names[predicted[i]]}"
-                _show(ax, images[i], f"{name}\n{verdict} {confidence[i]:.2f}", heat[i])
-            else:
-                ax.axis("off")
+                tiles[r * cols + k] = blended[i]
+                captions[r * cols + k] = f"{name}\n{verdict} {confidence[i]:.2f}"
+    fig, _ = _mosaic_figure(tiles, captions, cols, top=30, gap=8, side_gap=60)  # room for long class names
     _suptitle(fig, f"Grad-CAM at {layer}: correct (left) and misclassified (right) per class")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
+
+
+def _fit_tiles(images: torch.Tensor, side: int) -> np.ndarray:
+    """Images (N x 3 x H x W, values in 0..1) as N x ``side`` x ``side`` x 3 tiles: the longer side scaled to
+    ``side``, the shape kept, white around."""
+    n, (height, width) = len(images), images.shape[-2:]
+    tiles = np.ones((n, side, side, 3), dtype=np.float32)
+    if n:
+        scale = side / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = F.interpolate(images.float().cpu(), size=size, mode="bilinear", antialias=True,
+                                align_corners=False).clamp(0, 1)
+        top, left = (side - size[0]) // 2, (side - size[1]) // 2
+        tiles[:, top:top + size[0], left:left + size[1]] = resized.permute(0, 2, 3, 1).numpy()
+    return tiles
+
+
+def _mosaic_figure(tiles: np.ndarray, captions: Sequence[str], columns: int, *, top: int, gap: int,
+                   side_gap: int | None = None, centred: bool = True, pixels_per_inch: float = 85,
+                   nearest: bool = False) -> tuple[plt.Figure, plt.Axes]:
+    """``tiles`` as one mosaic in one axes of a figure sized to it (plus room for a title), each tile with its
+    caption (up to two lines) above it, centred or from its left edge."""
+    canvas = _mosaic(tiles, columns, gap, top, side_gap)
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / pixels_per_inch, canvas.shape[0] / pixels_per_inch + 0.5))
+    ax.imshow(canvas, interpolation="nearest" if nearest else "antialiased")
+    ax.axis("off")
+    side_h, side_w = tiles.shape[1:3]
+    cell_w = side_w + (gap if side_gap is None else side_gap)
+    for i, caption in enumerate(captions):
+        if caption:
+            r, c = divmod(i, columns)
+            ax.text(c * cell_w + (side_w / 2 if centred else 0), r * (side_h + top + gap) + top - 3,
+                    caption.replace("$", r"\$"), ha="center" if centred else "left", va="bottom",
+                    fontsize=7)  # class names from folder names: "$" escaped, no mathtext
+    return fig, ax
 
 
 def _mosaic(tiles: np.ndarray, columns: int, gap: int, top: int = 0, side_gap: int | None = None) -> np.ndarray:
@@ -161,26 +190,10 @@ def gallery(images: torch.Tensor, predictions: pd.DataFrame, title: str, path: P
             side: int = 96) -> plt.Figure:
     """Images captioned with true class, predicted class and confidence, each shown at ``side`` px."""
     n = len(predictions)
-    rows = max(1, -(-n // columns))
-    tiles = np.zeros((0, side, side, 3), dtype=np.float32)
-    if n:
-        height, width = images.shape[-2:]
-        scale = side / max(height, width)  # the longer side to ``side``, the shape kept, white around
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        resized = torch.nn.functional.interpolate(images[:n].float().cpu(), size=size, mode="bilinear",
-                                                  antialias=True, align_corners=False).clamp(0, 1)
-        top_pad, left_pad = (side - size[0]) // 2, (side - size[1]) // 2
-        tiles = np.ones((n, side, side, 3), dtype=np.float32)
-        tiles[:, top_pad:top_pad + size[0], left_pad:left_pad + size[1]] = resized.permute(0, 2, 3, 1).numpy()
-    top, gap, side_gap = 30, 8, 60  # room for two caption lines above each image and for long class names
-    fig, ax = plt.subplots(figsize=(1.8 * columns, 2.0 * rows + 0.4))
-    ax.imshow(_mosaic(tiles, columns, gap, top, side_gap))
-    ax.axis("off")
-    for i, (_, row) in enumerate(predictions.iterrows()):
-        r, c = divmod(i, columns)
-        caption = f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}".replace("$", r"\$")
-        ax.text(c * (side + side_gap) + side / 2, r * (side + top + gap) + top - 3, caption, ha="center", va="bottom",
-                fontsize=7)  # class names from folder names: "$" escaped, no mathtext
+    captions = [f"true {row['label']}\npred {row['prediction']} {row['confidence']:.2f}"
+                for _, row in predictions.iterrows()]
+    tiles = _fit_tiles(images[:n], side) if n else np.ones((columns, side, side, 3), dtype=np.float32)
+    fig, ax = _mosaic_figure(tiles, captions, columns, top=30, gap=8, side_gap=60)  # room for long class names
     if n == 0:
         ax.text(0.5, 0.5, "none", fontsize=10, transform=ax.transAxes, ha="center")
     _suptitle(fig, title)
@@ -252,18 +265,25 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str], p
     finally:
         for h in hooks:
             h.remove()
-    fig, axes = plt.subplots(len(layers), channels + 1, figsize=(0.9 * (channels + 1), 1.0 * len(layers)), squeeze=False)
+    side = 48
+    tiles = np.ones((len(layers) * (channels + 1), side, side, 3), dtype=np.float32)
+    captions = [""] * len(tiles)
+    viridis = matplotlib.colormaps["viridis"]
     for r, name in enumerate(layers):
-        for ax in axes[r]:
-            ax.axis("off")
-        _show(axes[r, 0], image, "input")
-        maps = captured[name][0]
+        first = r * (channels + 1)
+        tiles[first], captions[first] = _fit_tiles(image[None].cpu().clamp(0, 1), side)[0], "input"
+        maps = captured[name][0].float().cpu()
         if maps.dim() != 3:
-            axes[r, 1].set_title(f"{name}: not a spatial output", fontsize=7)
+            captions[first + 1] = f"{name}: not a spatial output"
             continue
-        for k in range(min(channels, maps.shape[0])):
-            axes[r, k + 1].imshow(maps[k].cpu().numpy(), cmap="viridis")
-        axes[r, 1].set_title(name, fontsize=7, loc="left")
+        maps = maps[:channels]
+        low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+        scaled = ((maps - low) / (high - low).clamp_min(1e-12)).numpy()  # each map on its own range, as imshow
+        coloured = torch.from_numpy(viridis(scaled)[..., :3]).permute(0, 3, 1, 2).float()
+        tiles[first + 1:first + 1 + len(maps)] = _fit_tiles(coloured, side)
+        captions[first + 1] = name
+    fig, _ = _mosaic_figure(tiles, captions, channels + 1, top=14, gap=4, centred=False, pixels_per_inch=60,
+                            nearest=True)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return fig
