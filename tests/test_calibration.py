@@ -235,13 +235,15 @@ def test_calibration_settings_are_checked_before_training(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_a_long_run_on_a_small_dataset_is_over_confident_and_scaling_lowers_its_test_ece(small_dataset, cache_dir, tmp_path):
-    """The issue's demonstration: 40 epochs on 400 images over-fit (train loss near 0), so the model is
-    over-confident; the temperature fitted on the validation split lowers the test split's ECE and NLL."""
+    """The issue's demonstration: 28 epochs on 400 images over-fit (train loss near 0), so the model is
+    over-confident; the temperature fitted on the validation split lowers the test split's ECE and NLL.
+    (Measured with seed 0: temperature 4.4, test ECE 0.26 -> 0.13, the change's upper bound -0.03; 40 epochs
+    gave 5.1, 0.30 -> 0.13 and -0.05 in 40 % more time.)"""
     import json
 
     from maskdet.train import train
 
-    train(compose_train(["data=folder", f"data.root={small_dataset}", "data.num_folds=3", "trainer.max_epochs=40",
+    train(compose_train(["data=folder", f"data.root={small_dataset}", "data.num_folds=3", "trainer.max_epochs=28",
                          "~logger", "callbacks.explanations=null"], tmp_path, cache_dir))
     report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
     overall = {r["figure"]: r for r in report["rows"] if r["attribute"] == "overall"}

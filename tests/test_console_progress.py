@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ def test_training_into_a_pipe_prints_a_line_per_stage_and_per_epoch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "generating 60 embedded images" in out and re.search(r"generating 60 embedded images.*: done in", out)
+    shown = re.search(r"generating 60 embedded images into (\S+?):? ", out).group(1)  # the dataset's folder, not
+    assert Path(shown).parent == tmp_path / "fresh_cache" / "synthetic" and Path(shown).is_dir()  # its hidden tmp
     assert re.search(r"decoding .*: done in", out), out
     epochs = re.findall(r"^epoch (\d)/3: (\d+s|\dm\d\ds) elapsed(, ETA [^;]+)?; train/loss \d\.\d{4}.*val/acc \d\.\d{4}",
                         out, flags=re.M)

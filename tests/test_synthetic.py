@@ -36,7 +36,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 def test_interrupted_generation_leaves_no_dataset_that_looks_whole(tmp_path, monkeypatch):
     spec = make_spec(per_class=3, seed=0, size=48)
 
-    def crash(spec, out, workers=None):
+    def crash(spec, out, workers=None, shown_as=None):
         (out / CLASSES[0]).mkdir(parents=True)
         (out / CLASSES[0] / "1_0_0_2017_0.jpg").write_bytes(b"half")
         raise KeyboardInterrupt

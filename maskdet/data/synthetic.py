@@ -417,9 +417,10 @@ def _write_images(args: tuple[SyntheticSpec, int, int, int, str]) -> tuple[int, 
     return stop - start, planted
 
 
-def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -> Path:
+def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None, shown_as: str | Path | None = None) -> Path:
     """Write the dataset into ``out`` (which must not exist yet), in chunks over worker processes, and what
-    was planted (``label_noise``, ``outliers``) into ``planted_path(out)`` beside it."""
+    was planted (``label_noise``, ``outliers``) into ``planted_path(out)`` beside it. The progress lines name
+    ``shown_as`` where given: the folder the dataset will have once a temporary ``out`` is renamed."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose a new --out folder.")
@@ -430,7 +431,7 @@ def generate(spec: SyntheticSpec, out: str | Path, workers: int | None = None) -
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     total = sum(spec.per_class) + spec.outliers
     planted = []
-    with progress(f"generating {total:,} embedded images into {out}", total) as advance, \
+    with progress(f"generating {total:,} embedded images into {shown_as or out}", total) as advance, \
             contextlib.nullcontext() if workers == 1 else ProcessPoolExecutor(workers) as pool:
         results = map(_write_images, jobs) if pool is None else pool.map(_write_images, jobs)
         for count, rows in results:
@@ -470,7 +471,7 @@ def ensure_dataset(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
 def _generate_atomically(spec: SyntheticSpec, final: Path) -> None:
     with temporary_sibling(final) as tmp:
         try:
-            generate(spec, tmp)
+            generate(spec, tmp, shown_as=final)
         except BaseException:
             planted_path(tmp).unlink(missing_ok=True)  # written beside the temporary folder, not in it
             raise
