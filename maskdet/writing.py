@@ -153,6 +153,11 @@ def file_name_part(text, limit: int | None = None) -> str:
     return name if name.strip(".") else "empty"
 
 
+def percent(value: float) -> str:
+    """A share as a percentage for reports: two decimals at most, trailing zeros dropped (0.125 -> "12.5 %")."""
+    return f"{100 * value:.2f}".rstrip("0").rstrip(".") + " %"
+
+
 def one_line(text) -> str:
     """``text`` with control characters (newlines, tabs, escapes) folded into single spaces."""
     return _CONTROL.sub(" ", str(text)).strip()

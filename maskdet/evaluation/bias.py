@@ -77,7 +77,7 @@ from maskdet.evaluation.statistics import (
     wilson_interval,
 )
 from maskdet.jsonfile import write_json
-from maskdet.writing import md, plot_text, save_figure, write_csv, write_text
+from maskdet.writing import md, percent, plot_text, save_figure, write_csv, write_text
 
 TOO_SMALL_GAP = 0.2  # a ranked group that could only be found to differ by more than this is warned about
 # Per-group figures (bias.metrics, default [macro_f1]): binned ECE ("ece") is not among the defaults: its
@@ -245,7 +245,7 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
                         else f"no gap at all (not even {primary_metric} 0 against {gap['baseline']:.2f})")
                 warnings.append(f"{gap['attribute']}: {group['row']['group']} (n = {group['n']}) is too small to say "
                                 f"much: against {other['row']['group']} (n = {other['n']}) the audit could detect "
-                                f"{says} with {_pct(POWER)} power at alpha {alpha / m:.2g}.")
+                                f"{says} with {percent(POWER)} power at alpha {alpha / m:.2g}.")
 
     # A second, secondary family: Spiegelhalter's test of every ranked group.
     calibration_rows = [r for r in rows if math.isfinite(r["calibration_p_raw"])]
@@ -265,10 +265,6 @@ def audit(predictions: pd.DataFrame, class_names: Sequence[str], attributes: Seq
                        "power_alpha": alpha / m if m else math.nan, "tests": tests},
             "calibration_family": {"test": "Spiegelhalter z-test, two-sided", "method": correction,
                                    "size": len(calibration_rows), "role": "secondary (not in the gap family)"}}
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}".rstrip("0").rstrip(".") + " %"
 
 
 def _p(value: float) -> str:
@@ -297,14 +293,14 @@ def format_markdown(report: dict) -> str:
              "All intervals are pointwise 95 % except the gaps' (below).", "",
              f"**Tests: one family.** The gaps in {metric} between every pair of ranked groups of every attribute "
              f"(pooled two-proportion z-test, two-sided) are one family of {m} tests, corrected together with "
-             f"{method} at {_pct(alpha)}; {metric} is the primary metric and these are the report's confirmatory tests. "
-             f"Gap intervals: Newcombe, simultaneous at {_pct(family.get('interval_level', 1 - alpha))} (Bonferroni "
+             f"{method} at {percent(alpha)}; {metric} is the primary metric and these are the report's confirmatory tests. "
+             f"Gap intervals: Newcombe, simultaneous at {percent(family.get('interval_level', 1 - alpha))} (Bonferroni "
              f"over the {m} tests)"
              + ("; Holm's step-down may call a gap significant whose interval still touches 0." if report.get(
                  "correction", "holm") == "holm" else "; they are stricter than the false-discovery verdict, "
                  "which may call a gap significant whose interval touches 0.")
              + f" Power: the minimum detectable gap is the smallest drop below the attribute's pooled {metric} "
-             f"that this test finds with {_pct(POWER)} power at alpha/{max(m, 1)} = {alpha / max(m, 1):.2g}, at the "
+             f"that this test finds with {percent(POWER)} power at alpha/{max(m, 1)} = {alpha / max(m, 1):.2g}, at the "
              "pair's sizes.", "",
              "**Calibration** (no bins): calibration gap = mean confidence - accuracy (> 0 overconfident), "
              "interval = mean confidence minus the Wilson 95 % interval of accuracy (pointwise, about 95-97 % "
@@ -334,17 +330,17 @@ def format_markdown(report: dict) -> str:
                              + ("-" if not math.isfinite(r["calibration_z"]) else f"{r['calibration_z']:.2f}")
                              + f" | {_p(r['calibration_p_raw'])} | {_p(r['calibration_p'])} |")
         if "gap" in gap:
-            verdict = (f"significant at {_pct(alpha)}" if gap["significant"] else
+            verdict = (f"significant at {percent(alpha)}" if gap["significant"] else
                        f"not significant; this audit could only detect gaps above "
                        f"{_detectable(gap['min_detectable_gap'])}")
             lines += ["", f"Largest gap in {md(gap.get('metric', 'accuracy'))}: {md(gap['best_group'])} "
                           f"{gap['best_value']:.4f} (n = {gap['best_n']}) "
                           f"vs {md(gap['worst_group'])} {gap['worst_value']:.4f} (n = {gap['worst_n']}): "
                           f"{gap['gap']:+.4f} [{gap['gap_low']:+.4f}, {gap['gap_high']:+.4f}] "
-                          f"({_pct(gap['interval_level'])} simultaneous), z = {gap['z']:.2f}, p = {gap['p_value']:.3g} "
+                          f"({percent(gap['interval_level'])} simultaneous), z = {gap['z']:.2f}, p = {gap['p_value']:.3g} "
                           f"({method.split(' (')[0]} over the family of {gap['family_size']}; raw {gap['p_value_raw']:.3g}): "
                           f"{verdict}. Minimum detectable gap at these sizes: "
-                          f"{_detectable(gap['min_detectable_gap'])} ({_pct(POWER)} power, alpha {gap['power_alpha']:.2g}). "
+                          f"{_detectable(gap['min_detectable_gap'])} ({percent(POWER)} power, alpha {gap['power_alpha']:.2g}). "
                           f"Worst-group accuracy: {gap['worst_accuracy']:.4f}."]
         else:
             lines += ["", "Fewer than two groups large enough to rank: no gap test."]
@@ -354,7 +350,7 @@ def format_markdown(report: dict) -> str:
     tests = family.get("tests", [])
     if tests:
         lines += ["", f"## All gap tests (the family: {m} tests of {metric}, {method})", "",
-                  f"| attribute | higher | lower | gap [{_pct(family['interval_level'])} simultaneous] | z | p | "
+                  f"| attribute | higher | lower | gap [{percent(family['interval_level'])} simultaneous] | z | p | "
                   f"p ({report['correction']}) | significant | min. detectable gap |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for t in tests:

@@ -95,7 +95,7 @@ from maskdet.evaluation.statistics import (  # noqa: E402
     two_level_bootstrap,
 )
 from maskdet.jsonfile import write_json  # noqa: E402
-from maskdet.writing import md, one_line, plot_text, save_figure, write_csv, write_text  # noqa: E402
+from maskdet.writing import md, one_line, percent, plot_text, save_figure, write_csv, write_text  # noqa: E402
 
 LOWER_IS_BETTER = {"ece", "gap"}
 # comparison/default.yaml's: the level, the image resamples of the two-level bootstrap (the smallest p-value is
@@ -546,10 +546,6 @@ def _p(value) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.3g}"
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}".rstrip("0").rstrip(".") + " %"
-
-
 def _cell(row: pd.Series, metric: str) -> str:
     """mean ± sample std (n) [interval]; one fold: no std."""
     n = row[f"{metric}_n"]
@@ -600,13 +596,13 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
              "attributes). Lower is better for ECE and the gap. Std: sample std over folds (ddof = 1); a "
              "configuration with one fold has none. n: folds (runs) behind a figure.", "",
              f"**Tests: two declared families.** The configurations' family: every test over folds ({m}: every "
-             f"metric and pair), corrected together with {family['method_name']} at {_pct(alpha)}. The trained "
+             f"metric and pair), corrected together with {family['method_name']} at {percent(alpha)}. The trained "
              f"models' family: the {family['tests']['mcnemar_exact']} McNemar tests (one per pair and fold), corrected "
              "among themselves; they ask whether two trained models differ and do not enter the configurations' "
              "verdict. The primary metric is "
              f"{METRICS[primary] if primary != 'gap' else names['gap']}: its test over folds is each pair's "
              "confirmatory test; the others are secondary. Every interval of the tests is simultaneous at "
-             f"{_pct(level)} (Bonferroni over the {m} tests), so all cover together with {_pct(1 - alpha)} "
+             f"{percent(level)} (Bonferroni over the {m} tests), so all cover together with {percent(1 - alpha)} "
              "probability"
              + ("; Holm's step-down may call a difference significant whose interval touches 0." if family["method"]
                 == "holm" else "; they are stricter than the false-discovery verdict, which may call a difference "
@@ -620,9 +616,9 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
     over_folds = sorted((p for p in pairs if p["test"] != "mcnemar_exact"), key=lambda p: p["role"] != "confirmatory")
     lines += ["", f"## Pairs over folds ({TESTS['bootstrap' if design == 'shared' else 'nadeau_bengio']}; "
                   f"{family['method']} over the family of {m})", "",
-              f"Difference = a - b, mean over the folds both ran; interval simultaneous at {_pct(level)}.", ""]
+              f"Difference = a - b, mean over the folds both ran; interval simultaneous at {percent(level)}.", ""]
     if over_folds:
-        lines += [f"| role | a | b | metric | folds | difference [{_pct(level)} simultaneous] | p | p ({family['method']}) | "
+        lines += [f"| role | a | b | metric | folds | difference [{percent(level)} simultaneous] | p | p ({family['method']}) | "
                   "significant | conditional on |", "|---" * 10 + "|"]
         for p in over_folds:
             verdict = "-" if p["significant"] is None else ("yes" if p["significant"] else "no")
@@ -637,9 +633,9 @@ def format_markdown(configs: pd.DataFrame, pairs: list[dict], runs: pd.DataFrame
                   f"over their own family of {m_models})", "",
               "These test the two runs of one fold, not the configurations: with training variability, two runs of "
               f"identical configurations differ a little. Interval: Newcombe's paired score interval, simultaneous "
-              f"at {_pct(level_models)}.", ""]
+              f"at {percent(level_models)}.", ""]
     if paired:
-        lines += [f"| a | b | fold | images | only a right | only b right | accuracy difference [{_pct(level_models)} "
+        lines += [f"| a | b | fold | images | only a right | only b right | accuracy difference [{percent(level_models)} "
                   f"simultaneous] | p | p ({family['method']}) | significant |", "|---" * 10 + "|"]
         for p in paired:
             verdict = "yes" if p["significant"] else "no"
