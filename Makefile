@@ -4,17 +4,18 @@ PY := $(VENV)/bin/python
 
 # `make train` installs what training needs, quietly; `make test` (and lint, bench) the dev extra as well.
 # The installer is uv (itself pip-installed into the venv): it unpacks PyTorch's CUDA wheels (4 GB) several
-# times faster than pip (a fresh .venv with the dev extra: about 40 s against 2 min 17 s on the 2-core CI
+# times faster than pip (a fresh .venv with the dev extra: about 50 s against 2 min 17 s on the 2-core CI
 # machine). --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (CI), nothing else would
 # write .pyc files, and every process would compile torch again (16 s instead of 6 s to import Lightning).
-# uv does not read pip's configuration, so the constraint file that pip's configuration names is passed on
-# (on the CI machine it caps torch and torchvision at the releases on its disk). Where uv cannot be
-# installed, pip installs as before.
-PIP_CONSTRAINT_FILE := $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^.*\.constraint='\(.*\)'$$/\1/p" | head -n 1)
+# uv reads PyPI (or UV_INDEX_URL, UV_FIND_LINKS), not pip's configuration; of that, the constraint files are
+# passed on: PIP_CONSTRAINT where set, else the constraint that pip's configuration files name (on the CI
+# machine it caps torch and torchvision at the releases on its disk). Where uv cannot be installed, pip
+# installs as before; offline or behind a private index, install with pip (README, "Install").
+PIP_CONSTRAINT_FILES := $(if $(PIP_CONSTRAINT),$(PIP_CONSTRAINT),$(shell python3 -m pip config list 2>/dev/null | sed -n "s/^\(global\|install\)\.constraint='\(.*\)'$$/\2/p" | head -n 1))
 define install_into_venv
 	python3 -m venv $(VENV)
 	if $(VENV)/bin/pip install --quiet uv; then \
-	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(if $(PIP_CONSTRAINT_FILE),--constraint $(PIP_CONSTRAINT_FILE)) -e '$(1)'; \
+	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(foreach file,$(PIP_CONSTRAINT_FILES),--constraint '$(file)') -e '$(1)'; \
 	else \
 	  $(VENV)/bin/pip install --quiet --upgrade pip && $(VENV)/bin/pip install --quiet -e '$(1)'; \
 	fi

@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--trainer", default="cpu", help="the trainer config: cpu, or gpu on a CUDA machine")
+    parser.add_argument("--trainer", default="default", help="the trainer config (default: the accelerator Lightning finds); gpu, cpu")
     parser.add_argument("--keep", default=None, help="copy each sweep's label_quality.csv and planted.csv here")
     args = parser.parse_args()
     rows, started = [], time.time()

@@ -137,16 +137,17 @@ def gradcam_grid(model, layer: str, images: torch.Tensor, labels: torch.Tensor, 
     return fig
 
 
-def _fit_tiles(images: torch.Tensor, side: int) -> np.ndarray:
+def _fit_tiles(images: torch.Tensor, side: int, mode: str = "bilinear") -> np.ndarray:
     """Images (N x 3 x H x W, values in 0..1) as N x ``side`` x ``side`` x 3 tiles: the longer side scaled to
-    ``side``, the shape kept, white around."""
+    ``side``, the shape kept, white around. ``mode="nearest"`` keeps small maps' cells crisp and their colours
+    exact, as imshow shows a map enlarged more than 3 times."""
     n, (height, width) = len(images), images.shape[-2:]
     tiles = np.ones((n, side, side, 3), dtype=np.float32)
     if n:
         scale = side / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        resized = F.interpolate(images.float().cpu(), size=size, mode="bilinear", antialias=True,
-                                align_corners=False).clamp(0, 1)
+        smooth = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+        resized = F.interpolate(images.float().cpu(), size=size, mode=mode, **smooth).clamp(0, 1)
         top, left = (side - size[0]) // 2, (side - size[1]) // 2
         tiles[:, top:top + size[0], left:left + size[1]] = resized.permute(0, 2, 3, 1).numpy()
     return tiles
@@ -280,7 +281,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str], p
         low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
         scaled = ((maps - low) / (high - low).clamp_min(1e-12)).numpy()  # each map on its own range, as imshow
         coloured = torch.from_numpy(viridis(scaled)[..., :3]).permute(0, 3, 1, 2).float()
-        tiles[first + 1:first + 1 + len(maps)] = _fit_tiles(coloured, side)
+        tiles[first + 1:first + 1 + len(maps)] = _fit_tiles(coloured, side, mode="nearest")
         captions[first + 1] = name
     fig, _ = _mosaic_figure(tiles, captions, channels + 1, top=14, gap=4, centred=False, pixels_per_inch=60,
                             nearest=True)
