@@ -238,7 +238,7 @@ def second_look_scores(detector, rgb: np.ndarray) -> list[tuple]:
 def heldout() -> None:
     """The second look's two settings chosen on one half of the photographs and measured on the other half
     (and the other way round): what the shipped settings, chosen on all of them, would find on new photos."""
-    from maskdet.detect import build_detector
+    from maskdet.detect import BLAZEFACE, build_detector
 
     detector = build_detector({"name": "blazeface", "verify_below": 0})  # boxes at the score threshold, no look
     items = []  # (half, kind, known box or None, IoU needed, boxes with scores)
@@ -258,6 +258,7 @@ def heldout() -> None:
         for part, kind, box, needed, scored in items:
             if part != half:
                 continue
+            # BlazeFaceDetector.detect's rule: kept when sure enough, or found again by the second look
             kept = [face for face, score, again in scored if score >= below or again >= least]
             hit = len(kept) if box is None else int(found(kept, box, needed))
             total = counts.setdefault(kind, [0, 0])
@@ -281,8 +282,9 @@ def heldout() -> None:
         names = ("even", "odd")
         print(f"{names[chosen_on]:<11}{below:>13}{least:>13}{names[chosen_on]:>13}{cells(counts)}")
         print(f"{'':<11}{'':>13}{'':>13}{names[1 - chosen_on]:>13}{cells(measure(1 - chosen_on, below, least))}")
+    below, least = BLAZEFACE["verify_below"], BLAZEFACE["verify_score"]  # conf/detector/blazeface.yaml
     for half in (0, 1):
-        print(f"{'shipped':<11}{0.75:>13}{0.6:>13}{('even', 'odd')[half]:>13}{cells(measure(half, 0.75, 0.6))}")
+        print(f"{'shipped':<11}{below:>13}{least:>13}{('even', 'odd')[half]:>13}{cells(measure(half, below, least))}")
 
 
 def crowd_frame(count: int) -> np.ndarray:
