@@ -335,6 +335,20 @@ def test_small_faces_need_the_tiles_that_min_face_adds():
     assert blazeface(min_face=24).tile_sides(480, 640) == [320, 192]
 
 
+def test_a_small_unsure_face_is_looked_at_again_at_the_scale_its_tile_saw_it():
+    """A 32 px masked face found by a tile with a score under verify_below: the mirrored whole frame cannot show
+    it to the model (it is 6 px there), so its second look mirrors the zoomed crop instead, and the face stays."""
+    head, box = astronaut_head()
+    scene, (known,) = compose(plain_background(seed=0), [(cloth_mask(head, box), box)], [(40, 60, 0.3)])
+    detector = blazeface()
+    (unsure,) = [f for f in blazeface(verify_below=0).detect(scene) if iou((f.x, f.y, f.w, f.h), known) >= 0.5]
+    assert unsure.score < detector.verify_below and not detector.seen_whole(unsure, scene)
+    whole_mirrored = detector._run(np.ascontiguousarray(scene[:, ::-1]))
+    assert not any(iou((scene.shape[1] - x2, y1, x2 - x1, y2 - y1), known) >= 0.4 for x1, y1, x2, y2 in whole_mirrored[0])
+    assert detector.second_look(scene, unsure, None) >= detector.verify_score  # None: no frame mirror is needed
+    assert found(detector.detect(scene), known)
+
+
 def test_blazeface_settings_and_a_missing_runtime_are_explained(monkeypatch):
     with pytest.raises(ConfigError, match="detector.model='long_range' is unknown"):
         blazeface(model="long_range")
