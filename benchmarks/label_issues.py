@@ -1,7 +1,7 @@
 """How many planted label errors and non-faces does a k-fold sweep's label-issue search find?
 
     python benchmarks/label_issues.py [--per-class 300] [--noise 0.05] [--outliers 12] [--folds 5] [--epochs 10]
-                                      [--seeds 0 1] [--keep DIR] [--trainer gpu]
+                                      [--seeds 0 1] [--keep DIR] [--trainer gpu] [--set data.image_size=64]
 
 For each seed, the embedded generator plants ``--noise`` flipped labels (uniformly to another class) and
 ``--outliers`` non-face images in its four class folders (listed in ``<dataset>.planted.csv``); a k-fold sweep
@@ -29,14 +29,15 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from maskdet.evaluation.label_issues import score_against_truth  # noqa: E402
+from maskdet.evaluation.label_issues import held_out_predictions, score_against_truth  # noqa: E402
 
 
 def one_sweep(args, seed: int, root: Path) -> dict:
     command = [sys.executable, "-m", "maskdet.train", "-m", f"data.fold={','.join(map(str, range(args.folds)))}",
                f"data.num_folds={args.folds}", f"data.source.per_class={args.per_class}", f"data.source.seed={seed}",
                f"seed={seed}", f"data.source.label_noise={args.noise}", f"data.source.outliers={args.outliers}",
-               f"trainer.max_epochs={args.epochs}", f"trainer={args.trainer}", "~logger", "callbacks.explanations=null", f"task_name=label_{seed}"]
+               f"trainer.max_epochs={args.epochs}", f"trainer={args.trainer}", "~logger", "callbacks.explanations=null", f"task_name=label_{seed}",
+               *args.set]
     env = {**os.environ, "MASKDET_ROOT": str(root), "MASKDET_CACHE_DIR": str(root / "cache"), "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -53,6 +54,7 @@ def one_sweep(args, seed: int, root: Path) -> dict:
         keep.mkdir(parents=True, exist_ok=True)
         quality.to_csv(keep / "label_quality.csv", index=False)
         pd.read_csv(planted_csv).to_csv(keep / "planted.csv", index=False)
+        held_out_predictions(sweep)[0].to_csv(keep / "held_out_predictions.csv", index=False)  # every class's probability
     return score
 
 
@@ -65,7 +67,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--trainer", default="default", help="the trainer config (default: the accelerator Lightning finds); gpu, cpu")
-    parser.add_argument("--keep", default=None, help="copy each sweep's label_quality.csv and planted.csv here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another override for every fold, as maskdet.train reads it (repeatable; e.g. data.image_size=64)")
+    parser.add_argument("--keep", default=None, help="copy each sweep's label_quality.csv, planted.csv and held-out probabilities here")
     args = parser.parse_args()
     rows, started = [], time.time()
     for seed in args.seeds:
@@ -79,7 +83,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     table = "\n".join([
         f"Planted: {args.noise:.0%} flipped labels and {args.outliers} non-faces among {4 * args.per_class} embedded "
-        f"images; the custom CNN, {args.folds} folds, {args.epochs} epochs; flagged = cleanlab label issue or lowest "
+        f"images; the custom CNN, {args.folds} folds, {args.epochs} epochs{''.join(', ' + o for o in args.set)}; flagged = cleanlab label issue or lowest "
         f"1 % outlier score ({time.time() - started:.0f} s on this machine).", "",
         "| seed | images | mean test acc | planted | flagged | found | precision | recall | flipped found | "
         "non-faces found |", "|---|---|---|---|---|---|---|---|---|---|", *rows])

@@ -371,6 +371,7 @@ NUMBERS: dict[str, Accepts] = {
     "detector.min_face": _whole(0, note=" (pixels; 0: the whole frame only, no tiles)"),
     "detector.verify_below": _number(least=0, most=1, note=" (boxes scoring below it get a second look; 0: none)"),
     "detector.verify_score": _number(above=0, below=1),
+    "detector.verify_score_small": _number(above=0, below=1),
     "scenes.iou": _number(above=0, most=1),
     "scenes.gallery_size": _whole(0),
 }

@@ -345,7 +345,8 @@ def test_a_small_unsure_face_is_looked_at_again_at_the_scale_its_tile_saw_it():
     assert unsure.score < detector.verify_below and not detector.seen_whole(unsure, scene)
     whole_mirrored = detector._run(np.ascontiguousarray(scene[:, ::-1]))
     assert not any(iou((scene.shape[1] - x2, y1, x2 - x1, y2 - y1), known) >= 0.4 for x1, y1, x2, y2 in whole_mirrored[0])
-    assert detector.second_look(scene, unsure, None) >= detector.verify_score  # None: no frame mirror is needed
+    assert detector.score_needed_again(unsure, scene) == detector.verify_score_small  # the bar of small faces
+    assert detector.second_look(scene, unsure, None) >= detector.verify_score_small  # None: no frame mirror needed
     assert found(detector.detect(scene), known)
 
 
