@@ -194,8 +194,8 @@ class BlazeFaceDetector:
     merged by non-maximum suppression.
 
     A box scoring below ``verify_below`` gets a second look (``second_look``): the model must find it again,
-    at ``verify_score`` or more (``verify_score_small`` for a face under an eighth of the frame, which only
-    tiles see), both mirrored and in a crop zoomed in around it. A face is found
+    at ``verify_score`` or more (``verify_score_small`` for a face under an eighth of the frame's longer
+    side, which the whole frame's pass cannot see), both mirrored and in a crop zoomed in around it. A face is found
     again under either change; a texture that happened to look like one mostly is not (on the benchmark's
     photos it keeps 110 of the 120 masked faces that a threshold of 0.5 finds and drops all 46 of its false
     boxes on photos without a face; benchmarks/detect.py). ``verify_below`` at or under ``score_threshold`` turns the second look off."""
@@ -303,8 +303,8 @@ class BlazeFaceDetector:
         return faces
 
     def score_needed_again(self, face: Face, rgb: np.ndarray) -> float:
-        """The second look's bar: ``verify_score``, or ``verify_score_small`` for a face only tiles see, where
-        false boxes are most common (the lower edge of a mask, a galaxy; benchmarks/detect.py)."""
+        """The second look's bar: ``verify_score``, or ``verify_score_small`` for a face too small for the whole
+        frame's pass, where false boxes are most common (the lower edge of a mask, a galaxy; benchmarks/detect.py)."""
         return self.verify_score if self.seen_whole(face, rgb) else self.verify_score_small
 
     def seen_whole(self, face: Face, rgb: np.ndarray) -> bool:
@@ -317,9 +317,10 @@ class BlazeFaceDetector:
     def second_look(self, rgb: np.ndarray, face: Face, mirrored: tuple[np.ndarray, np.ndarray] | None) -> float:
         """The lower of the scores with which the model finds ``face`` again (IoU >= 0.4) mirrored and in a crop of
         ``ZOOM`` times the box around it; 0 where it does not find it. Mirrored means the mirrored frame
-        (``mirrored``: its boxes and scores) for a face the whole frame's pass can see, and the mirrored crop for
-        a smaller one, which only a tile found: the whole frame would miss it however real it is (the masked
-        astronaut at 27-35 px was dropped that way; benchmarks/detect.py)."""
+        (``mirrored``: its boxes and scores, computed here when None) for a face the whole frame's pass can see,
+        and the mirrored crop for a smaller one (under an eighth of the frame's longer side), which the whole
+        frame would miss however real it is (the masked astronauts at 32-35 px were dropped that way;
+        benchmarks/detect.py)."""
         side = int(max(face.w, face.h) * self.ZOOM)
         left = int(max(0, face.x + face.w / 2 - side / 2))
         top = int(max(0, face.y + face.h / 2 - side / 2))
@@ -327,6 +328,8 @@ class BlazeFaceDetector:
         boxes, scores = self._run(crop)
         again = [_best_match(boxes + [left, top, left, top], scores, face)]
         if self.seen_whole(face, rgb):
+            if mirrored is None:
+                mirrored = self._run(np.ascontiguousarray(rgb[:, ::-1]))
             (boxes, scores), width, shift = mirrored, rgb.shape[1], [0, 0, 0, 0]
         else:
             (boxes, scores), width, shift = self._run(np.ascontiguousarray(crop[:, ::-1])), crop.shape[1], [left, top, left, top]

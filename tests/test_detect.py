@@ -335,9 +335,10 @@ def test_small_faces_need_the_tiles_that_min_face_adds():
     assert blazeface(min_face=24).tile_sides(480, 640) == [320, 192]
 
 
-def test_a_small_unsure_face_is_looked_at_again_at_the_scale_its_tile_saw_it():
+def test_a_small_unsure_face_is_looked_at_again_in_its_mirrored_crop_at_its_own_bar():
     """A 32 px masked face found by a tile with a score under verify_below: the mirrored whole frame cannot show
-    it to the model (it is 6 px there), so its second look mirrors the zoomed crop instead, and the face stays."""
+    it to the model (it is 6 px there), so its second look mirrors the zoomed crop instead, and the face stays if
+    it reaches verify_score_small (the bar of faces under an eighth of the frame), whatever verify_score is."""
     head, box = astronaut_head()
     scene, (known,) = compose(plain_background(seed=0), [(cloth_mask(head, box), box)], [(40, 60, 0.3)])
     detector = blazeface()
@@ -345,9 +346,16 @@ def test_a_small_unsure_face_is_looked_at_again_at_the_scale_its_tile_saw_it():
     assert unsure.score < detector.verify_below and not detector.seen_whole(unsure, scene)
     whole_mirrored = detector._run(np.ascontiguousarray(scene[:, ::-1]))
     assert not any(iou((scene.shape[1] - x2, y1, x2 - x1, y2 - y1), known) >= 0.4 for x1, y1, x2, y2 in whole_mirrored[0])
-    assert detector.score_needed_again(unsure, scene) == detector.verify_score_small  # the bar of small faces
+    assert detector.score_needed_again(unsure, scene) == detector.verify_score_small
     assert detector.second_look(scene, unsure, None) >= detector.verify_score_small  # None: no frame mirror needed
     assert found(detector.detect(scene), known)
+    assert found(blazeface(verify_score=0.99).detect(scene), known)  # the large faces' bar does not apply
+    assert not found(blazeface(verify_score_small=0.99).detect(scene), known)
+    # a large face's look works without a precomputed mirrored frame too (it is computed when None)
+    big, (big_box,) = compose(plain_background(seed=0), [(cloth_mask(head, box), box)], [(200, 100, 1.2)])
+    (face,) = [f for f in blazeface(verify_below=0).detect(big) if iou((f.x, f.y, f.w, f.h), big_box) >= 0.5]
+    assert detector.seen_whole(face, big)
+    assert detector.second_look(big, face, None) == detector.second_look(big, face, detector._run(np.ascontiguousarray(big[:, ::-1])))
 
 
 def test_blazeface_settings_and_a_missing_runtime_are_explained(monkeypatch):
