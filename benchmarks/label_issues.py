@@ -8,7 +8,8 @@ For each seed, the embedded generator plants ``--noise`` flipped labels (uniform
 of the default model (the custom CNN, 32 px, every other setting at its default) runs through
 ``python -m maskdet.train -m data.fold=0,...`` as a user types it, and ends by writing label_issues.csv. The
 flagged images are scored against the planted ones: precision (flagged that were planted) and recall
-(planted that were flagged), overall and per kind. Beside them: the mean test accuracy of the folds, which
+(planted that were flagged), overall, per kind, and for the validation images (one model each) and the
+test images (every fold's model, averaged) apart. Beside them: the mean test accuracy of the folds, which
 bounds precision (a held-out model's own errors look like label errors). The table is printed and written
 to benchmarks/results/label_issues.md.
 """
@@ -46,6 +47,9 @@ def one_sweep(args, seed: int, root: Path) -> dict:
     (planted_csv,) = (root / "cache" / "synthetic").glob("*.planted.csv")
     quality = pd.read_csv(sweep / "label_quality.csv", keep_default_na=False)
     score = score_against_truth(quality, pd.read_csv(planted_csv))
+    # validation images are predicted by one model each, test images by every fold's model averaged
+    score["by_split"] = {split: score_against_truth(quality[quality["split"] == split], pd.read_csv(planted_csv))
+                         for split in ("val", "test")}
     summary = pd.read_csv(sweep / "cv_summary.csv")
     score["test_acc"] = float(summary.loc[summary["fold"] == "mean", "test/acc"].item())
     score["images"] = len(quality)
@@ -79,14 +83,17 @@ def main() -> None:
         rows.append(f"| {seed} | {score['images']} | {score['test_acc']:.3f} | {score['planted']} | {score['flagged']} | "
                     f"{score['found']} | {score['precision']:.2f} | {score['recall']:.2f} | "
                     + " | ".join(f"{kinds.get(k, {}).get('found', 0)}/{kinds.get(k, {}).get('planted', 0)}"
-                                 for k in ("flipped", "outlier")) + " |")
+                                 for k in ("flipped", "outlier")) + " | "
+                    + " | ".join(f"{part['precision']:.2f} / {part['recall']:.2f}" for part in score["by_split"].values())
+                    + " |")
         print(rows[-1], flush=True)
     table = "\n".join([
         f"Planted: {args.noise:.0%} flipped labels and {args.outliers} non-faces among {4 * args.per_class} embedded "
         f"images; the custom CNN, {args.folds} folds, {args.epochs} epochs{''.join(', ' + o for o in args.set)}; flagged = cleanlab label issue or lowest "
         f"1 % outlier score ({time.time() - started:.0f} s on this machine).", "",
         "| seed | images | mean test acc | planted | flagged | found | precision | recall | flipped found | "
-        "non-faces found |", "|---|---|---|---|---|---|---|---|---|---|", *rows])
+        "non-faces found | val images: precision / recall | test images: precision / recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
     print(table)
     out = REPO / "benchmarks" / "results" / "label_issues.md"
     out.write_text(f"# Label issues found in planted noise\n\n`python benchmarks/label_issues.py "
