@@ -247,7 +247,7 @@ def second_look_scores(detector, rgb: np.ndarray) -> list[tuple]:
     tiles see it: enough to replay any (verify_below, verify_score, verify_score_small) without running the model
     again."""
     faces = detector.detect(rgb)
-    mirrored = detector._run(np.ascontiguousarray(rgb[:, ::-1])) if faces else None
+    mirrored = detector.mirrored_pass(rgb, faces)
     return [(face, face.score, detector.second_look(rgb, face, mirrored), not detector.seen_whole(face, rgb))
             for face in faces]
 

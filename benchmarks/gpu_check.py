@@ -116,6 +116,10 @@ class StepFailed(Exception):
         self.figures = figures or {}
 
 
+class StepTimedOut(StepFailed):
+    """A step's command ran past its limit and was killed."""
+
+
 class StepPartial(StepFailed):
     """A timed study stopped at its limit after finishing some folds: its figures stand, extrapolated."""
     status = "partial"
@@ -180,6 +184,10 @@ class Check:
     def remaining(self) -> float:
         return self.deadline_s - (time.monotonic() - self.started)
 
+    def failed(self) -> list[str]:
+        """The steps that failed; a study stopped at its limit after some folds ("partial") is not among them."""
+        return [r.step for r in self.results if r.status == StepFailed.status]
+
     def step(self, name: str, body: Callable[[float], dict]) -> None:
         limit = max(0.0, min(STEP_LIMIT_S[name] * self.sizes.limit_scale, self.remaining()))
         result = Result(name, limit_s=round(limit))
@@ -214,7 +222,7 @@ class Check:
         (self.out / "gpu_check.md").write_text(self.table() + "\n")
         (self.out / "gpu_check.json").write_text(json.dumps(
             {"mode": "cpu-rehearsal" if self.rehearsal else "gpu", "total_s": round(time.monotonic() - self.started, 1),
-             "failed": [r.step for r in self.results if r.status == "FAIL"],
+             "failed": self.failed(),
              "steps": [r.__dict__ for r in self.results]}, indent=2, default=str))
 
     def run(self, args: list[str], limit: float, cpu_only: bool = False, peak: bool = False) -> str:
@@ -234,7 +242,7 @@ class Check:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
             self.log.write(output)
-            raise StepFailed(f"timed out after {limit:.0f} s") from None
+            raise StepTimedOut(f"timed out after {limit:.0f} s") from None
         self.log.write(output)
         self.last_output = output
         if proc.returncode != 0:
@@ -353,8 +361,8 @@ class Check:
             output = self.run(args, limit, peak=True)
         except StepFailed as err:
             figures = {"note": note, **study_metrics(run_dir, folds, time.monotonic() - start)}
-            timed_out = str(err).startswith("timed out") and "all folds (extrapolated) s" in figures
-            raise (StepPartial if timed_out else StepFailed)(str(err), figures) from None
+            partial = isinstance(err, StepTimedOut) and "all folds (extrapolated) s" in figures  # >= 1 fold done
+            raise (StepPartial if partial else StepFailed)(str(err), figures) from None
         figures = {"note": note, **study_metrics(run_dir, folds, time.monotonic() - start)}
         summary = read_json(run_dir / "metrics.json")
         if summary.get("folds") != folds or summary.get("failed"):
@@ -441,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     check.log.close()
 
     print(check.table())
-    failed = [r.step for r in check.results if r.status == "FAIL"]
+    failed = check.failed()
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (run folders kept in {work}; output in {args.out / 'gpu_check.log'})")
         return 1

@@ -46,9 +46,10 @@ def one_sweep(args, seed: int, root: Path) -> dict:
     (sweep,) = (root / "outputs" / f"label_{seed}" / "multiruns").iterdir()
     (planted_csv,) = (root / "cache" / "synthetic").glob("*.planted.csv")
     quality = pd.read_csv(sweep / "label_quality.csv", keep_default_na=False)
-    score = score_against_truth(quality, pd.read_csv(planted_csv))
+    planted = pd.read_csv(planted_csv)
+    score = score_against_truth(quality, planted)
     # validation images are predicted by one model each, test images by every fold's model averaged
-    score["by_split"] = {split: score_against_truth(quality[quality["split"] == split], pd.read_csv(planted_csv))
+    score["by_split"] = {split: score_against_truth(quality[quality["split"] == split], planted)
                          for split in ("val", "test")}
     summary = pd.read_csv(sweep / "cv_summary.csv")
     score["test_acc"] = float(summary.loc[summary["fold"] == "mean", "test/acc"].item())
@@ -57,7 +58,7 @@ def one_sweep(args, seed: int, root: Path) -> dict:
         keep = Path(args.keep) / f"seed_{seed}"
         keep.mkdir(parents=True, exist_ok=True)
         quality.to_csv(keep / "label_quality.csv", index=False)
-        pd.read_csv(planted_csv).to_csv(keep / "planted.csv", index=False)
+        planted.to_csv(keep / "planted.csv", index=False)
         held_out_predictions(sweep)[0].to_csv(keep / "held_out_predictions.csv", index=False)  # every class's probability
     return score
 

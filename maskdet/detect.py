@@ -296,11 +296,17 @@ class BlazeFaceDetector:
                 faces.append(Face(x1, y1, x2 - x1, y2 - y1, float(scores[i])))
         unsure = [f for f in faces if f.score < self.verify_below]
         if unsure:
-            mirrored = self._run(np.ascontiguousarray(rgb[:, ::-1])) \
-                if any(self.seen_whole(f, rgb) for f in unsure) else None
+            mirrored = self.mirrored_pass(rgb, unsure)
             faces = [f for f in faces if f.score >= self.verify_below
                      or self.second_look(rgb, f, mirrored) >= self.score_needed_again(f, rgb)]
         return faces
+
+    def mirrored_pass(self, rgb: np.ndarray, faces: Sequence[Face]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The mirrored frame's boxes and scores, shared by the second looks of ``faces``; None when none of them
+        is large enough to be looked at in it (smaller ones are mirrored in their own crop)."""
+        if any(self.seen_whole(f, rgb) for f in faces):
+            return self._run(np.ascontiguousarray(rgb[:, ::-1]))
+        return None
 
     def score_needed_again(self, face: Face, rgb: np.ndarray) -> float:
         """The second look's bar: ``verify_score``, or ``verify_score_small`` for a face too small for the whole
@@ -328,9 +334,7 @@ class BlazeFaceDetector:
         boxes, scores = self._run(crop)
         again = [_best_match(boxes + [left, top, left, top], scores, face)]
         if self.seen_whole(face, rgb):
-            if mirrored is None:
-                mirrored = self._run(np.ascontiguousarray(rgb[:, ::-1]))
-            (boxes, scores), width, shift = mirrored, rgb.shape[1], [0, 0, 0, 0]
+            (boxes, scores), width, shift = mirrored or self.mirrored_pass(rgb, [face]), rgb.shape[1], [0, 0, 0, 0]
         else:
             (boxes, scores), width, shift = self._run(np.ascontiguousarray(crop[:, ::-1])), crop.shape[1], [left, top, left, top]
         unmirrored = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1) + shift

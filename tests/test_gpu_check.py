@@ -5,7 +5,9 @@ step runs here.
 """
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,20 +77,34 @@ def test_the_rehearsal_ddp_step_passes_on_two_cpu_processes(tmp_path):
 
 
 def test_a_study_stopped_at_its_limit_is_partial_not_a_failure(tmp_path):
-    """On the H200 the 10-fold study needs about 460 s, more than the check's deadline leaves it: the folds that
-    finished are timed and extrapolated ("partial"), and the check's exit status counts only real failures."""
+    """On the H200 the 10-fold study needs about 460 s, more than the check's deadline leaves it: a study killed at
+    its limit after finished folds is timed and extrapolated ("partial"); killed before any fold finished, or
+    failing for another reason, it is a failure, and the check's exit status counts only failures."""
+
     gpu_check = _module()
     check = gpu_check.Check(gpu_check.ON_GPU, tmp_path / "work", tmp_path, 600, rehearsal=False)
+    study_dir = check.work / "custom_cnn_study"
+    outcomes = iter([gpu_check.StepTimedOut("timed out after 74 s"), gpu_check.StepTimedOut("timed out after 5 s"),
+                     gpu_check.StepFailed("exit status 1: boom")])
 
-    def stopped(limit):
-        raise gpu_check.StepPartial("timed out after 74 s", {"folds done": "1/10", "all folds (extrapolated) s": 461})
+    def run(args, limit, cpu_only=False, peak=False):  # the study's command, as it ends each time
+        error = next(outcomes)
+        if "74 s" in str(error):  # one fold finished before the limit
+            (study_dir / "fold_0").mkdir(parents=True)
+            (study_dir / "fold_0" / "metrics.json").write_text(json.dumps(
+                {"val": {"val/loss": 0.1}, "test": {"test/loss": 0.1, "test/acc": 0.98}, "epochs_trained": 20,
+                 "wall_time_s": 46.0}))
+            (study_dir / "fold_0" / "data_report.json").write_text(json.dumps({"counts": {"split": {"train": 5421}}}))
+        raise error
 
-    def broken(limit):
-        raise gpu_check.StepFailed("exit status 1: boom")
-
-    check.step("custom_cnn study", stopped)
-    check.step("ddp", broken)
-    assert [r.status for r in check.results] == ["partial", "FAIL"]
-    saved = (tmp_path / "gpu_check.json").read_text()
-    assert '"failed": [\n    "ddp"\n  ]' in saved
+    check.run = run
+    for _ in range(3):
+        check.step("custom_cnn study", lambda limit: check.study("custom_cnn study", limit, 10, 20, "note"))
+        if study_dir.exists():
+            shutil.rmtree(study_dir)
+    assert [r.status for r in check.results] == ["partial", "FAIL", "FAIL"]
+    assert check.results[0].figures["all folds (extrapolated) s"] == 460 and check.results[0].figures["folds done"] == "1/10"
+    assert check.results[1].figures["folds done"] == "0/10"
+    assert len(check.failed()) == 2 and json.loads((tmp_path / "gpu_check.json").read_text())["failed"] == [
+        "custom_cnn study", "custom_cnn study"]
     assert "| custom_cnn study | partial |" in (tmp_path / "gpu_check.md").read_text()
