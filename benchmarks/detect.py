@@ -188,8 +188,43 @@ class MTCNNCandidate:
                 if p >= self.threshold]
 
 
+class DlibCandidate:
+    """dlib's detectors, measured as candidates only: the HOG frontal-face detector inside dlib (Boost licence;
+    prebuilt as ``dlib-bin``) and the CNN (MMOD) detector whose weights ship in ``face_recognition_models``
+    (CC0 weights; its ``__init__`` needs setuptools' pkg_resources, so the file is found without importing it).
+    Both run on the frame upsampled once (faces down to about 40 px). Install them with
+    ``pip install dlib-bin face_recognition_models`` to measure them here."""
+
+    margin = 0.4
+
+    def __init__(self, kind: str):
+        import importlib.util
+
+        import dlib
+
+        self.kind = kind
+        if kind == "cnn":
+            spec = importlib.util.find_spec("face_recognition_models")
+            if spec is None:
+                raise ImportError("face_recognition_models")
+            model = Path(spec.submodule_search_locations[0]) / "models" / "mmod_human_face_detector.dat"
+            self.net = dlib.cnn_face_detection_model_v1(str(model))
+        else:
+            self.net = dlib.get_frontal_face_detector()
+
+    def detect(self, rgb: np.ndarray):
+        from maskdet.detect import Face
+
+        if self.kind == "cnn":
+            found = [(d.rect, d.confidence) for d in self.net(np.ascontiguousarray(rgb), 1)]
+        else:
+            rects, scores, _ = self.net.run(np.ascontiguousarray(rgb), 1, 0.0)
+            found = list(zip(rects, scores))
+        return [Face(r.left(), r.top(), r.width(), r.height(), float(p)) for r, p in found]
+
+
 def candidates():
-    """Each detector measured: maskdet's (by their options) and MTCNN where facenet-pytorch is installed."""
+    """Each detector measured: maskdet's (by their options), and MTCNN and dlib's where installed."""
     from maskdet.detect import build_detector
 
     for label, options in DETECTOR_CHOICES.items():
@@ -198,6 +233,11 @@ def candidates():
         yield "mtcnn (facenet-pytorch, not shipped)", MTCNNCandidate()
     except ImportError:
         print("(mtcnn not measured: pip install --no-deps facenet-pytorch)")
+    for kind in ("hog", "cnn"):
+        try:
+            yield f"dlib {kind} (not shipped)", DlibCandidate(kind)
+        except ImportError:
+            print(f"(dlib {kind} not measured: pip install dlib-bin face_recognition_models)")
 
 
 def extra(faces, box) -> int:

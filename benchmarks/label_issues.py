@@ -1,15 +1,16 @@
 """How many planted label errors and non-faces does a k-fold sweep's label-issue search find?
 
     python benchmarks/label_issues.py [--per-class 300] [--noise 0.05] [--outliers 12] [--folds 5] [--epochs 10]
-                                      [--seeds 0 1] [--keep DIR] [--trainer gpu] [--set data.image_size=64]
+                                      [--seeds 0 1] [--repeats 3] [--keep DIR] [--trainer gpu] [--set data.image_size=64]
 
 For each seed, the embedded generator plants ``--noise`` flipped labels (uniformly to another class) and
 ``--outliers`` non-face images in its four class folders (listed in ``<dataset>.planted.csv``); a k-fold sweep
 of the default model (the custom CNN, 32 px, every other setting at its default) runs through
 ``python -m maskdet.train -m data.fold=0,...`` as a user types it, and ends by writing label_issues.csv. The
 flagged images are scored against the planted ones: precision (flagged that were planted) and recall
-(planted that were flagged), overall, per kind, and for the validation images (one model each) and the
-test images (every fold's model, averaged) apart. Beside them: the mean test accuracy of the folds, which
+(planted that were flagged), overall, per kind, and for the validation images (one model each, or one per
+repeat averaged with ``--repeats``: ``data.fold_seed=0,1,...``) and the test images (every run's model,
+averaged) apart. Beside them: the mean test accuracy of the folds, which
 bounds precision (a held-out model's own errors look like label errors). The table is printed and written
 to benchmarks/results/label_issues.md.
 """
@@ -38,7 +39,7 @@ def one_sweep(args, seed: int, root: Path) -> dict:
                f"data.num_folds={args.folds}", f"data.source.per_class={args.per_class}", f"data.source.seed={seed}",
                f"seed={seed}", f"data.source.label_noise={args.noise}", f"data.source.outliers={args.outliers}",
                f"trainer.max_epochs={args.epochs}", f"trainer={args.trainer}", "~logger", "callbacks.explanations=null", f"task_name=label_{seed}",
-               *args.set]
+               *([f"data.fold_seed={','.join(map(str, range(args.repeats)))}"] if args.repeats > 1 else []), *args.set]
     env = {**os.environ, "MASKDET_ROOT": str(root), "MASKDET_CACHE_DIR": str(root / "cache"), "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode:
@@ -52,7 +53,7 @@ def one_sweep(args, seed: int, root: Path) -> dict:
     score["by_split"] = {split: score_against_truth(quality[quality["split"] == split], planted)
                          for split in ("val", "test")}
     summary = pd.read_csv(sweep / "cv_summary.csv")
-    score["test_acc"] = float(summary.loc[summary["fold"] == "mean", "test/acc"].item())
+    score["test_acc"] = float(summary.loc[summary["fold"] == "mean", "test/acc"].mean())  # over the repeats
     score["images"] = len(quality)
     if args.keep:  # the ranked list and the truth, for a closer look
         keep = Path(args.keep) / f"seed_{seed}"
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--repeats", type=int, default=1, help="repeated k-fold: the folds drawn this many times (data.fold_seed)")
     parser.add_argument("--trainer", default="default", help="the trainer config (default: the accelerator Lightning finds); gpu, cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another override for every fold, as maskdet.train reads it (repeatable; e.g. data.image_size=64)")
@@ -90,7 +92,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     table = "\n".join([
         f"Planted: {args.noise:.0%} flipped labels and {args.outliers} non-faces among {4 * args.per_class} embedded "
-        f"images; the custom CNN, {args.folds} folds, {args.epochs} epochs{''.join(', ' + o for o in args.set)}; flagged = cleanlab label issue or lowest "
+        f"images; the custom CNN, {args.folds} folds{f' x {args.repeats} repeats' if args.repeats > 1 else ''}, {args.epochs} epochs{''.join(', ' + o for o in args.set)}; flagged = cleanlab label issue or lowest "
         f"1 % outlier score ({time.time() - started:.0f} s on this machine).", "",
         "| seed | images | mean test acc | planted | flagged | found | precision | recall | flipped found | "
         "non-faces found | val images: precision / recall | test images: precision / recall |",

@@ -4,6 +4,7 @@ a real k-fold sweep on planted noise, and data.exclude retraining without the fl
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,11 +30,15 @@ def _frame(paths, labels, probs):
     return frame
 
 
-def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0):
+def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0, repeats=1, model_errors=0.0):
     """A finished k-fold sweep written as maskdet writes one: each job's validation images once, the test
     images by every job. Each image's held-out probabilities are drawn around a class (Dirichlet, mean 0.96
     on it) and its true class from their mean, so they are calibrated: the model is right about 96 % of the
-    time and says so. Labels are then flipped at ``noise``: the flips are the only label errors."""
+    time and says so. Labels are then flipped at ``noise``: the flips are the only label errors.
+    ``repeats`` > 1: a repeated k-fold (``data.fold_seed=0,1,...``), the pool drawn into new folds each time
+    and every model's probabilities drawn afresh. ``model_errors``: the share of images on which one model,
+    independently of the others, is confidently wrong (its probabilities drawn around another class), as a
+    model trained on other images makes mistakes of its own."""
     rng = np.random.default_rng(seed)
     n = n_val + n_test
     alpha = np.full((n, 3), 0.3)
@@ -43,17 +48,22 @@ def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0):
     flipped = rng.random(n) < noise
     given[flipped] = (truth[flipped] + rng.integers(1, 3, flipped.sum())) % 3
     paths = [f"/data/{CLASSES[g]}/img_{i}.jpg" for i, g in enumerate(given)]
-    fold_of = rng.integers(0, folds, n_val)
-    for k in range(folds):
-        job = root / f"{k}_fold-{k}"
-        (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.fold={k}"]))
-        (job / "metrics.json").write_text(json.dumps({"val": {"val/acc_best": 0.9}, "test": {"test/acc": 0.9}}))
-        (job / "calibration").mkdir()
-        for idx, path in ((np.flatnonzero(fold_of == k), job / "calibration" / "val_predictions.csv"),
-                          (np.arange(n_val, n), job / "predictions.csv")):
-            probs = np.array([rng.dirichlet(a) for a in alpha[idx]])
-            _frame([paths[i] for i in idx], np.asarray(CLASSES)[given[idx]], probs).to_csv(path, index=False)
+    for repeat in range(repeats):
+        fold_of = rng.permutation(np.arange(n_val) % folds)
+        for k in range(folds):
+            job = root / (f"{k}_fold-{k}" if repeats == 1 else f"{repeat * folds + k}_fold_seed-{repeat}+fold-{k}")
+            (job / ".hydra").mkdir(parents=True)
+            overrides = [f"data.fold={k}"] + ([f"data.fold_seed={repeat}"] if repeats > 1 else [])
+            (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+            (job / "metrics.json").write_text(json.dumps({"val": {"val/acc_best": 0.9}, "test": {"test/acc": 0.9}}))
+            (job / "calibration").mkdir()
+            for idx, path in ((np.flatnonzero(fold_of == k), job / "calibration" / "val_predictions.csv"),
+                              (np.arange(n_val, n), job / "predictions.csv")):
+                drawn = alpha[idx].copy()
+                wrong = np.flatnonzero(rng.random(len(idx)) < model_errors)
+                drawn[wrong] = np.roll(drawn[wrong], 1, axis=1)  # the model's own mistake: another class
+                probs = np.array([rng.dirichlet(a) for a in drawn])
+                _frame([paths[i] for i in idx], np.asarray(CLASSES)[given[idx]], probs).to_csv(path, index=False)
     return pd.DataFrame({"path": [p.removeprefix("/data/") for p, f in zip(paths, flipped) if f], "kind": "flipped"})
 
 
@@ -88,6 +98,37 @@ def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
         np.mean([e[f"prob_{e['label']}"] for e in each]))
 
 
+def test_a_repeated_kfold_averages_each_validation_image_over_its_repeats(tmp_path):
+    """A simulation with a known answer: when each model also makes mistakes of its own (8 % of images,
+    independently), one model per image reads them as label errors; three repeats of the k-fold, averaged,
+    wash most of them out. Precision must rise clearly, recall stay."""
+    scores = {}
+    for repeats in (1, 3):
+        root = tmp_path / f"repeats_{repeats}"
+        planted = _simulated_sweep(root, repeats=repeats, model_errors=0.08)
+        summary = write_label_issues(root, outlier_share=0)
+        quality = pd.read_csv(root / "label_quality.csv")
+        scores[repeats] = score_against_truth(quality[quality["split"] == "val"], planted)
+        assert summary["repeats"] == repeats and summary["val_images"] == 600 and summary["test_images"] == 150
+    assert scores[3]["precision"] >= scores[1]["precision"] + 0.15 and scores[3]["recall"] >= 0.9, scores
+    assert scores[1]["precision"] < 0.5, scores  # the models' own mistakes, unaveraged
+    root = tmp_path / "repeats_3"
+    quality = pd.read_csv(root / "label_quality.csv").set_index("path")
+    assert (quality.loc[quality["split"] == "val", "folds"] == 3).all()
+    assert (quality.loc[quality["split"] == "test", "folds"] == 9).all()
+    path = quality.index[quality["split"] == "val"][0]
+    each = [pd.read_csv(p).set_index("path") for p in sorted(root.glob("*/calibration/val_predictions.csv"))]
+    each = [e.loc[path] for e in each if path in e.index]
+    assert len(each) == 3 and quality.loc[path, "label_quality"] == pytest.approx(
+        np.mean([e[f"prob_{e['label']}"] for e in each]))
+    assert "3 repeats (data.fold_seed)" in (root / "label_issues.md").read_text()
+    # a repeat that lost a fold: its images rest on two predictions, and the report says so
+    shutil.rmtree(next(root.glob("*_fold_seed-2+fold-1")))
+    summary = write_label_issues(root, outlier_share=0)
+    assert summary["val_images_in_fewer_repeats"] == 200
+    assert "200 validation images were predicted in fewer than 3 repeats" in (root / "label_issues.md").read_text()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda f: f.assign(prob_with_mask="nan"), r"not numbers in \[0, 1\]"),
     (lambda f: f.drop(columns=["path"]), "has no path"),
@@ -114,20 +155,29 @@ def test_runs_that_do_not_share_one_split_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_without(cache_dir, tmp_path):
+def test_a_repeated_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_without(cache_dir, tmp_path):
     """The real thing, small: the embedded generator plants 10 % flipped labels and 6 non-faces, a 3-fold
-    sweep writes label_issues.* when it ends, the command rewrites them, and data.exclude leaves them out."""
+    sweep repeated twice (data.fold_seed=0,1) writes label_issues.* when it ends, each validation image
+    predicted once per repeat, the command rewrites them, and data.exclude leaves them out."""
     env = cli_env(cache_dir, tmp_path)
     data = ["data=synthetic", "data.source.per_class=40", "data.source.size=32", "data.source.label_noise=0.1",
             "data.source.outliers=6", "data.num_folds=3", "trainer.max_epochs=4", "~logger",
             "callbacks.explanations=null", "bias.n_bootstrap=10"]
-    swept = commands.run([sys.executable, "-m", "maskdet.train", "-m", "data.fold=0,1,2", *data], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=900)
+    swept = commands.run([sys.executable, "-m", "maskdet.train", "-m", "data.fold=0,1,2", "data.fold_seed=0,1", *data],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert swept.returncode == 0, swept.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs").glob("*/multiruns/*")
     issues = pd.read_csv(sweep / "label_issues.csv")
     quality = pd.read_csv(sweep / "label_quality.csv")
-    assert len(quality) == 4 * 40 + 6  # every image held out once (val) or by every fold (test)
+    assert len(quality) == 4 * 40 + 6  # every image held out once per repeat (val) or by every run (test)
+    assert set(quality.loc[quality["split"] == "val", "folds"]) == {2} and set(quality.loc[quality["split"] == "test", "folds"]) == {6}
+    assert "2 repeats (data.fold_seed)" in (sweep / "label_issues.md").read_text()
+    # the two repeats: one test split, other folds of the same pool
+    first, second = (pd.read_csv(next(sweep.glob(f"*_fold_seed-{r}+fold-0")) / "splits.csv").set_index("path")
+                     for r in (0, 1))
+    assert (first["split"] == "test").equals(second.loc[first.index, "split"] == "test")
+    assert (first["fold"] != second.loc[first.index, "fold"]).any()
+    assert "differ only in data.fold_seed" in (sweep / "comparison.md").read_text()
     assert len(issues) and (issues["why"] != "").all()
     (planted_csv,) = cache_dir.glob("synthetic/*.planted.csv")
     score = score_against_truth(quality, pd.read_csv(planted_csv))

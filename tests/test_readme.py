@@ -50,6 +50,9 @@ COMPOSE_ONLY = {
     "python -m maskdet.train +experiment=mobilenetv2_finetune trainer.max_epochs=10":
         "every experiment trains in tests/test_train.py::test_experiment_fast_dev_run; the transfer path runs "
         "here with +experiment=resnet18_frozen",
+    "python -m maskdet.train -m data.fold=0,1,2,3,4 data.num_folds=5 data.fold_seed=0,1,2":
+        "15 jobs; a repeated k-fold (3 folds x 2 repeats) runs in "
+        "tests/test_label_issues.py::test_a_repeated_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retrains_without",
     "python -m maskdet.train -m +experiment=custom_cnn_kfold":
         "runs with tiny sizes in tests/test_sweeps.py::test_kfold_experiment_runs_every_fold_and_summarises",
     "python -m maskdet.train -m +experiment=custom_cnn_kfold hydra/launcher=joblib hydra.launcher.n_jobs=2":

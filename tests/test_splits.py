@@ -45,6 +45,35 @@ def test_same_seed_same_split_other_seed_other_split():
     assert (a == b).all() and not (a == c).all()
 
 
+def test_fold_seed_draws_other_folds_of_the_same_pool_and_keeps_the_test_split():
+    """Repeated k-fold (data.fold_seed): each repeat is a full partition of the same training pool."""
+    labels = comp6721_labels()
+    plain_split, plain_folds = assign_splits(labels, 0.3, 10, 3, seed=0)
+    same_split, same_folds = assign_splits(labels, 0.3, 10, 3, seed=0, fold_seed=0)
+    assert (plain_split == same_split).all() and (plain_folds == same_folds).all()  # fold_seed = seed: unchanged
+    split, folds = assign_splits(labels, 0.3, 10, 3, seed=0, fold_seed=1)
+    assert ((split == "test") == (plain_split == "test")).all()
+    pool = plain_folds >= 0
+    assert ((folds >= 0) == pool).all() and (folds[pool] != plain_folds[pool]).mean() > 0.8  # 9 in 10 move
+    assert sorted(np.bincount(folds[pool])) == sorted(np.bincount(plain_folds[pool]))
+    # with groups: every group still inside one fold, the test split still that of data.seed
+    groups = np.arange(len(labels)) // 3
+    g_plain, _ = assign_splits(labels, 0.3, 10, 0, seed=0, groups=groups)
+    g_split, g_folds = assign_splits(labels, 0.3, 10, 0, seed=0, groups=groups, fold_seed=5)
+    assert ((g_split == "test") == (g_plain == "test")).all()
+    assert pd.Series(g_folds).groupby(groups).nunique().max() == 1
+
+
+def test_fold_seed_is_checked_with_the_other_data_settings(tmp_path):
+    from maskdet.data.settings import DataSettings
+    from maskdet.data.sources import read_class_folders
+
+    with pytest.raises(ConfigError, match=r"data.fold_seed=-1 must be a whole number of at least 0, or null"):
+        DataSettings(read_class_folders, root=str(tmp_path), fold_seed=-1)
+    with pytest.raises(ConfigError, match="data.fold_seed=2 re-draws the folds, but data.splits_file="):
+        DataSettings(read_class_folders, root=str(tmp_path), fold_seed=2, splits_file=str(tmp_path / "splits.csv"))
+
+
 def test_a_class_too_small_to_stratify_is_named_with_the_minimum():
     labels = np.array([0] * 50 + [1] * 50 + [2] * 5)
     need = minimum_class_size(0.3, 10)

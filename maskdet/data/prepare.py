@@ -160,7 +160,7 @@ def split_of(index: pd.DataFrame, settings: DataSettings, class_names: list[str]
         log.info("keeping the splits fixed by the %s source", settings.source_name)
         return index["split"].to_numpy(), np.full(len(index), -1)
     return assign_splits(index["label"].to_numpy(), settings.test_size, settings.num_folds, settings.fold,
-                         settings.seed, class_names, groups=index["split_group"].to_numpy())
+                         settings.seed, class_names, groups=index["split_group"].to_numpy(), fold_seed=settings.fold_seed)
 
 
 def _warn_about_leaks(leakage: dict, policy: str) -> None:

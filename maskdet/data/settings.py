@@ -23,6 +23,7 @@ from maskdet.errors import ConfigError
 
 DEFAULTS = packaged_defaults("data/default.yaml")
 FOLD_KEY = "data.fold"  # the setting a k-fold sweep varies (sweep summaries, job names, in-job folds)
+REPEAT_KEY = "data.fold_seed"  # the setting a repeated k-fold varies: each value is another partition into folds
 POLICIES = ("group", "drop", "keep")  # data.duplicates (maskdet.data.duplicates)
 SOURCE_PHOTO = re.compile(r"^(\d{1,3}_[01]_[0-4]_\d+)")  # UTKFace [age]_[gender]_[race]_[datetime]
 
@@ -47,6 +48,7 @@ class DataSettings:
     num_folds: int = DEFAULTS["num_folds"]
     fold: int = DEFAULTS["fold"]
     seed: int = DEFAULTS["seed"]
+    fold_seed: int | None = DEFAULTS["fold_seed"]
     label_map: str | Mapping[str, str] | None = DEFAULTS["label_map"]
     subset: Mapping[str, object] = field(default_factory=lambda: dict(DEFAULTS["subset"]))
     cap_per_class: int | None = DEFAULTS["cap_per_class"]
@@ -82,6 +84,11 @@ class DataSettings:
         whole("num_folds", self.num_folds, 2)
         whole("fold", self.fold, 0)
         whole("num_workers", self.num_workers, 0)
+        if self.fold_seed is not None:
+            whole("fold_seed", self.fold_seed, 0, ", or null for data.seed")
+            if self.splits_file:
+                raise ConfigError(f"data.fold_seed={self.fold_seed} re-draws the folds, but data.splits_file="
+                                  f"{self.splits_file} fixes them: drop one of the two.")
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError(f"data.fold={self.fold} is out of range for data.num_folds={self.num_folds} "
                               f"(0..{self.num_folds - 1}).")

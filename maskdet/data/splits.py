@@ -3,6 +3,8 @@
 The contract (docs/architecture.md, "Splits"): a stratified holdout test split first
 (``train_test_split(test_size, stratify=label, random_state=seed)``), then
 ``StratifiedKFold(num_folds, shuffle=True, random_state=seed)`` over the rest; fold ``i`` is validation.
+``fold_seed`` (``data.fold_seed``), when given, replaces ``seed`` for the folds only: the same pool drawn into
+other folds (repeated k-fold), the test split unchanged.
 Because the assignment depends only on the index and the seed, every fold of a sweep, and every subset
 evaluated later, sees the same test split, so a subset never contains an image the model trained on.
 
@@ -38,7 +40,8 @@ def minimum_class_size(test_size: float, num_folds: int) -> int:
 
 def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_folds: int, fold: int,
                   seed: int, names: Sequence[str] | None = None,
-                  groups: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  groups: Sequence[int] | np.ndarray | None = None,
+                  fold_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(split, fold_of)`` arrays: split is train/val/test; fold_of is each pool image's fold (-1 for test).
 
     ``groups`` (one id per image): images sharing an id get the same split and fold. When no id is shared
@@ -70,13 +73,13 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
             f"from {low} to {high}."
         )
     if groups is not None and len(groups) and np.unique(groups, return_counts=True)[1].max() > 1:
-        return _grouped_splits(labels, np.asarray(groups), test_size, num_folds, fold, seed)
+        return _grouped_splits(labels, np.asarray(groups), test_size, num_folds, fold, seed, fold_seed)
     positions = np.arange(len(labels))
     pool, test = train_test_split(positions, test_size=test_size, stratify=labels, random_state=seed)
     split = np.full(len(labels), "train", dtype=object)
     split[test] = "test"
     fold_of = np.full(len(labels), -1, dtype=int)
-    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed if fold_seed is None else fold_seed)
     for k, (_, val_part) in enumerate(folds.split(pool, labels[pool])):
         fold_of[pool[val_part]] = k
     split[fold_of == fold] = "val"
@@ -84,7 +87,7 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
 
 
 def _grouped_splits(labels: np.ndarray, groups: np.ndarray, test_size: float, num_folds: int, fold: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int, fold_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The contract with groups: the test split is ``k`` of ``m`` StratifiedGroupKFold folds, where k/m is
     test_size as a fraction with m <= 20 (0.3 -> 3 of 10 folds, so the test share stays 30 %, where one fold
     of round(1 / 0.3) = 3 would give 33 %; GroupShuffleSplit would not stratify). The pool is then split
@@ -110,7 +113,7 @@ def _grouped_splits(labels: np.ndarray, groups: np.ndarray, test_size: float, nu
                         f"data.num_folds={num_folds}: lower data.num_folds.")
     split = np.where(test, "test", "train").astype(object)
     fold_of = np.full(len(labels), -1, dtype=int)
-    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed if fold_seed is None else fold_seed)
     for k, (_, val_part) in enumerate(folds.split(pool, labels[pool], groups[pool])):
         fold_of[pool[val_part]] = k
     split[fold_of == fold] = "val"

@@ -157,6 +157,12 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
     folders = list(dict.fromkeys(p.resolve() for p in run_folders(paths)))
     jobs = collect_jobs(folders) if folders else collect_jobs([])
     rows, data, notes, gaps = [], {}, [], []
+    for base, configs in jobs.groupby("repeat_of", sort=False)["config"]:
+        if configs.nunique() > 1:
+            notes.append(f"{', '.join(configs.unique())} differ only in data.fold_seed: they are repeats of one "
+                         f"configuration ({base}) on other partitions of the training pool (repeated k-fold), so a "
+                         "difference between them is training variability, not an effect, and fold k of one is not "
+                         "fold k of another")
     for _, job in jobs.iterrows():
         where = f"{job['run_dir']} ({job['config']}, fold {job['fold']})"
         if job["status"] != "ok":

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from maskdet import runfolder
-from maskdet.data.settings import FOLD_KEY
+from maskdet.data.settings import FOLD_KEY, REPEAT_KEY
 from maskdet.errors import DataError
 from maskdet.writing import md, one_line, write_csv, write_text
 
@@ -104,7 +104,9 @@ _STATE_ERRORS = {"resumable": "did not finish: no metrics.json and no failed.jso
 
 def collect_jobs(jobs) -> pd.DataFrame:
     """One row per run folder in ``jobs``: configuration (the overrides that differ between them, kept apart
-    by ``keep_apart``), fold, status, metrics, what it was tested on, error and folder."""
+    by ``keep_apart``), fold, status, metrics, what it was tested on, error and folder. ``repeat_of`` names
+    the configuration without ``data.fold_seed``: the repeats of a repeated k-fold share it (each repeat
+    stays a configuration of its own in summaries, whose folds are one partition)."""
     rows = []
     for job in map(Path, jobs):
         overrides = _overrides(job)
@@ -132,9 +134,10 @@ def collect_jobs(jobs) -> pd.DataFrame:
     for row in rows:
         overrides = row.pop("overrides")
         row["config"] = " ".join(f"{k}={overrides.get(k)}" for k in varying) or "(one configuration)"
+        row["repeat_of"] = " ".join(f"{k}={overrides.get(k)}" for k in varying if k != REPEAT_KEY) or "(one configuration)"
     bias = sorted({k for row in rows for k in row if k.startswith("bias/")})
     return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias,
-                                       "test_data", "test_images", "class_names", "trainer", "run_dir"])
+                                       "test_data", "test_images", "class_names", "trainer", "repeat_of", "run_dir"])
 
 
 def _trainer_text(settings: dict | None, keys) -> str:

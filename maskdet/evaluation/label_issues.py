@@ -2,7 +2,10 @@
 
 A k-fold sweep predicts every image of the data while no model trained on it: each fold's validation images
 once (``calibration/val_predictions.csv``, the best checkpoint's calibrated probabilities) and the holdout
-test images by every fold's model (``predictions.csv``; averaged over the folds). cleanlab, the field's
+test images by every fold's model (``predictions.csv``; averaged over the folds). A repeated k-fold (the
+folds drawn again with ``data.fold_seed=0,1,2``, the test split unchanged) predicts each validation image once
+per repeat, by models that never trained on it, and those predictions are averaged too: one model's
+mistakes look like label errors, and averaging several removes part of them. cleanlab, the field's
 library for confident learning (Northcutt et al. 2021), ranks these out-of-fold probabilities:
 
 * **label issues**: ``cleanlab.filter.find_label_issues`` (prune by noise rate, the method's default) flags
@@ -78,7 +81,9 @@ def _shown(names, limit: int = 8) -> list[str]:
 def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict]:
     """Every image's out-of-fold probabilities in one frame (``split`` val / test, ``folds``: how many
     models' predictions were averaged), the class names, and where they came from. The configuration
-    used is the sweep's best by mean validation accuracy (the only one in a plain k-fold sweep)."""
+    used is the sweep's best by mean validation accuracy (the only one in a plain k-fold sweep), with its
+    repeats: a repeated k-fold (``data.fold_seed=0,1,2``) predicts each validation image once per repeat,
+    and those predictions are averaged as the test images' are."""
     sweep_dir = Path(sweep_dir)
     folders = run_folders([sweep_dir])
     if not folders:
@@ -89,54 +94,68 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
     if finished.empty:
         raise DataError(f"no job of {sweep_dir} finished: there are no held-out predictions to read.")
     config = summarise(runs)["config"].iloc[0]
-    chosen = finished[finished["config"] == config]
-    folds = sorted({int(f) for f in chosen["fold"] if str(f).lstrip("-").isdigit()})
-    if len(folds) < 2:
-        raise DataError(f"{sweep_dir}: the configuration {one_line(config)} has finished runs for {len(folds)} fold(s); "
-                        "out-of-fold predictions need a k-fold sweep (data.fold=0,1,...,k-1).")
-    names, val_parts, test_parts, missing = None, [], [], []
-    for run in chosen["run_dir"]:
-        run = Path(run)
-        val_path = run / CALIBRATION_DIR / VAL_PREDICTIONS
-        if not val_path.is_file():
-            missing.append(run.name)
-            continue
-        val, names = _read_predictions(val_path, names)
-        val_parts.append(val.assign(run=run.name))
-        if (run / runfolder.PREDICTIONS).is_file():
-            test, names = _read_predictions(run / runfolder.PREDICTIONS, names)
-            test_parts.append(test.assign(run=run.name))
+    repeat_of = runs.loc[runs["config"] == config, "repeat_of"].iloc[0] if (runs["config"] == config).any() else None
+    chosen = finished[finished["repeat_of"] == repeat_of] if repeat_of is not None else finished[finished["config"] == config]
+    names, val_parts, test_parts, missing, folds = None, [], [], [], []
+    for repeat, members in chosen.groupby("config", sort=False):
+        repeat_folds = sorted({int(f) for f in members["fold"] if str(f).lstrip("-").isdigit()})
+        if len(repeat_folds) < 2:
+            raise DataError(f"{sweep_dir}: the configuration {one_line(repeat)} has finished runs for "
+                            f"{len(repeat_folds)} fold(s); out-of-fold predictions need a k-fold sweep "
+                            "(data.fold=0,1,...,k-1).")
+        folds = sorted(set(folds) | set(repeat_folds))
+        parts = []
+        for run in members["run_dir"]:
+            run = Path(run)
+            val_path = run / CALIBRATION_DIR / VAL_PREDICTIONS
+            if not val_path.is_file():
+                missing.append(run.name)
+                continue
+            val, names = _read_predictions(val_path, names)
+            parts.append(val.assign(run=run.name))
+            if (run / runfolder.PREDICTIONS).is_file():
+                test, names = _read_predictions(run / runfolder.PREDICTIONS, names)
+                test_parts.append(test.assign(run=run.name))
+        if parts:
+            val = pd.concat(parts, ignore_index=True)
+            twice = val["path"].duplicated(keep=False)
+            if twice.any():
+                raise DataError(f"{int(twice.sum())} images were validation images of more than one fold "
+                                f"(e.g. {one_line(val.loc[twice, 'path'].iloc[0])}): the runs do not share one split "
+                                "(different data.seed or data.num_folds?), so their predictions are not out-of-fold.")
+            val_parts.append(val)
     if not val_parts:
         raise DataError(f"no job of {sweep_dir} wrote {CALIBRATION_DIR}/{VAL_PREDICTIONS} (trained with "
                         "callbacks.calibration=null, or by an older maskdet): rerun the sweep with the default callbacks.")
     prob_columns = [f"prob_{n}" for n in names]
-    val = pd.concat(val_parts, ignore_index=True)
-    twice = val["path"].duplicated(keep=False)
-    if twice.any():
-        raise DataError(f"{int(twice.sum())} images were validation images of more than one fold "
-                        f"(e.g. {one_line(val.loc[twice, 'path'].iloc[0])}): the runs do not share one split "
-                        "(different data.seed or data.num_folds?), so their predictions are not out-of-fold.")
-    val = val.assign(split="val", folds=1)
-    frames = [val]
+    val = _averaged(pd.concat(val_parts, ignore_index=True), prob_columns, "validation")
+    frames = [val.assign(split="val")]
     if test_parts:
-        test = pd.concat(test_parts, ignore_index=True)
-        labels = test.groupby("path", sort=False)["label"].nunique()
-        if (labels > 1).any():
-            raise DataError(f"the test image {one_line(labels[labels > 1].index[0])} has different labels in different "
-                            "runs' predictions.csv: the runs were not tested on the same data.")
-        demographics = [c for c in DEMOGRAPHIC_COLUMNS if c in test.columns]
-        averaged = test.groupby("path", sort=False).agg(
-            label=("label", "first"), **{c: (c, "first") for c in demographics},
-            **{c: (c, "mean") for c in prob_columns}, folds=("run", "nunique")).reset_index()
+        averaged = _averaged(pd.concat(test_parts, ignore_index=True), prob_columns, "test")
         frames.append(averaged.assign(split="test"))
         overlap = set(val["path"]) & set(averaged["path"])
         if overlap:
             raise DataError(f"{len(overlap)} images are both validation and test images across the runs (e.g. "
                             f"{one_line(sorted(overlap)[0])}): the runs do not share one split.")
     frame = pd.concat(frames, ignore_index=True)
-    source = {"config": config, "folds": folds, "runs": int(len(chosen)), "runs_without_val_predictions": missing,
+    source = {"config": config if len(val_parts) == 1 else repeat_of, "folds": folds, "repeats": len(val_parts),
+              "runs": int(len(chosen)), "runs_without_val_predictions": missing,
+              # a repeat with a fold missing (failed, or no val_predictions.csv) predicts its images fewer times
+              "val_images_in_fewer_repeats": int((val["folds"] < len(val_parts)).sum()),
               "val_images": int(len(val)), "test_images": int(len(frame) - len(val))}
     return frame, names, source
+
+
+def _averaged(predictions: pd.DataFrame, prob_columns: list[str], split: str) -> pd.DataFrame:
+    """One row per image: its probabilities averaged over the runs that predicted it (``folds``: how many)."""
+    labels = predictions.groupby("path", sort=False)["label"].nunique()
+    if (labels > 1).any():
+        raise DataError(f"the {split} image {one_line(labels[labels > 1].index[0])} has different labels in "
+                        "different runs' predictions: the runs were not trained and tested on the same data.")
+    demographics = [c for c in DEMOGRAPHIC_COLUMNS if c in predictions.columns]
+    return predictions.groupby("path", sort=False).agg(
+        label=("label", "first"), **{c: (c, "first") for c in demographics},
+        **{c: (c, "mean") for c in prob_columns}, folds=("run", "nunique")).reset_index()
 
 
 def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01) -> pd.DataFrame:
@@ -190,10 +209,15 @@ def score_against_truth(quality: pd.DataFrame, planted: pd.DataFrame) -> dict:
 def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, shown: int = 30) -> str:
     flagged = issues[issues["why"] != ""]
     by_split = flagged.groupby("split").size().to_dict()
+    repeats = source.get("repeats", 1)
     lines = ["# Label issues (out-of-fold predictions, cleanlab)", "",
-             f"Configuration {md(source['config'])}, folds {', '.join(map(str, source['folds']))}: "
-             f"{source['val_images']} validation images (each predicted once, by the model that did not train on it) "
-             f"and {source['test_images']} test images (probabilities averaged over the folds' models).", "",
+             f"Configuration {md(source['config'])}, folds {', '.join(map(str, source['folds']))}"
+             + (f", {repeats} repeats (data.fold_seed)" if repeats > 1 else "") + ": "
+             f"{source['val_images']} validation images ("
+             + ("each predicted once, by the model that did not train on it" if repeats == 1 else
+                f"each predicted once per repeat, by the model that did not train on it; the {repeats} "
+                "predictions averaged") + f") and {source['test_images']} test images (probabilities averaged "
+             "over every run's model).", "",
              f"**{int(flagged['label_issue'].sum())} likely label errors** (cleanlab `find_label_issues`, prune by "
              f"noise rate) and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} of "
              "cleanlab's out-of-distribution score from the probabilities): "
@@ -201,6 +225,10 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
              "Label quality is the held-out probability of the given label (0: the held-out model is sure the label "
              "is wrong). A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
              "without the flagged images.", ""]
+    if source.get("val_images_in_fewer_repeats"):
+        lines += [f"**Note:** {source['val_images_in_fewer_repeats']} validation images were predicted in fewer than "
+                  f"{repeats} repeats (a repeat's fold failed or wrote no predictions): their average rests on fewer "
+                  "models (column `folds`).", ""]
     if source["runs_without_val_predictions"]:
         lines += [f"**Note:** runs without validation predictions were left out: "
                   f"{md(', '.join(source['runs_without_val_predictions']))}.", ""]
