@@ -49,7 +49,7 @@ def one_sweep(args, seed: int, root: Path) -> dict:
     quality = pd.read_csv(sweep / "label_quality.csv", keep_default_na=False)
     planted = pd.read_csv(planted_csv)
     score = score_against_truth(quality, planted)
-    # validation images are predicted by one model each, test images by every fold's model averaged
+    # validation images are predicted by one model each (one per repeat, averaged), test images by every run's model averaged
     score["by_split"] = {split: score_against_truth(quality[quality["split"] == split], planted)
                          for split in ("val", "test")}
     summary = pd.read_csv(sweep / "cv_summary.csv")
@@ -78,6 +78,8 @@ def main() -> None:
                         help="another override for every fold, as maskdet.train reads it (repeatable; e.g. data.image_size=64)")
     parser.add_argument("--keep", default=None, help="copy each sweep's label_quality.csv, planted.csv and held-out probabilities here")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: the folds are drawn at least once")
     rows, started = [], time.time()
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="maskdet-label-") as tmp:

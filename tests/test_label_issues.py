@@ -132,6 +132,33 @@ def test_a_repeated_kfold_averages_each_validation_image_over_its_repeats(tmp_pa
     assert "200 validation images were predicted in fewer than 3 repeats" in (root / "label_issues.md").read_text()
 
 
+def test_only_the_best_configuration_s_repeats_are_pooled_and_its_failed_runs_are_named(tmp_path):
+    """A sweep of two learning rates, each a k-fold repeated twice: the better family (by its mean over both
+    repeats) is read, the other never mixed in; a failed run of it is named, and its images counted."""
+    _simulated_sweep(tmp_path, n_val=60, n_test=20, repeats=2)
+    worse = tmp_path / "worse"
+    _simulated_sweep(worse, n_val=60, n_test=20, repeats=2, seed=1)  # other labels on the same paths
+    for lr, jobs in (("0.01", sorted(tmp_path.glob("*_fold*"))), ("0.1", sorted(worse.iterdir()))):
+        for job in jobs:
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+            (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.optimizer.lr={lr}", *overrides]))
+            if lr == "0.1":
+                (job / "metrics.json").write_text(json.dumps({"val": {"val/acc_best": 0.5}, "test": {"test/acc": 0.5}}))
+                number, rest = job.name.split("_", 1)
+                job.rename(tmp_path / f"{int(number) + 6}_lr-0.1+{rest}")
+    shutil.rmtree(worse)
+    failed = next(tmp_path.glob("*_fold_seed-1+fold-2"))
+    (failed / "failed.json").write_text(json.dumps({"error": "CUDA out of memory"}))
+    summary = write_label_issues(tmp_path, outlier_share=0)
+    assert summary["config"] == "model.optimizer.lr=0.01" and summary["repeats"] == 2 and summary["runs"] == 5
+    assert summary["failed_runs"] == [failed.name] and summary["val_images_in_fewer_repeats"] == 20
+    quality = pd.read_csv(tmp_path / "label_quality.csv")
+    assert sorted(quality.loc[quality["split"] == "val", "folds"].value_counts().items()) == [(1, 20), (2, 40)]
+    assert set(quality.loc[quality["split"] == "test", "folds"]) == {5}
+    report = (tmp_path / "label_issues.md").read_text()
+    assert f"runs of this configuration that failed were left out: {failed.name}" in report
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda f: f.assign(prob_with_mask="nan"), r"not numbers in \[0, 1\]"),
     (lambda f: f.drop(columns=["path"]), "has no path"),

@@ -58,9 +58,11 @@ def test_fold_seed_draws_other_folds_of_the_same_pool_and_keeps_the_test_split()
     assert sorted(np.bincount(folds[pool])) == sorted(np.bincount(plain_folds[pool]))
     # with groups: every group still inside one fold, the test split still that of data.seed
     groups = np.arange(len(labels)) // 3
-    g_plain, _ = assign_splits(labels, 0.3, 10, 0, seed=0, groups=groups)
+    g_plain, g_plain_folds = assign_splits(labels, 0.3, 10, 0, seed=0, groups=groups)
     g_split, g_folds = assign_splits(labels, 0.3, 10, 0, seed=0, groups=groups, fold_seed=5)
     assert ((g_split == "test") == (g_plain == "test")).all()
+    g_pool = g_plain_folds >= 0
+    assert (g_folds[g_pool] != g_plain_folds[g_pool]).mean() > 0.8
     assert pd.Series(g_folds).groupby(groups).nunique().max() == 1
 
 

@@ -157,12 +157,6 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
     folders = list(dict.fromkeys(p.resolve() for p in run_folders(paths)))
     jobs = collect_jobs(folders) if folders else collect_jobs([])
     rows, data, notes, gaps = [], {}, [], []
-    for base, configs in jobs.groupby("repeat_of", sort=False)["config"]:
-        if configs.nunique() > 1:
-            notes.append(f"{', '.join(configs.unique())} differ only in data.fold_seed: they are repeats of one "
-                         f"configuration ({base}) on other partitions of the training pool (repeated k-fold), so a "
-                         "difference between them is training variability, not an effect, and fold k of one is not "
-                         "fold k of another")
     for _, job in jobs.iterrows():
         where = f"{job['run_dir']} ({job['config']}, fold {job['fold']})"
         if job["status"] != "ok":
@@ -178,17 +172,24 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
                 continue
             gaps.append(figures.pop("gaps"))
             fold = "-" if pd.isna(job["fold"]) else job["fold"]
-            rows.append({"config": job["config"], "fold": fold, "run_dir": job["run_dir"], **figures,
+            rows.append({"config": job["config"], "repeat_of": job["repeat_of"], "fold": fold, "run_dir": job["run_dir"], **figures,
                          **job[["status", *LIKE]].to_dict()})
     attribute = primary_attribute_of(gaps, primary_attribute)
     for row, run_gaps in zip(rows, gaps):
         gap = run_gaps.get(attribute) if attribute else None
         row.update(gap=float(gap["gap"]) if gap else math.nan, gap_metric=gap.get("metric", "accuracy") if gap else None)
-    columns = ["config", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
+    columns = ["config", "repeat_of", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
                "status", *LIKE]
     runs = pd.DataFrame(rows, columns=columns)
     runs, design = require_same_test_data(runs, data, notes)
     notes += keep_apart(runs)
+    for base, configs in runs.groupby("repeat_of", sort=False)["config"]:  # after keep_apart: the names shown
+        if configs.nunique() > 1:
+            named = "" if base == "(one configuration)" else f" ({base})"
+            notes.append(f"{', '.join(configs.unique())} differ only in data.fold_seed: they are repeats of one "
+                         f"configuration{named} on other partitions of the training pool (repeated k-fold), so a "
+                         "difference between them is training variability, not an effect, and fold k of one is not "
+                         "fold k of another; their pairs are in the family that the correction counts")
     if len(runs) and runs["gap_metric"].nunique() > 1:
         notes.append(f"the runs' bias reports measure the {attribute} gap in different metrics "
                      f"({', '.join(map(str, runs['gap_metric'].dropna().unique()))}): the gap column mixes them")

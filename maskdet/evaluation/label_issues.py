@@ -81,8 +81,8 @@ def _shown(names, limit: int = 8) -> list[str]:
 def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str], dict]:
     """Every image's out-of-fold probabilities in one frame (``split`` val / test, ``folds``: how many
     models' predictions were averaged), the class names, and where they came from. The configuration
-    used is the sweep's best by mean validation accuracy (the only one in a plain k-fold sweep), with its
-    repeats: a repeated k-fold (``data.fold_seed=0,1,2``) predicts each validation image once per repeat,
+    used is the sweep's best by mean validation accuracy over all its runs (the only one in a plain k-fold
+    sweep), with its repeats: a repeated k-fold (``data.fold_seed=0,1,2``) predicts each validation image once per repeat,
     and those predictions are averaged as the test images' are."""
     sweep_dir = Path(sweep_dir)
     folders = run_folders([sweep_dir])
@@ -93,29 +93,29 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
     finished = runs[runs["status"] == "ok"]
     if finished.empty:
         raise DataError(f"no job of {sweep_dir} finished: there are no held-out predictions to read.")
-    config = summarise(runs)["config"].iloc[0]
-    repeat_of = runs.loc[runs["config"] == config, "repeat_of"].iloc[0] if (runs["config"] == config).any() else None
-    chosen = finished[finished["repeat_of"] == repeat_of] if repeat_of is not None else finished[finished["config"] == config]
-    names, val_parts, test_parts, missing, folds = None, [], [], [], []
-    for repeat, members in chosen.groupby("config", sort=False):
-        repeat_folds = sorted({int(f) for f in members["fold"] if str(f).lstrip("-").isdigit()})
-        if len(repeat_folds) < 2:
-            raise DataError(f"{sweep_dir}: the configuration {one_line(repeat)} has finished runs for "
-                            f"{len(repeat_folds)} fold(s); out-of-fold predictions need a k-fold sweep "
-                            "(data.fold=0,1,...,k-1).")
-        folds = sorted(set(folds) | set(repeat_folds))
+    # rank whole families (a configuration with all its repeats) by their mean, not one lucky repeat
+    family = summarise(runs.assign(config=runs["repeat_of"]))["config"].iloc[0]
+    members = runs[runs["repeat_of"] == family]
+    launched = int(members["config"].nunique())  # repeats the sweep ran, finished or not
+    chosen = members[members["status"] == "ok"]
+    failed = [_relative_name(run, sweep_dir) for run in members.loc[members["status"] != "ok", "run_dir"]]
+    folds = sorted({int(f) for f in chosen["fold"] if str(f).lstrip("-").isdigit()})
+    if len(folds) < 2:
+        raise DataError(f"{sweep_dir}: the configuration {one_line(family)} has finished runs for {len(folds)} fold(s); "
+                        "out-of-fold predictions need a k-fold sweep (data.fold=0,1,...,k-1).")
+    names, val_parts, test_parts, missing = None, [], [], []
+    for _, repeat in chosen.groupby("config", sort=False):
         parts = []
-        for run in members["run_dir"]:
-            run = Path(run)
+        for run in map(Path, repeat["run_dir"]):
             val_path = run / CALIBRATION_DIR / VAL_PREDICTIONS
             if not val_path.is_file():
-                missing.append(run.name)
+                missing.append(_relative_name(run, sweep_dir))
                 continue
             val, names = _read_predictions(val_path, names)
-            parts.append(val.assign(run=run.name))
+            parts.append(val.assign(run=str(run)))  # the whole path: cv_in_job folds are all called fold_<k>
             if (run / runfolder.PREDICTIONS).is_file():
                 test, names = _read_predictions(run / runfolder.PREDICTIONS, names)
-                test_parts.append(test.assign(run=run.name))
+                test_parts.append(test.assign(run=str(run)))
         if parts:
             val = pd.concat(parts, ignore_index=True)
             twice = val["path"].duplicated(keep=False)
@@ -138,12 +138,21 @@ def held_out_predictions(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[str]
             raise DataError(f"{len(overlap)} images are both validation and test images across the runs (e.g. "
                             f"{one_line(sorted(overlap)[0])}): the runs do not share one split.")
     frame = pd.concat(frames, ignore_index=True)
-    source = {"config": config if len(val_parts) == 1 else repeat_of, "folds": folds, "repeats": len(val_parts),
-              "runs": int(len(chosen)), "runs_without_val_predictions": missing,
-              # a repeat with a fold missing (failed, or no val_predictions.csv) predicts its images fewer times
-              "val_images_in_fewer_repeats": int((val["folds"] < len(val_parts)).sum()),
+    source = {"config": family if launched > 1 else members["config"].iloc[0], "folds": folds, "repeats": launched,
+              "runs": int(len(chosen)), "runs_without_val_predictions": missing, "failed_runs": failed,
+              # predicted by fewer models than repeats were launched (a run failed or wrote no predictions, or
+              # the repeats held out different images, as data.cap_per_class draws them)
+              "val_images_in_fewer_repeats": int((val["folds"] < launched).sum()),
               "val_images": int(len(val)), "test_images": int(len(frame) - len(val))}
     return frame, names, source
+
+
+def _relative_name(run, sweep_dir: Path) -> str:
+    """A run folder named for a report: its path inside the sweep (``3_lr-0.01/fold_2``), else its own name."""
+    try:
+        return str(Path(run).relative_to(sweep_dir))
+    except ValueError:
+        return Path(run).name
 
 
 def _averaged(predictions: pd.DataFrame, prob_columns: list[str], split: str) -> pd.DataFrame:
@@ -225,10 +234,12 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
              "Label quality is the held-out probability of the given label (0: the held-out model is sure the label "
              "is wrong). A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
              "without the flagged images.", ""]
+    if source.get("failed_runs"):
+        lines += [f"**Note:** runs of this configuration that failed were left out: {md(', '.join(source['failed_runs']))}.", ""]
     if source.get("val_images_in_fewer_repeats"):
         lines += [f"**Note:** {source['val_images_in_fewer_repeats']} validation images were predicted in fewer than "
-                  f"{repeats} repeats (a repeat's fold failed or wrote no predictions): their average rests on fewer "
-                  "models (column `folds`).", ""]
+                  f"{repeats} repeats (a run failed or wrote no predictions, or the repeats held out different "
+                  "images): their average rests on fewer models (column `folds`).", ""]
     if source["runs_without_val_predictions"]:
         lines += [f"**Note:** runs without validation predictions were left out: "
                   f"{md(', '.join(source['runs_without_val_predictions']))}.", ""]
