@@ -305,10 +305,31 @@ def test_a_configuration_whose_runs_differ_in_max_epochs_is_split_and_named(tmp_
                        "[trainer.max_epochs=40]", "model.optimizer.lr=10"}
     (note,) = [n for n in result["notes"] if "different trainer settings" in n]
     assert str(sweep / "2_job") in note and str(sweep / "0_job") in note
+    # runs kept apart are not repeats of each other (data.fold_seed): they are compared
+    assert not any("data.fold_seed" in n for n in result["notes"])
+    assert any(n.startswith("model.optimizer.lr=0.001 [trainer.max_epochs=") and "no fold run by both" in n
+               for n in result["notes"])  # considered as a pair (they share no fold), not skipped as repeats
     # the cv summary does not pool them either, and says why
     runs, summary = write_summary(sweep)
     assert set(summary["config"]) == configs
     assert "different trainer settings" in (sweep / "cv_summary.md").read_text()
+
+
+def test_repeats_of_a_configuration_are_not_compared_with_each_other(tmp_path):
+    """A repeated k-fold of two learning rates (data.fold_seed=0,1): the configurations' family holds the
+    two learning rates' pair within each repeat (fold k the same data); repeats of one learning rate, and
+    pairs across repeats, are not tested, and notes say so."""
+    good, bad = "model.optimizer.lr=0.001", "model.optimizer.lr=10"
+    sweep = _sweep(tmp_path / "sweep", {(good, "data.fold_seed=0"): [0.80, 0.82, 0.79], (good, "data.fold_seed=1"): [0.81, 0.80, 0.80],
+                                        (bad, "data.fold_seed=0"): [0.55, 0.60, 0.52], (bad, "data.fold_seed=1"): [0.58, 0.57, 0.54]},
+                   record=_record())
+    result = write_comparison([sweep], sweep)
+    pairs = {frozenset((p["a"], p["b"])) for p in result["pairs"]}
+    assert pairs == {frozenset((f"data.fold_seed={r} {good}", f"data.fold_seed={r} {bad}")) for r in (0, 1)}, pairs
+    assert result["family"]["size"] == 2 * 3
+    assert any(n.startswith("2 pairs of configurations on different partitions") for n in result["notes"])
+    notes = [n for n in result["notes"] if "differ only in data.fold_seed" in n]
+    assert len(notes) == 2 and any(f"configuration ({good})" in n for n in notes)
 
 
 def test_cv_summary_keeps_runs_of_different_test_data_apart(tmp_path):

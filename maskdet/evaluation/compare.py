@@ -172,24 +172,28 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
                 continue
             gaps.append(figures.pop("gaps"))
             fold = "-" if pd.isna(job["fold"]) else job["fold"]
-            rows.append({"config": job["config"], "repeat_of": job["repeat_of"], "fold": fold, "run_dir": job["run_dir"], **figures,
+            rows.append({"config": job["config"], "family": job["repeat_of"], "partition": job["fold_seed"], "fold": fold, "run_dir": job["run_dir"], **figures,
                          **job[["status", *LIKE]].to_dict()})
     attribute = primary_attribute_of(gaps, primary_attribute)
     for row, run_gaps in zip(rows, gaps):
         gap = run_gaps.get(attribute) if attribute else None
         row.update(gap=float(gap["gap"]) if gap else math.nan, gap_metric=gap.get("metric", "accuracy") if gap else None)
-    columns = ["config", "repeat_of", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
+    columns = ["config", "family", "partition", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
                "status", *LIKE]
     runs = pd.DataFrame(rows, columns=columns)
     runs, design = require_same_test_data(runs, data, notes)
+    named = runs["config"].copy()
     notes += keep_apart(runs)
-    for base, configs in runs.groupby("repeat_of", sort=False)["config"]:  # after keep_apart: the names shown
+    # a configuration kept apart keeps its name and gains a suffix ("... [trainer...]"); the family (the name
+    # without data.fold_seed) gains the same suffix, so runs kept apart are never taken for repeats
+    runs["family"] = [family + config[len(name):] for family, config, name in zip(runs["family"], runs["config"], named)]
+    for base, configs in runs.groupby("family", sort=False)["config"]:  # after keep_apart: the names shown
         if configs.nunique() > 1:
             named = "" if base == "(one configuration)" else f" ({base})"
             notes.append(f"{', '.join(configs.unique())} differ only in data.fold_seed: they are repeats of one "
                          f"configuration{named} on other partitions of the training pool (repeated k-fold), so a "
                          "difference between them is training variability, not an effect, and fold k of one is not "
-                         "fold k of another; their pairs are in the family that the correction counts")
+                         "fold k of another; they are not tested against each other")
     if len(runs) and runs["gap_metric"].nunique() > 1:
         notes.append(f"the runs' bias reports measure the {attribute} gap in different metrics "
                      f"({', '.join(map(str, runs['gap_metric'].dropna().unique()))}): the gap column mixes them")
@@ -434,7 +438,16 @@ def compare_pairs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], order: list
         notes.append("no run has a gap of the compared attribute (it needs two groups of at least "
                      "bias.min_group_size test images), so the gap column is empty and untested")
     tests, unpaired = [], []
+    first = runs.drop_duplicates("config").set_index("config")
+    family_of = first["family"] if "family" in runs else pd.Series(dtype=object)
+    partition_of = first["partition"] if "partition" in runs else pd.Series(dtype=object)
+    across = 0
     for a, b in itertools.combinations(order, 2):
+        if a in family_of and family_of.get(a) == family_of.get(b):
+            continue  # repeats of one configuration (data.fold_seed): not a hypothesis, so not in the family (load_runs notes it)
+        if pd.notna(partition_of.get(a)) and pd.notna(partition_of.get(b)) and partition_of.get(a) != partition_of.get(b):
+            across += 1  # other partitions: fold k of one is not fold k of the other, so no pairing by fold
+            continue
         ra, rb = by_config[a], by_config[b]
         folds = [f for f in ra.index if f in rb.index]
         if not folds:
@@ -488,6 +501,9 @@ def compare_pairs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], order: list
             tests.append({"a": a, "b": b, "metric": "accuracy", "test": "mcnemar_exact", "fold": fold,
                           "mean_a": float(ca.mean()), "mean_b": float(cb.mean()), "_pair": pair,
                           "conditional_on": "these two trained models", **mcnemar_exact(*pair)})
+    if across:
+        notes.append(f"{across} pairs of configurations on different partitions (data.fold_seed) were not tested: "
+                     "each pair of configurations is tested within each repeat, where fold k is the same data")
     if unpaired:
         notes.append(f"{'; '.join(unpaired)}: their runs list the same test data under other image paths, so the "
                      "images cannot be paired: each configuration's images were resampled independently (an "

@@ -106,7 +106,8 @@ def collect_jobs(jobs) -> pd.DataFrame:
     """One row per run folder in ``jobs``: configuration (the overrides that differ between them, kept apart
     by ``keep_apart``), fold, status, metrics, what it was tested on, error and folder. ``repeat_of`` names
     the configuration without ``data.fold_seed``: the repeats of a repeated k-fold share it (each repeat
-    stays a configuration of its own in summaries, whose folds are one partition)."""
+    stays a configuration of its own in summaries, whose folds are one partition); ``fold_seed`` says which
+    partition (None when the sweep does not vary it)."""
     rows = []
     for job in map(Path, jobs):
         overrides = _overrides(job)
@@ -135,9 +136,10 @@ def collect_jobs(jobs) -> pd.DataFrame:
         overrides = row.pop("overrides")
         row["config"] = " ".join(f"{k}={overrides.get(k)}" for k in varying) or "(one configuration)"
         row["repeat_of"] = " ".join(f"{k}={overrides.get(k)}" for k in varying if k != REPEAT_KEY) or "(one configuration)"
+        row["fold_seed"] = overrides.get(REPEAT_KEY) if REPEAT_KEY in varying else None  # which partition
     bias = sorted({k for row in rows for k in row if k.startswith("bias/")})
     return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias,
-                                       "test_data", "test_images", "class_names", "trainer", "repeat_of", "run_dir"])
+                                       "test_data", "test_images", "class_names", "trainer", "repeat_of", "fold_seed", "run_dir"])
 
 
 def _trainer_text(settings: dict | None, keys) -> str:
