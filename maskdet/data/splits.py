@@ -72,6 +72,7 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
             f"training splits each need at least one image of each of the {k} classes: use a data.test_size "
             f"from {low} to {high}."
         )
+    fold_seed = seed if fold_seed is None else fold_seed
     if groups is not None and len(groups) and np.unique(groups, return_counts=True)[1].max() > 1:
         return _grouped_splits(labels, np.asarray(groups), test_size, num_folds, fold, seed, fold_seed)
     positions = np.arange(len(labels))
@@ -79,7 +80,7 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
     split = np.full(len(labels), "train", dtype=object)
     split[test] = "test"
     fold_of = np.full(len(labels), -1, dtype=int)
-    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed if fold_seed is None else fold_seed)
+    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=fold_seed)
     for k, (_, val_part) in enumerate(folds.split(pool, labels[pool])):
         fold_of[pool[val_part]] = k
     split[fold_of == fold] = "val"
@@ -87,7 +88,7 @@ def assign_splits(labels: Sequence[int] | np.ndarray, test_size: float, num_fold
 
 
 def _grouped_splits(labels: np.ndarray, groups: np.ndarray, test_size: float, num_folds: int, fold: int,
-                    seed: int, fold_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int, fold_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The contract with groups: the test split is ``k`` of ``m`` StratifiedGroupKFold folds, where k/m is
     test_size as a fraction with m <= 20 (0.3 -> 3 of 10 folds, so the test share stays 30 %, where one fold
     of round(1 / 0.3) = 3 would give 33 %; GroupShuffleSplit would not stratify). The pool is then split
@@ -113,7 +114,7 @@ def _grouped_splits(labels: np.ndarray, groups: np.ndarray, test_size: float, nu
                         f"data.num_folds={num_folds}: lower data.num_folds.")
     split = np.where(test, "test", "train").astype(object)
     fold_of = np.full(len(labels), -1, dtype=int)
-    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=seed if fold_seed is None else fold_seed)
+    folds = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=fold_seed)
     for k, (_, val_part) in enumerate(folds.split(pool, labels[pool], groups[pool])):
         fold_of[pool[val_part]] = k
     split[fold_of == fold] = "val"

@@ -172,26 +172,22 @@ def load_runs(paths, primary_attribute: str | None = None) -> tuple[pd.DataFrame
                 continue
             gaps.append(figures.pop("gaps"))
             fold = "-" if pd.isna(job["fold"]) else job["fold"]
-            rows.append({"config": job["config"], "family": job["repeat_of"], "partition": job["fold_seed"], "fold": fold, "run_dir": job["run_dir"], **figures,
+            rows.append({"config": job["config"], "repeat_of": job["repeat_of"], "fold_seed": job["fold_seed"], "fold": fold, "run_dir": job["run_dir"], **figures,
                          **job[["status", *LIKE]].to_dict()})
     attribute = primary_attribute_of(gaps, primary_attribute)
     for row, run_gaps in zip(rows, gaps):
         gap = run_gaps.get(attribute) if attribute else None
         row.update(gap=float(gap["gap"]) if gap else math.nan, gap_metric=gap.get("metric", "accuracy") if gap else None)
-    columns = ["config", "family", "partition", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
+    columns = ["config", "repeat_of", "fold_seed", "fold", "run_dir", *METRICS, "gap_metric", "min_group_size", "n_train", "n_val", "n_test",
                "status", *LIKE]
     runs = pd.DataFrame(rows, columns=columns)
     runs, design = require_same_test_data(runs, data, notes)
-    named = runs["config"].copy()
     notes += keep_apart(runs)
-    # a configuration kept apart keeps its name and gains a suffix ("... [trainer...]"); the family (the name
-    # without data.fold_seed) gains the same suffix, so runs kept apart are never taken for repeats
-    runs["family"] = [family + config[len(name):] for family, config, name in zip(runs["family"], runs["config"], named)]
-    for base, configs in runs.groupby("family", sort=False)["config"]:  # after keep_apart: the names shown
+    for base, configs in runs.groupby("repeat_of", sort=False)["config"]:  # after keep_apart: the names shown
         if configs.nunique() > 1:
-            named = "" if base == "(one configuration)" else f" ({base})"
+            which = "" if base == "(one configuration)" else f" ({base})"
             notes.append(f"{', '.join(configs.unique())} differ only in data.fold_seed: they are repeats of one "
-                         f"configuration{named} on other partitions of the training pool (repeated k-fold), so a "
+                         f"configuration{which} on other partitions of the training pool (repeated k-fold), so a "
                          "difference between them is training variability, not an effect, and fold k of one is not "
                          "fold k of another; they are not tested against each other")
     if len(runs) and runs["gap_metric"].nunique() > 1:
@@ -439,13 +435,13 @@ def compare_pairs(runs: pd.DataFrame, data: dict[str, pd.DataFrame], order: list
                      "bias.min_group_size test images), so the gap column is empty and untested")
     tests, unpaired = [], []
     first = runs.drop_duplicates("config").set_index("config")
-    family_of = first["family"] if "family" in runs else pd.Series(dtype=object)
-    partition_of = first["partition"] if "partition" in runs else pd.Series(dtype=object)
+    repeat_of = first["repeat_of"] if "repeat_of" in runs else pd.Series(dtype=object)
+    partition = first["fold_seed"] if "fold_seed" in runs else pd.Series(dtype=object)
     across = 0
     for a, b in itertools.combinations(order, 2):
-        if a in family_of and family_of.get(a) == family_of.get(b):
+        if a in repeat_of and repeat_of.get(a) == repeat_of.get(b):
             continue  # repeats of one configuration (data.fold_seed): not a hypothesis, so not in the family (load_runs notes it)
-        if pd.notna(partition_of.get(a)) and pd.notna(partition_of.get(b)) and partition_of.get(a) != partition_of.get(b):
+        if pd.notna(partition.get(a)) and pd.notna(partition.get(b)) and partition.get(a) != partition.get(b):
             across += 1  # other partitions: fold k of one is not fold k of the other, so no pairing by fold
             continue
         ra, rb = by_config[a], by_config[b]

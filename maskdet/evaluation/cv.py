@@ -134,12 +134,17 @@ def collect_jobs(jobs) -> pd.DataFrame:
     varying = sorted(k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1)
     for row in rows:
         overrides = row.pop("overrides")
-        row["config"] = " ".join(f"{k}={overrides.get(k)}" for k in varying) or "(one configuration)"
-        row["repeat_of"] = " ".join(f"{k}={overrides.get(k)}" for k in varying if k != REPEAT_KEY) or "(one configuration)"
+        row["config"] = _named(overrides, varying)
+        row["repeat_of"] = _named(overrides, [k for k in varying if k != REPEAT_KEY])
         row["fold_seed"] = overrides.get(REPEAT_KEY) if REPEAT_KEY in varying else None  # which partition
     bias = sorted({k for row in rows for k in row if k.startswith("bias/")})
     return pd.DataFrame(rows, columns=["job", "config", "fold", "status", "error", "best_epoch", *METRICS, *bias,
                                        "test_data", "test_images", "class_names", "trainer", "repeat_of", "fold_seed", "run_dir"])
+
+
+def _named(overrides: dict[str, str], keys) -> str:
+    """A configuration's name: its values of the keys the sweep varies."""
+    return " ".join(f"{k}={overrides.get(k)}" for k in keys) or "(one configuration)"
 
 
 def _trainer_text(settings: dict | None, keys) -> str:
@@ -169,6 +174,14 @@ def per_fold_test(runs: pd.DataFrame) -> bool:
         finished.drop_duplicates("fold")["test_data"].nunique() == len(per_fold)
 
 
+def _set_apart(runs: pd.DataFrame, i, why: str) -> None:
+    """Rename run ``i``'s configuration ``<config> [<why>]``; its ``repeat_of`` gains the same suffix, so runs
+    kept apart are never taken for repeats of one configuration."""
+    for column in ("config", "repeat_of"):
+        if column in runs:
+            runs.at[i, column] = f"{runs.at[i, column]} [{why}]"
+
+
 def keep_apart(runs: pd.DataFrame) -> list[str]:
     """Split (in place) each configuration whose finished runs were trained with different trainer settings
     or tested on different data into configurations of their own, and return a note naming each split:
@@ -184,7 +197,7 @@ def keep_apart(runs: pd.DataFrame) -> list[str]:
             keys = sorted(k for k in {k for t in known for k in t}
                           if len({json.dumps(t.get(k), default=str) for t in known}) > 1)
             for i, settings in zip(members, trainers):
-                runs.at[i, "config"] = f"{config} [{_trainer_text(settings, keys)}]"
+                _set_apart(runs, i, _trainer_text(settings, keys))
             split = runs.loc[members].groupby("config", sort=False)["run_dir"]
             notes.append(f"{config}: its runs were trained with different trainer settings (a job resumed with "
                          "other settings?), so they are not pooled: " +
@@ -194,7 +207,7 @@ def keep_apart(runs: pd.DataFrame) -> list[str]:
         members = runs.index[finished & (runs["config"] == config)]
         if runs.loc[members, "test_data"].fillna(NOT_RECORDED).nunique() > 1:
             for i in members:
-                runs.at[i, "config"] = f"{config} [test data {runs.at[i, 'test_data'] or NOT_RECORDED}]"
+                _set_apart(runs, i, f"test data {runs.at[i, 'test_data'] or NOT_RECORDED}")
             split = runs.loc[members].groupby("config", sort=False)["run_dir"]
             notes.append(f"{config}: its runs were tested on different data, so they are not pooled: " +
                          "; ".join(f"{name} ({_runs_text(folders)})" for name, folders in split))
