@@ -238,8 +238,9 @@ class BlazeFaceDetector:
         self.verify_below, self.verify_score = float(verify_below), float(verify_score)
         self.verify_score_small = float(verify_score_small)
 
-    def _run(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (x1, y1, x2, y2 in ``rgb``'s pixels) and scores of one square-padded pass over ``rgb``."""
+    def _pass(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every anchor's raw box and face probability from one square-padded pass over ``rgb``, and the
+        padded square's side."""
         height, width = rgb.shape[:2]
         side = max(height, width)
         square = np.zeros((side, side, 3), np.uint8)  # padded at the bottom and right: boxes keep their origin
@@ -249,7 +250,18 @@ class BlazeFaceDetector:
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self.boxes_out)[0]
         logits = np.clip(self.interpreter.get_tensor(self.scores_out)[0, :, 0].astype(np.float64), -100, 100)
-        scores = 1 / (1 + np.exp(-logits))
+        return raw, 1 / (1 + np.exp(-logits)), side
+
+    def face_probability(self, rgb: np.ndarray) -> float:
+        """How much a picture that should be one face crop looks like a face at all: the highest face
+        probability of one pass over the whole of it. A model trained on faces in the wild, not on the mask
+        classes, so a non-face filed in a face folder scores low however a mask classifier reads it
+        (label_issues flags the lowest as outliers)."""
+        return float(self._pass(rgb)[1].max())
+
+    def _run(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (x1, y1, x2, y2 in ``rgb``'s pixels) and scores of one square-padded pass over ``rgb``."""
+        raw, scores, side = self._pass(rgb)
         keep = scores >= self.score_threshold
         raw, scores, anchors = raw[keep], scores[keep], self.anchors[keep]
         centre = anchors + raw[:, :2] / self.size

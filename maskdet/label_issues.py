@@ -5,9 +5,10 @@
 
 Also run at the end of every k-fold sweep. Reads each job's held-out predictions and ranks them with
 cleanlab (maskdet/evaluation/label_issues.py says how); writes label_issues.csv / .md / .png and
-label_quality.csv. ``data.exclude=<sweep>/label_issues.csv`` retrains without the flagged images. The gallery
-draws only images inside the folders given with ``--data-root`` (a sweep's files are data: they do not choose
-which files are read).
+label_quality.csv. ``data.exclude=<sweep>/label_issues.csv`` retrains without the flagged images. Outliers
+(non-faces) are ranked by BlazeFace's face probability of each image, and the gallery drawn, only from images
+inside the folders given with ``--data-root`` (a sweep's files are data: they do not choose which files are
+read); without them, outliers are ranked by the much weaker score from the probabilities, and the report says so.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", type=Path, help="the folder of a finished k-fold sweep")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--outlier-share", type=float, default=0.01,
-                        help="flag this share of images with the lowest out-of-distribution score (default 0.01)")
+                        help="flag this share of images as outliers: the lowest face probability (BlazeFace), or "
+                             "without --data-root the lowest out-of-distribution score (default 0.01)")
     parser.add_argument("--top", type=int, default=24, help="suspects in the gallery (default 24)")
     parser.add_argument("--data-root", type=Path, action="append", default=[],
-                        help="a folder the gallery may read images from (the dataset's data.root; for scene sets "
-                             "also the cache folder with the crops); repeatable; default: none, the gallery lists "
-                             "the suspects without pictures")
+                        help="a folder the outlier score and the gallery may read images from (the dataset's "
+                             "data.root; for scene sets and the embedded generator also the cache folder); "
+                             "repeatable; default: none, outliers come from the probabilities and the gallery "
+                             "lists the suspects without pictures")
     args = parser.parse_args(argv)
     exit_on_error(find, args.sweep, args.out, args.outlier_share, args.top, args.data_root)
 

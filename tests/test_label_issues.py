@@ -30,7 +30,8 @@ def _frame(paths, labels, probs):
     return frame
 
 
-def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0, repeats=1, model_errors=0.0):
+def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0, repeats=1, model_errors=0.0,
+                     images=None):
     """A finished k-fold sweep written as maskdet writes one: each job's validation images once, the test
     images by every job. Each image's held-out probabilities are drawn around a class (Dirichlet, mean 0.96
     on it) and its true class from their mean, so they are calibrated: the model is right about 96 % of the
@@ -38,7 +39,8 @@ def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0, r
     ``repeats`` > 1: a repeated k-fold (``data.fold_seed=0,1,...``), the pool drawn into new folds each time
     and every model's probabilities drawn afresh. ``model_errors``: the share of images on which one model,
     independently of the others, is confidently wrong (its probabilities drawn around another class), as a
-    model trained on other images makes mistakes of its own."""
+    model trained on other images makes mistakes of its own. ``images``: real files to name instead of made-up
+    paths (the first ``n_val`` validation images, the rest test images)."""
     rng = np.random.default_rng(seed)
     n = n_val + n_test
     alpha = np.full((n, 3), 0.3)
@@ -47,7 +49,8 @@ def _simulated_sweep(root, n_val=600, n_test=150, folds=3, noise=0.06, seed=0, r
     given = truth.copy()
     flipped = rng.random(n) < noise
     given[flipped] = (truth[flipped] + rng.integers(1, 3, flipped.sum())) % 3
-    paths = [f"/data/{CLASSES[g]}/img_{i}.jpg" for i, g in enumerate(given)]
+    paths = [f"/data/{CLASSES[g]}/img_{i}.jpg" for i, g in enumerate(given)] if images is None else list(images)
+    assert len(paths) == n
     for repeat in range(repeats):
         fold_of = rng.permutation(np.arange(n_val) % folds)
         for k in range(folds):
@@ -88,6 +91,38 @@ def test_planted_label_errors_are_found_in_a_simulation_with_a_known_answer(tmp_
     assert "likely label errors" in (tmp_path / "label_issues.md").read_text()
 
 
+def test_non_faces_are_found_by_a_face_detector_not_by_the_classifier_s_probabilities(tmp_path):
+    """Outliers: the embedded generator plants 8 pictures that are not faces among 120 drawn faces, and the
+    held-out probabilities (simulated, so they know nothing of them) give each some class. BlazeFace's face
+    probability, read from the images inside the dataset folder, ranks the non-faces lowest. Without a
+    folder it may read, the report says it fell back to the score from the probabilities, and why."""
+    from maskdet.data.synthetic import generate, make_spec, planted_path
+
+    data = generate(make_spec(per_class=30, seed=3, outliers=8), tmp_path / "faces")
+    images = sorted(str(p) for p in data.rglob("*.jpg"))
+    planted = pd.read_csv(planted_path(data))
+    non_faces = {str(data / p) for p in planted.loc[planted["kind"] == "outlier", "path"]}
+    sweep = tmp_path / "sweep"
+    _simulated_sweep(sweep, n_val=96, n_test=32, noise=0.0, images=images)
+    share = len(non_faces) / len(images)
+
+    summary = write_label_issues(sweep, outlier_share=share, image_roots=[str(data)])
+    quality = pd.read_csv(sweep / "label_quality.csv")
+    assert summary["outlier_method"] == "BlazeFace's face probability" and summary["outliers"] == 8
+    assert len(set(quality.loc[quality["outlier"], "path"]) & non_faces) >= 7  # 7 of 8 when written (the eighth: 0.40)
+    scores = quality.set_index("path")["outlier_score"]
+    assert scores[list(non_faces)].max() < scores.drop(list(non_faces)).median()
+    assert "lowest 6.2% by BlazeFace's face probability" in (sweep / "label_issues.md").read_text()
+
+    summary = write_label_issues(sweep, outlier_share=share, image_roots=[str(tmp_path / "elsewhere")])
+    quality = pd.read_csv(sweep / "label_quality.csv")
+    assert summary["outlier_method"] == "cleanlab's out-of-distribution score from the probabilities"
+    assert len(set(quality.loc[quality["outlier"], "path"]) & non_faces) <= 3
+    report = (sweep / "label_issues.md").read_text()
+    assert "because BlazeFace could not score the images: 128 of the 128 images" in report
+    assert "lie outside the given data folders" in report and "--data-root" in report
+
+
 def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
     _simulated_sweep(tmp_path, n_val=60, n_test=20)
     write_label_issues(tmp_path, outlier_share=0)
@@ -101,8 +136,11 @@ def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
 def test_a_repeated_kfold_averages_each_validation_image_over_its_repeats(tmp_path):
     """A simulation with a known answer: when each model also makes mistakes of its own (8 % of images,
     independently), one model per image reads them as label errors; three repeats of the k-fold, averaged,
-    wash most of them out. Precision must rise clearly, recall stay. Mistakes every model shares (the
-    simulation's calibrated 4 %, with no mistakes of their own) are not washed out: precision stays."""
+    wash most of them out. Precision must rise clearly (0.44 -> 0.73), recall stay high (0.96 -> 0.82: from the
+    averaged probabilities cleanlab estimates fewer errors, and flags that many of the lowest label quality;
+    its prune_by_noise_rate kept 0.94 here, at the same precision, but was far less precise on real images,
+    LABEL_FILTER). Mistakes every model shares (the simulation's calibrated 4 %, with no mistakes of their
+    own) are not washed out: precision stays."""
     scores = {}
     for own in (0.0, 0.08):
         for repeats in (1, 3):
@@ -112,7 +150,7 @@ def test_a_repeated_kfold_averages_each_validation_image_over_its_repeats(tmp_pa
             quality = pd.read_csv(root / "label_quality.csv")
             scores[own, repeats] = score_against_truth(quality[quality["split"] == "val"], planted)
             assert summary["repeats"] == repeats and summary["val_images"] == 600 and summary["test_images"] == 150
-    assert scores[0.08, 3]["precision"] >= scores[0.08, 1]["precision"] + 0.15 and scores[0.08, 3]["recall"] >= 0.9, scores
+    assert scores[0.08, 3]["precision"] >= scores[0.08, 1]["precision"] + 0.15 and scores[0.08, 3]["recall"] >= 0.78, scores
     assert scores[0.08, 1]["precision"] < 0.5, scores  # the models' own mistakes, unaveraged
     assert abs(scores[0.0, 3]["precision"] - scores[0.0, 1]["precision"]) < 0.05, scores  # shared mistakes stay
     root = tmp_path / "own_0.08_repeats_3"
@@ -202,6 +240,8 @@ def test_a_repeated_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retra
     assert len(quality) == 4 * 40 + 6  # every image held out once per repeat (val) or by every run (test)
     assert set(quality.loc[quality["split"] == "val", "folds"]) == {2} and set(quality.loc[quality["split"] == "test", "folds"]) == {6}
     assert "2 repeats (data.fold_seed)" in (sweep / "label_issues.md").read_text()
+    # at the end of the sweep its own data folders are read: outliers by face probability
+    assert "by BlazeFace's face probability" in (sweep / "label_issues.md").read_text()
     # the two repeats: one test split, other folds of the same pool
     first, second = (pd.read_csv(next(sweep.glob(f"*_fold_seed-{r}+fold-0")) / "splits.csv").set_index("path")
                      for r in (0, 1))
@@ -219,6 +259,7 @@ def test_a_repeated_kfold_sweep_on_planted_noise_flags_it_and_data_exclude_retra
                            fresh=True)  # a new interpreter against the forked sweep: the same held-out predictions
     assert command.returncode == 0, command.stderr[-3000:]
     assert f"data.exclude={out / 'label_issues.csv'}" in command.stdout
+    assert "because BlazeFace could not score the images: no data folder was given" in command.stdout  # no --data-root
     again = pd.read_csv(out / "label_issues.csv")
     assert set(issues.loc[issues["why"].str.contains("label issue"), "path"]) == \
         set(again.loc[again["why"].str.contains("label issue"), "path"])  # the same held-out predictions

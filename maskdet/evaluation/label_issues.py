@@ -8,14 +8,19 @@ per repeat, by models that never trained on it, and those predictions are averag
 mistakes look like label errors, and averaging several removes part of them. cleanlab, the field's
 library for confident learning (Northcutt et al. 2021), ranks these out-of-fold probabilities:
 
-* **label issues**: ``cleanlab.filter.find_label_issues`` (prune by noise rate, the method's default) flags
-  images whose given label the held-out model contradicts beyond what the estimated noise rates allow;
-  ``cleanlab.rank.get_label_quality_scores`` (self-confidence: the held-out probability of the given label)
-  ranks them. The suggested label is the held-out model's most probable class.
-* **outliers**: ``cleanlab.outlier.OutOfDistribution`` scores each image from its probabilities alone
-  (entropy and confidence adjusted per class: low = unlike any class); the lowest ``outlier_share`` are
-  flagged. maskdet keeps no image embeddings, so this is the probability-based score cleanlab offers,
-  weaker than an embedding's nearest neighbours for images the model is confident about anyway.
+* **label issues**: ``cleanlab.rank.get_label_quality_scores`` (self-confidence: the held-out probability of
+  the given label) ranks every image, and ``cleanlab.filter.find_label_issues`` with ``low_self_confidence``
+  flags the lowest of them, as many as cleanlab's confident joint estimates are mislabelled
+  (``cleanlab.count.num_label_issues``). Its default, prune by noise rate, flags images per pair of classes;
+  on the planted-noise benchmark it was less precise at about the same recall (``LABEL_FILTER``). The
+  suggested label is the held-out models' most probable class.
+* **outliers** (images that are not faces at all): BlazeFace, the face detector shipped for
+  ``predict detect=true``, gives each image its face probability (``BlazeFaceDetector.face_probability``); the
+  lowest ``outlier_share`` are flagged. It was trained on faces in the wild, not on the mask classes, so it
+  sees what the picture shows, which the mask classifier's probabilities cannot tell: a non-face gets some
+  class, often confidently. Images are read only inside the folders the caller vouches for; when they cannot
+  all be read there (or ai-edge-litert is not installed), ``cleanlab.outlier.OutOfDistribution`` scores each
+  image from its probabilities alone instead, a much weaker score, and the report says why.
 
 Written into the sweep folder (or ``out``): ``label_issues.csv`` (the flagged images only, worst first:
 path, given label, suggested label, scores, why, split, demographic columns; ``data.exclude=<this file>``
@@ -45,6 +50,12 @@ log = logging.getLogger("maskdet.label_issues")
 
 CALIBRATION_DIR = "calibration"
 BASE_COLUMNS = ["path", "label"]
+# cleanlab's find_label_issues filter. On the planted-noise benchmark (benchmarks/results/label_issues.md, four
+# sweeps of seed 0) low_self_confidence flagged at a precision of 0.75-0.86 where the default prune_by_noise_rate
+# had 0.55-0.64, at a recall 0.02-0.03 lower: its flags are the lowest label quality, the order the report ranks by.
+LABEL_FILTER = "low_self_confidence"
+OUTLIERS_BY_FACE = "BlazeFace's face probability"
+OUTLIERS_BY_PROBABILITIES = "cleanlab's out-of-distribution score from the probabilities"
 
 
 def _read_predictions(path: Path, class_names: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
@@ -167,9 +178,41 @@ def _averaged(predictions: pd.DataFrame, prob_columns: list[str], split: str) ->
         **{c: (c, "mean") for c in prob_columns}, folds=("run", "nunique")).reset_index()
 
 
-def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01) -> pd.DataFrame:
+def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.ndarray | None, str]:
+    """BlazeFace's face probability of every image (``BlazeFaceDetector.face_probability``), or None and why
+    not. The paths come from a sweep's CSVs, which anyone may have written, so only files inside ``roots``
+    (folders the caller vouches for) are read, as for the gallery. Every image must be scored, or none: the
+    lowest share of a ranking of some of them would not be the lowest of the data."""
+    from maskdet.data.images import BadImageError, load_rgb, path_problem
+    from maskdet.detect import BlazeFaceDetector
+    from maskdet.errors import ConfigError
+
+    inside = [Path(r).expanduser().resolve() for r in roots]
+    if not inside:
+        return None, "no data folder was given to read the images from (--data-root)"
+    outside = [p for p in paths if not any(path_problem(Path(str(p)), root) is None for root in inside)]
+    if outside:
+        return None, (f"{len(outside)} of the {len(paths)} images (e.g. {one_line(outside[0])[:200]}) lie outside the "
+                      "given data folders, or are not image files")
+    try:
+        detector = BlazeFaceDetector(model="short_range", min_face=0, verify_below=0)
+    except ConfigError as err:  # ai-edge-litert is not installed
+        return None, f"the face detector cannot run here: {err}"
+    log.info("label issues: scoring %d images with BlazeFace for outliers (non-faces)", len(paths))
+    scores = np.empty(len(paths))
+    for i, path in enumerate(paths):
+        try:
+            scores[i] = detector.face_probability(np.asarray(load_rgb(path)))
+        except BadImageError as err:
+            return None, f"{one_line(path)[:200]}: {err}"
+    return scores, ""
+
+
+def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01,
+                face_scores: np.ndarray | None = None) -> pd.DataFrame:
     """``frame`` (held-out probabilities) with cleanlab's verdicts: ``label_quality`` (0 worst), ``label_issue``,
-    ``suggested_label``, ``outlier_score`` (0 most unlike any class), ``outlier`` and ``why``; worst first."""
+    ``suggested_label``, ``outlier_score`` (0 most unlike any class: ``face_scores``, one per row, when given,
+    else cleanlab's score from the probabilities), ``outlier`` and ``why``; worst first."""
     from cleanlab.filter import find_label_issues
     from cleanlab.outlier import OutOfDistribution
     from cleanlab.rank import get_label_quality_scores
@@ -183,9 +226,10 @@ def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: floa
         raise DataError("the held-out images carry fewer than two labels: there is nothing to compare labels across.")
     out = frame.copy()
     out["label_quality"] = get_label_quality_scores(labels, probs, method="self_confidence")
-    out["label_issue"] = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    out["label_issue"] = find_label_issues(labels, probs, filter_by=LABEL_FILTER)
     out["suggested_label"] = np.asarray(class_names, dtype=object)[probs.argmax(1)]
-    out["outlier_score"] = OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False)
+    out["outlier_score"] = (face_scores if face_scores is not None else
+                            OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False))
     flagged = max(1, math.ceil(outlier_share * len(out))) if outlier_share > 0 else 0
     out["outlier"] = False
     if flagged:
@@ -227,13 +271,22 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
                 f"each predicted once per repeat, by the model that did not train on it; the {repeats} "
                 "predictions averaged") + f") and {source['test_images']} test images (probabilities averaged "
              "over every run's model).", "",
-             f"**{int(flagged['label_issue'].sum())} likely label errors** (cleanlab `find_label_issues`, prune by "
-             f"noise rate) and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} of "
-             "cleanlab's out-of-distribution score from the probabilities): "
+             f"**{int(flagged['label_issue'].sum())} likely label errors** (cleanlab `find_label_issues` with "
+             f"`{LABEL_FILTER}`: the lowest label quality, as many images as cleanlab estimates are mislabelled) "
+             f"and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} by "
+             f"{source.get('outlier_method', OUTLIERS_BY_PROBABILITIES)}): "
              + ", ".join(f"{n} in {md(s)}" for s, n in sorted(by_split.items())) + ".", "",
              "Label quality is the held-out probability of the given label (0: the held-out model is sure the label "
-             "is wrong). A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
+             "is wrong). " + ("The outlier score is BlazeFace's face probability (a face detector trained on faces "
+                              "in the wild, not on these classes; 0: nothing like a face). "
+                              if source.get("outlier_method") == OUTLIERS_BY_FACE else "")
+             + "A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
              "without the flagged images.", ""]
+    if source.get("faces_not_scored"):
+        lines += [f"**Note:** outliers were ranked by {OUTLIERS_BY_PROBABILITIES}, which sees only how the classifier "
+                  "read an image, not what it shows (it finds few non-faces), because BlazeFace could not score the "
+                  f"images: {md(source['faces_not_scored'])}. Give the dataset's folders (`--data-root`) to rank them "
+                  "by face probability.", ""]
     if source.get("failed_runs"):
         lines += [f"**Note:** runs of this configuration that failed were left out: {md(', '.join(source['failed_runs']))}.", ""]
     if source.get("val_images_in_fewer_repeats"):
@@ -289,12 +342,17 @@ def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: 
 
 def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, outlier_share: float = 0.01,
                        top: int = 24, image_roots: Sequence[str] = ()) -> dict:
-    """Find, rank and write (module docstring); returns the counts and where the files are. The gallery reads
-    images only inside ``image_roots`` (``gallery_of_suspects``)."""
+    """Find, rank and write (module docstring); returns the counts and where the files are. The outlier score
+    and the gallery read images only inside ``image_roots`` (``face_probabilities``, ``gallery_of_suspects``)."""
     if isinstance(outlier_share, bool) or not isinstance(outlier_share, int | float) or not 0 <= outlier_share < 0.5:
         raise DataError(f"outlier_share={outlier_share!r} must be a share from 0 (no outliers flagged) to below 0.5.")
     frame, class_names, source = held_out_predictions(sweep_dir)
-    issues = find_issues(frame, class_names, outlier_share)
+    face_scores = None
+    if outlier_share > 0:
+        face_scores, why_not = face_probabilities(list(frame["path"]), list(image_roots))
+        source["outlier_method"] = OUTLIERS_BY_FACE if face_scores is not None else OUTLIERS_BY_PROBABILITIES
+        source["faces_not_scored"] = why_not
+    issues = find_issues(frame, class_names, outlier_share, face_scores)
     folder = Path(out) if out is not None else Path(sweep_dir)
     folder.mkdir(parents=True, exist_ok=True)
     columns = ["path", "label", "suggested_label", "label_quality", "outlier_score", "why", "split", "folds",
