@@ -136,7 +136,8 @@ class LeakageStudy(Callback):
 
 def _own_data_folders(config: DictConfig) -> list[str]:
     """The folders this sweep's own configuration read images from (``data.root``, and the cache that holds
-    generated images and scene crops): the only places its label-issue gallery reads from."""
+    generated images and scene crops): the only places its label-issue search reads images from (the face
+    probabilities of its outlier score, and the gallery)."""
     folders = []
     for key in ("data.root", "data.cache_dir"):
         try:

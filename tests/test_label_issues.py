@@ -3,6 +3,7 @@ a real k-fold sweep on planted noise, and data.exclude retraining without the fl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -96,12 +97,8 @@ def test_non_faces_are_found_by_a_face_detector_not_by_the_classifier_s_probabil
     held-out probabilities (simulated, so they know nothing of them) give each some class. BlazeFace's face
     probability, read from the images inside the dataset folder, ranks the non-faces lowest. Without a
     folder it may read, the report says it fell back to the score from the probabilities, and why."""
-    from maskdet.data.synthetic import generate, make_spec, planted_path
-
-    data = generate(make_spec(per_class=30, seed=3, outliers=8), tmp_path / "faces")
-    images = sorted(str(p) for p in data.rglob("*.jpg"))
-    planted = pd.read_csv(planted_path(data))
-    non_faces = {str(data / p) for p in planted.loc[planted["kind"] == "outlier", "path"]}
+    pytest.importorskip("ai_edge_litert", reason="BlazeFace runs in ai-edge-litert (the detect extra)")
+    data, images, non_faces = _faces_with_non_faces(tmp_path)
     sweep = tmp_path / "sweep"
     _simulated_sweep(sweep, n_val=96, n_test=32, noise=0.0, images=images)
     share = len(non_faces) / len(images)
@@ -119,8 +116,45 @@ def test_non_faces_are_found_by_a_face_detector_not_by_the_classifier_s_probabil
     assert summary["outlier_method"] == "cleanlab's out-of-distribution score from the probabilities"
     assert len(set(quality.loc[quality["outlier"], "path"]) & non_faces) <= 3
     report = (sweep / "label_issues.md").read_text()
-    assert "because BlazeFace could not score the images: 128 of the 128 images" in report
-    assert "lie outside the given data folders" in report and "--data-root" in report
+    assert "because BlazeFace could not score the images: 128 of the 128 images cannot be read inside" in report
+    assert "--data-root" in report
+
+
+def _faces_with_non_faces(tmp_path):
+    """120 drawn faces and 8 planted non-faces (the embedded generator): the folder, every image, the non-faces."""
+    from maskdet.data.synthetic import generate, make_spec, planted_path
+
+    data = generate(make_spec(per_class=30, seed=3, outliers=8), tmp_path / "faces")
+    planted = pd.read_csv(planted_path(data))
+    return (data, sorted(str(p) for p in data.rglob("*.jpg")),
+            {str(data / p) for p in planted.loc[planted["kind"] == "outlier", "path"]})
+
+
+def test_the_face_probabilities_read_every_image_inside_the_data_folders_or_none(tmp_path, monkeypatch):
+    """A sweep's CSVs are a stranger's: one path among them leading out of the data folder (through "..") is
+    not opened, and the outliers come from the probabilities, with the reason; so they do when one image
+    cannot be decoded, and when the face detector's runtime is missing (with how to install it)."""
+    import maskdet.data.images as images_module
+    from maskdet.evaluation.label_issues import face_probabilities
+
+    data, images, _ = _faces_with_non_faces(tmp_path)
+    private = tmp_path / "private.jpg"
+    private.write_bytes(Path(images[0]).read_bytes())
+    opened = []
+    real_load = images_module.load_rgb
+    monkeypatch.setattr(images_module, "load_rgb", lambda path: opened.append(str(path)) or real_load(path))
+    sneaky = [*images[1:], str(data / ".." / "private.jpg")]
+    scores, why = face_probabilities(sneaky, [str(data)])
+    assert scores is None and opened == [] and "1 of the 128 images cannot be read inside" in why, why
+    assert "private.jpg" in why
+
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        Path(images[5]).write_bytes(b"not a jpeg")
+        scores, why = face_probabilities(images, [str(data)])
+        assert scores is None and Path(images[5]).name in why and "could not be scored" in why, why
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if the detect extra were not installed
+    scores, why = face_probabilities(images, [str(data)])
+    assert scores is None and "cannot run here" in why and "maskdet[detect]" in why, why
 
 
 def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
@@ -138,7 +172,7 @@ def test_a_repeated_kfold_averages_each_validation_image_over_its_repeats(tmp_pa
     independently), one model per image reads them as label errors; three repeats of the k-fold, averaged,
     wash most of them out. Precision must rise clearly (0.44 -> 0.73), recall stay high (0.96 -> 0.82: from the
     averaged probabilities cleanlab estimates fewer errors, and flags that many of the lowest label quality;
-    its prune_by_noise_rate kept 0.94 here, at the same precision, but was far less precise on real images,
+    its prune_by_noise_rate kept 0.94 here, at the same precision, but was far less precise on the benchmark's generated images,
     LABEL_FILTER). Mistakes every model shares (the simulation's calibrated 4 %, with no mistakes of their
     own) are not washed out: precision stays."""
     scores = {}

@@ -189,11 +189,14 @@ def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.n
 
     inside = [Path(r).expanduser().resolve() for r in roots]
     if not inside:
-        return None, "no data folder was given to read the images from (--data-root)"
+        return None, ("no data folder was given to read the images from: name the dataset's folders with "
+                      "--data-root (data.root, and for generated images and scene crops the cache folder)")
     outside = [p for p in paths if not any(path_problem(Path(str(p)), root) is None for root in inside)]
     if outside:
-        return None, (f"{len(outside)} of the {len(paths)} images (e.g. {one_line(outside[0])[:200]}) lie outside the "
-                      "given data folders, or are not image files")
+        reason = path_problem(Path(str(outside[0])), inside[0]) or "outside the given data folders"
+        return None, (f"{len(outside)} of the {len(paths)} images cannot be read inside the given data folders "
+                      f"(e.g. {one_line(outside[0])[:200]}: {reason}); if the dataset moved, name its folders "
+                      "with --data-root")
     try:
         detector = BlazeFaceDetector(model="short_range", min_face=0, verify_below=0)
     except ConfigError as err:  # ai-edge-litert is not installed
@@ -202,9 +205,12 @@ def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.n
     scores = np.empty(len(paths))
     for i, path in enumerate(paths):
         try:
-            scores[i] = detector.face_probability(np.asarray(load_rgb(path)))
-        except BadImageError as err:
-            return None, f"{one_line(path)[:200]}: {err}"
+            image = load_rgb(path)
+            image.thumbnail((4 * detector.size, 4 * detector.size))  # a strip 8 x 8,000,000 px: not padded to a square
+            scores[i] = detector.face_probability(np.asarray(image))
+        except Exception as err:  # noqa: BLE001 - a stranger's file the decoder or the model cannot take: said, and
+            # the outliers come from the probabilities instead, not from a ranking of the other images alone
+            return None, f"{one_line(path)[:200]} could not be scored ({type(err).__name__}: {one_line(str(err))[:200]})"
     return scores, ""
 
 
@@ -228,6 +234,12 @@ def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: floa
     out["label_quality"] = get_label_quality_scores(labels, probs, method="self_confidence")
     out["label_issue"] = find_label_issues(labels, probs, filter_by=LABEL_FILTER)
     out["suggested_label"] = np.asarray(class_names, dtype=object)[probs.argmax(1)]
+    if face_scores is not None:
+        face_scores = np.asarray(face_scores, dtype=float)
+        if face_scores.shape != (len(frame),) or not np.isfinite(face_scores).all() or \
+                (face_scores < 0).any() or (face_scores > 1).any():
+            raise DataError(f"face_scores must hold one probability in [0, 1] per held-out image ({len(frame)}), "
+                            f"got shape {face_scores.shape} with values outside it or missing.")
     out["outlier_score"] = (face_scores if face_scores is not None else
                             OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False))
     flagged = max(1, math.ceil(outlier_share * len(out))) if outlier_share > 0 else 0
@@ -262,6 +274,8 @@ def score_against_truth(quality: pd.DataFrame, planted: pd.DataFrame) -> dict:
 def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, shown: int = 30) -> str:
     flagged = issues[issues["why"] != ""]
     by_split = flagged.groupby("split").size().to_dict()
+    # a mask hides much of a face: if the face probability flags one class's faces more, the report shows it
+    outliers_by_label = issues.loc[issues["outlier"], "label"].value_counts().sort_index().to_dict()
     repeats = source.get("repeats", 1)
     lines = ["# Label issues (out-of-fold predictions, cleanlab)", "",
              f"Configuration {md(source['config'])}, folds {', '.join(map(str, source['folds']))}"
@@ -273,20 +287,22 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
              "over every run's model).", "",
              f"**{int(flagged['label_issue'].sum())} likely label errors** (cleanlab `find_label_issues` with "
              f"`{LABEL_FILTER}`: the lowest label quality, as many images as cleanlab estimates are mislabelled) "
-             f"and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} by "
-             f"{source.get('outlier_method', OUTLIERS_BY_PROBABILITIES)}): "
+             + (f"and **{int(flagged['outlier'].sum())} outliers** (the lowest {outlier_share:.1%} by "
+                f"{source.get('outlier_method', OUTLIERS_BY_PROBABILITIES)}; by given label: "
+                + ", ".join(f"{md(label)} {n}" for label, n in outliers_by_label.items()) + ")"
+                if outlier_share > 0 else "and no outliers (outlier share 0)") + ": "
              + ", ".join(f"{n} in {md(s)}" for s, n in sorted(by_split.items())) + ".", "",
              "Label quality is the held-out probability of the given label (0: the held-out model is sure the label "
              "is wrong). " + ("The outlier score is BlazeFace's face probability (a face detector trained on faces "
                               "in the wild, not on these classes; 0: nothing like a face). "
-                              if source.get("outlier_method") == OUTLIERS_BY_FACE else "")
+                              if source.get("outlier_method") == OUTLIERS_BY_FACE else
+                              f"The outlier score is {OUTLIERS_BY_PROBABILITIES} (0: unlike any class). ")
              + "A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
              "without the flagged images.", ""]
     if source.get("faces_not_scored"):
         lines += [f"**Note:** outliers were ranked by {OUTLIERS_BY_PROBABILITIES}, which sees only how the classifier "
                   "read an image, not what it shows (it finds few non-faces), because BlazeFace could not score the "
-                  f"images: {md(source['faces_not_scored'])}. Give the dataset's folders (`--data-root`) to rank them "
-                  "by face probability.", ""]
+                  f"images: {md(source['faces_not_scored'])}.", ""]
     if source.get("failed_runs"):
         lines += [f"**Note:** runs of this configuration that failed were left out: {md(', '.join(source['failed_runs']))}.", ""]
     if source.get("val_images_in_fewer_repeats"):
@@ -352,6 +368,9 @@ def write_label_issues(sweep_dir: str | Path, out: str | Path | None = None, out
         face_scores, why_not = face_probabilities(list(frame["path"]), list(image_roots))
         source["outlier_method"] = OUTLIERS_BY_FACE if face_scores is not None else OUTLIERS_BY_PROBABILITIES
         source["faces_not_scored"] = why_not
+        if why_not:
+            log.warning("label issues: outliers ranked from the probabilities, because BlazeFace could not score "
+                        "the images: %s", why_not)
     issues = find_issues(frame, class_names, outlier_share, face_scores)
     folder = Path(out) if out is not None else Path(sweep_dir)
     folder.mkdir(parents=True, exist_ok=True)
