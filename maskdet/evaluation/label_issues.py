@@ -183,7 +183,7 @@ def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.n
     not. The paths come from a sweep's CSVs, which anyone may have written, so only files inside ``roots``
     (folders the caller vouches for) are read, as for the gallery. Every image must be scored, or none: the
     lowest share of a ranking of some of them would not be the lowest of the data."""
-    from maskdet.data.images import BadImageError, load_rgb, path_problem
+    from maskdet.data.images import load_rgb, path_problem
     from maskdet.detect import BlazeFaceDetector
     from maskdet.errors import ConfigError
 
