@@ -157,6 +157,27 @@ def test_the_face_probabilities_read_every_image_inside_the_data_folders_or_none
     assert scores is None and "cannot run here" in why and "maskdet[detect]" in why, why
 
 
+def test_models_that_learnt_nothing_flag_at_most_half_of_a_class_and_the_report_warns(tmp_path):
+    """Held-out probabilities drawn at random (models at chance, as a one-epoch run on a few images gives):
+    cleanlab then estimates that most labels are wrong. Excluding all it flags would empty a class, so at
+    most half of each class is flagged (the lowest label quality), and the report says why not to act on them."""
+    _simulated_sweep(tmp_path, n_val=120, n_test=30, noise=0.0)
+    rng = np.random.default_rng(1)
+    for path in tmp_path.rglob("*predictions.csv"):
+        frame = pd.read_csv(path)
+        frame[[f"prob_{c}" for c in CLASSES]] = rng.dirichlet(np.ones(3), len(frame))
+        frame.to_csv(path, index=False)
+    write_label_issues(tmp_path, outlier_share=0)
+    quality = pd.read_csv(tmp_path / "label_quality.csv")
+    sizes = quality["label"].value_counts()
+    flagged = quality.loc[quality["label_issue"], "label"].value_counts()
+    assert (flagged <= sizes[flagged.index] // 2).all() and (flagged == sizes[flagged.index] // 2).any(), flagged
+    for _label, group in quality.groupby("label"):  # the flagged are the class's lowest label quality
+        assert group.loc[group["label_issue"], "label_quality"].max() <= group.loc[~group["label_issue"], "label_quality"].min()
+    report = (tmp_path / "label_issues.md").read_text()
+    assert "they have not learnt the classes" in report and "the most this search flags in a class" in report
+
+
 def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
     _simulated_sweep(tmp_path, n_val=60, n_test=20)
     write_label_issues(tmp_path, outlier_share=0)

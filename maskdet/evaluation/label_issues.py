@@ -214,6 +214,22 @@ def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.n
     return scores, ""
 
 
+def at_most_half_of_each_class(flagged: np.ndarray, labels: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    """``flagged`` with at most half of each given class's images (the lowest label quality first). Confident
+    learning assumes that most images of a class carry the right label (Northcutt et al. 2021: a diagonally
+    dominant noise matrix); when it estimates more errors than that, the held-out models are too weak to tell
+    (near chance, they contradict every class), and excluding all the flagged would empty a class. The report
+    says when a class reaches the cap. Not in cleanlab: its own per-class floor (``min_examples_per_class``)
+    applies only to its prune_by_* filters."""
+    kept = flagged.copy()
+    for label in np.unique(labels):
+        members = np.flatnonzero(flagged & (labels == label))
+        most = int((labels == label).sum()) // 2
+        if len(members) > most:
+            kept[members[np.argsort(quality[members], kind="stable")[most:]]] = False
+    return kept
+
+
 def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: float = 0.01,
                 face_scores: np.ndarray | None = None) -> pd.DataFrame:
     """``frame`` (held-out probabilities) with cleanlab's verdicts: ``label_quality`` (0 worst), ``label_issue``,
@@ -232,7 +248,8 @@ def find_issues(frame: pd.DataFrame, class_names: list[str], outlier_share: floa
         raise DataError("the held-out images carry fewer than two labels: there is nothing to compare labels across.")
     out = frame.copy()
     out["label_quality"] = get_label_quality_scores(labels, probs, method="self_confidence")
-    out["label_issue"] = find_label_issues(labels, probs, filter_by=LABEL_FILTER)
+    out["label_issue"] = at_most_half_of_each_class(find_label_issues(labels, probs, filter_by=LABEL_FILTER),
+                                                    labels, out["label_quality"].to_numpy())
     out["suggested_label"] = np.asarray(class_names, dtype=object)[probs.argmax(1)]
     if face_scores is not None:
         face_scores = np.asarray(face_scores, dtype=float)
@@ -299,6 +316,20 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
                               f"The outlier score is {OUTLIERS_BY_PROBABILITIES} (0: unlike any class). ")
              + "A flag is a suspect to look at, not a verdict: `data.exclude=label_issues.csv` retrains "
              "without the flagged images.", ""]
+    agree = float((issues["suggested_label"] == issues["label"]).mean())
+    largest = float(issues["label"].value_counts(normalize=True).iloc[0])
+    if agree <= largest:
+        lines += [f"**Warning:** the held-out models agree with the given labels on {agree:.1%} of the images, no "
+                  f"more than always answering the largest class would ({largest:.1%}): they have not learnt the "
+                  "classes, so the flags below are mostly their own errors. Train longer or on more data before "
+                  "acting on them.", ""]
+    sizes = issues["label"].value_counts()
+    at_cap = [label for label, n in issues.loc[issues["label_issue"], "label"].value_counts().items()
+              if n >= sizes[label] // 2 > 0]
+    if at_cap:
+        lines += [f"**Note:** half of the images of {md(', '.join(sorted(map(str, at_cap))))} are flagged as label "
+                  "errors, the most this search flags in a class (confident learning assumes most of a class is "
+                  "labelled right; cleanlab estimated more errors, which means the held-out models cannot tell).", ""]
     if source.get("faces_not_scored"):
         lines += [f"**Note:** outliers were ranked by {OUTLIERS_BY_PROBABILITIES}, which sees only how the classifier "
                   "read an image, not what it shows (it finds few non-faces), because BlazeFace could not score the "
