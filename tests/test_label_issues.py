@@ -167,15 +167,24 @@ def test_models_that_learnt_nothing_flag_at_most_half_of_a_class_and_the_report_
         frame = pd.read_csv(path)
         frame[[f"prob_{c}" for c in CLASSES]] = rng.dirichlet(np.ones(3), len(frame))
         frame.to_csv(path, index=False)
-    write_label_issues(tmp_path, outlier_share=0)
-    quality = pd.read_csv(tmp_path / "label_quality.csv")
-    sizes = quality["label"].value_counts()
-    flagged = quality.loc[quality["label_issue"], "label"].value_counts()
-    assert (flagged <= sizes[flagged.index] // 2).all() and (flagged == sizes[flagged.index] // 2).any(), flagged
-    for _label, group in quality.groupby("label"):  # the flagged are the class's lowest label quality
-        assert group.loc[group["label_issue"], "label_quality"].max() <= group.loc[~group["label_issue"], "label_quality"].min()
-    report = (tmp_path / "label_issues.md").read_text()
-    assert "they have not learnt the classes" in report and "the most this search flags in a class" in report
+    for share in (0, 0.1):  # with outliers, label issues and outliers together stay within half a class
+        write_label_issues(tmp_path, outlier_share=share)
+        quality = pd.read_csv(tmp_path / "label_quality.csv", keep_default_na=False)
+        sizes = quality["label"].value_counts()
+        flagged = quality.loc[quality["why"] != "", "label"].value_counts()
+        assert (flagged <= sizes[flagged.index] // 2).all() and (flagged == sizes[flagged.index] // 2).any(), flagged
+        issues = quality[quality["label_issue"] & ~quality["outlier"]]
+        for label, group in quality[~quality["outlier"]].groupby("label"):  # the class's lowest label quality
+            assert issues.loc[issues["label"] == label, "label_quality"].max() <= \
+                group.loc[~group["label_issue"], "label_quality"].min()
+        report = (tmp_path / "label_issues.md").read_text()
+        assert "they have not learnt the classes" in report and "binomial test" in report
+        assert "cleanlab estimated that more than half of a class is mislabelled" in report
+    # models that did learn: no warning, no cap
+    _simulated_sweep(tmp_path / "learnt", n_val=120, n_test=30)
+    write_label_issues(tmp_path / "learnt", outlier_share=0.01)
+    report = (tmp_path / "learnt" / "label_issues.md").read_text()
+    assert "not learnt" not in report and "more than half of a class" not in report
 
 
 def test_test_images_get_the_mean_of_every_fold_model(tmp_path):
