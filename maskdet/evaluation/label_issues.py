@@ -179,6 +179,19 @@ def _averaged(predictions: pd.DataFrame, prob_columns: list[str], split: str) ->
         **{c: (c, "mean") for c in prob_columns}, folds=("run", "nunique")).reset_index()
 
 
+def _vouched(roots: Sequence[str]) -> list[Path]:
+    """The folders the caller vouches for, resolved: the only places this module opens images from."""
+    return [Path(r).expanduser().resolve() for r in roots]
+
+
+def _inside(path, folders: list[Path]) -> bool:
+    """Whether ``path`` (from a sweep's CSV: a stranger's) is an image file inside one of ``folders``, links and
+    ``..`` resolved (``images.path_problem``)."""
+    from maskdet.data.images import path_problem
+
+    return any(path_problem(Path(str(path)), folder) is None for folder in folders)
+
+
 def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.ndarray | None, str]:
     """BlazeFace's face probability of every image (``BlazeFaceDetector.face_probability``), or None and why
     not. The paths come from a sweep's CSVs, which anyone may have written, so only files inside ``roots``
@@ -188,11 +201,11 @@ def face_probabilities(paths: Sequence[str], roots: Sequence[str]) -> tuple[np.n
     from maskdet.detect import BlazeFaceDetector
     from maskdet.errors import ConfigError
 
-    inside = [Path(r).expanduser().resolve() for r in roots]
+    inside = _vouched(roots)
     if not inside:
         return None, ("no data folder was given to read the images from: name the dataset's folders with "
                       "--data-root (data.root, and for generated images and scene crops the cache folder)")
-    outside = [p for p in paths if not any(path_problem(Path(str(p)), root) is None for root in inside)]
+    outside = [p for p in paths if not _inside(p, inside)]
     if outside:
         reason = path_problem(Path(str(outside[0])), inside[0]) or "outside the given data folders"
         return None, (f"{len(outside)} of the {len(paths)} images cannot be read inside the given data folders "
@@ -279,7 +292,7 @@ def _no_better_than(successes: int, trials: int, rate: float, alpha: float = 0.0
     binomial test at ``alpha``): the held-out models' agreement against always answering the largest class."""
     from scipy.stats import binomtest
 
-    return bool(binomtest(successes, trials, min(rate, 1.0), alternative="greater").pvalue >= alpha)
+    return bool(binomtest(successes, trials, rate, alternative="greater").pvalue >= alpha)
 
 
 def score_against_truth(quality: pd.DataFrame, planted: pd.DataFrame) -> dict:
@@ -338,17 +351,15 @@ def format_markdown(issues: pd.DataFrame, source: dict, outlier_share: float, sh
                   f"images, not clearly more than always answering the largest class would ({largest:.1%}; one-sided "
                   "binomial test, p >= 0.05): they have not learnt the classes, so the flags below are mostly their "
                   "own errors. Train longer or on more data before acting on them.", ""]
-    if "label_issue_estimated" in issues:
-        sizes = issues["label"].value_counts()
-        cut = [f"{md(label)} ({int(issues.loc[issues['label'] == label, 'label_issue'].sum())} of {sizes[label]} images "
-               f"flagged, cleanlab estimated {int(group.sum())})"
-               for label, group in issues.groupby("label")["label_issue_estimated"]
-               if group.sum() > issues.loc[issues["label"] == label, "label_issue"].sum()]
-        if cut:
-            lines += ["**Note:** cleanlab estimated that more than half of a class is mislabelled, which means the "
-                      "held-out models cannot tell (confident learning assumes most of a class is labelled right); "
-                      "this search flags at most half of a class, the lowest label quality, outliers included: "
-                      + "; ".join(cut) + ".", ""]
+    per_class = issues.groupby("label").agg(images=("label", "size"), flagged=("label_issue", "sum"),
+                                            estimated=("label_issue_estimated", "sum"))
+    cut = per_class[per_class["estimated"] > per_class["flagged"]]
+    if len(cut):
+        lines += ["**Note:** cleanlab estimated that more than half of a class is mislabelled, which means the "
+                  "held-out models cannot tell (confident learning assumes most of a class is labelled right); "
+                  "this search flags at most half of a class, the lowest label quality, outliers included: "
+                  + "; ".join(f"{md(label)} ({row.flagged} of {row.images} images flagged, cleanlab estimated "
+                              f"{row.estimated})" for label, row in cut.iterrows()) + ".", ""]
     if source.get("faces_not_scored"):
         lines += [f"**Note:** outliers were ranked by {OUTLIERS_BY_PROBABILITIES}, which sees only how the classifier "
                   "read an image, not what it shows (it finds few non-faces), because BlazeFace could not score the "
@@ -381,14 +392,14 @@ def gallery_of_suspects(issues: pd.DataFrame, path: Path, top: int = 24, roots: 
     import torch
     from PIL import Image
 
-    from maskdet.data.images import load_rgb, path_problem
+    from maskdet.data.images import load_rgb
     from maskdet.evaluation.explain import gallery
 
     rows, images = [], []
     flagged = issues[issues["why"] != ""].head(top)
-    inside = [Path(r).expanduser().resolve() for r in roots]
+    inside = _vouched(roots)
     for row in flagged.itertuples():
-        if not any(path_problem(Path(str(row.path)), root) is None for root in inside):
+        if not _inside(row.path, inside):
             continue
         try:
             image = load_rgb(row.path).resize((96, 96), Image.Resampling.BILINEAR)
